@@ -1,0 +1,236 @@
+"""The adapter contract: what a backend receives, what it reports, how it is found.
+
+An adapter knows one way to warm one cluster (a local cache, registry mirrors, an upstream
+Dragonfly manager, ...). The gateway hands it a :class:`PreheatRequest` for one cluster task
+and a :class:`Progress` to report into; the adapter reports every blob (or file) it warmed or
+failed to warm as a :class:`TaskRow`, and either returns (the cluster task succeeded) or
+raises :class:`PreheatError` with a message a person can act on (the cluster task failed).
+
+This module must never import ``gateway``: third-party adapters depend on it alone.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+
+import cachetools
+import httpx
+import msgspec
+
+from adapters.urlpolicy import URLPolicy
+
+if TYPE_CHECKING:
+    from adapters.oci import OciClient
+
+Scope = Literal["single_seed_peer", "all_seed_peers", "all_peers"]
+PreheatType = Literal["image", "file"]
+DEFAULT_SCOPE: Scope = "single_seed_peer"
+DEFAULT_PLATFORM = "linux/amd64"
+T = TypeVar("T")
+
+
+class PreheatError(Exception):
+    """A cluster task failed; ``str(error)`` is shown to the Harbor user verbatim.
+
+    Say what failed, where, and what to do. Never include a secret.
+    """
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    """Registry username and password. The password is a secret: never log or render it."""
+
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # keeps the password out of tracebacks and debug logs
+        return f"Credentials(username={self.username!r}, password=<redacted>)"
+
+
+class PreheatRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One cluster's share of a preheat job."""
+
+    job_id: int
+    type: PreheatType
+    urls: tuple[str, ...]
+    """``image``: one manifest URL (by tag or digest). ``file``: the files' URLs."""
+    platform: str = DEFAULT_PLATFORM
+    """``os/arch[/variant]``, or ``all`` for every platform of an index."""
+    scope: Scope = DEFAULT_SCOPE
+    headers: dict[str, str] = {}
+    """The caller's headers for the origin (Harbor's short-lived bearer token). Secret."""
+    credentials: Credentials | None = None
+    """Origin credentials: from the request, else from ``registries.credentials``."""
+    tag: str = ""
+    application: str = ""
+    filtered_query_params: tuple[str, ...] = ()
+    concurrency: int = 8
+    """Blobs in flight per endpoint."""
+    piece_length: int | None = None
+    timeout_seconds: float = 1800.0
+    extra: dict[str, Any] = {}
+    """Arguments the gateway does not interpret, for adapters that forward a request upstream."""
+
+    def __repr__(self) -> str:
+        return f"PreheatRequest(job_id={self.job_id}, type={self.type!r}, urls={self.urls!r}, scope={self.scope!r})"
+
+
+class TaskRow(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One row of Harbor's result table: a blob (or file) on one host."""
+
+    url: str
+    hostname: str
+    ip: str
+    description: str = ""
+
+
+class Progress(Protocol):
+    """Where an adapter reports as it goes; the gateway records it durably."""
+
+    def planned(self, items: int, total_bytes: int) -> None:
+        """Announce (or raise) how many blobs/files and bytes this task will warm."""
+
+    def transferred(self, nbytes: int) -> None:
+        """Count bytes read from a source while warming."""
+
+    def succeeded(self, row: TaskRow) -> None:
+        """One blob or file is warm on one host."""
+
+    def failed(self, row: TaskRow) -> None:
+        """One blob or file could not be warmed on one host; ``row.description`` says why."""
+
+
+class Health(msgspec.Struct, frozen=True):
+    """The outcome of probing a cluster's backends."""
+
+    reachable: bool
+    latency_ms: float = 0.0
+    error: str = ""
+
+
+class ClusterInfo(msgspec.Struct, frozen=True):
+    """The cluster an adapter instance serves, for messages and rows."""
+
+    id: int
+    name: str
+    config_path: str = ""
+    """Where the cluster sits in the config file (``clusters[1]``), for actionable errors."""
+    platform: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterContext:
+    """Shared services the gateway lends every adapter."""
+
+    http: httpx.AsyncClient
+    """Pooled client for origin registries, mirrors and upstream APIs (no redirects followed)."""
+    oci: OciClient
+    """Registry client sharing token and manifest caches across clusters."""
+    policy: URLPolicy
+    """Which hosts may be fetched from; adapters check redirects and endpoints through it."""
+    dedupe: Deduper
+    credentials_for: Callable[[str], Credentials | None]
+    """Configured credentials (``registries.credentials``) for a ``host[:port]``."""
+    hostname: str
+    ip: str
+    user_agent: str = "harbor-preheat-gateway"
+
+
+class Adapter(abc.ABC):
+    """Base class for backends. Subclasses set ``name`` and ``Options``.
+
+    ``Options`` is a msgspec Struct holding the adapter's own keys of a cluster entry in the
+    config file (everything besides ``id``, ``name``, ``adapter``, ``platform``); the gateway
+    decodes it strictly so an unknown or mistyped key is reported with its path.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[msgspec.Struct]]
+    supports: ClassVar[frozenset[PreheatType]] = frozenset({"image"})
+
+    def __init__(self, cluster: ClusterInfo, options: Any, context: AdapterContext) -> None:
+        self.cluster = cluster
+        self.options = options
+        self.context = context
+
+    @abc.abstractmethod
+    async def preheat(self, request: PreheatRequest, progress: Progress) -> None:
+        """Warm what ``request`` names; return on success, raise :class:`PreheatError` on failure.
+
+        Must honour cancellation promptly and never hold a whole blob in memory.
+        """
+
+    async def check(self) -> Health:
+        """Probe the backends. The default says reachable; override to probe for real."""
+        return Health(reachable=True)
+
+    async def aclose(self) -> None:
+        """Release what the adapter holds (clients, pools)."""
+
+
+class Deduper:
+    """Single flight and a recent-window for warming one item on one target.
+
+    The same blob to the same endpoint is warmed once at a time across all jobs: a second
+    caller joins the first call's outcome. A pair warmed within ``window`` seconds is not
+    fetched again. Failures are not remembered, so the next caller retries.
+    """
+
+    def __init__(self, window: float = 600.0, maxsize: int = 200_000) -> None:
+        self._recent: cachetools.TTLCache[tuple[str, ...], int] = cachetools.TTLCache(
+            maxsize=maxsize, ttl=window
+        ) if window > 0 else cachetools.TTLCache(maxsize=1, ttl=1e-9)
+        self._inflight: dict[tuple[str, ...], asyncio.Future[int]] = {}
+        self.fetches = 0
+        self.joined = 0
+        self.reused = 0
+
+    def forget(self, key: tuple[str, ...]) -> None:
+        self._recent.pop(key, None)
+
+    async def run(self, key: tuple[str, ...], warm: Callable[[], Awaitable[int]]) -> int:
+        """Warm ``key`` with ``warm()`` (returning bytes read) unless done or in flight."""
+        size = self._recent.get(key)
+        if size is not None:
+            self.reused += 1
+            return size
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            self.joined += 1
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            self.fetches += 1
+            size = await warm()
+        except BaseException as error:
+            if not future.done():
+                # A cancelled first caller hands the failure on as a retryable error.
+                if isinstance(error, asyncio.CancelledError):
+                    future.set_exception(PreheatError("warm was cancelled by another job; retry"))
+                else:
+                    future.set_exception(error)
+                future.exception()  # mark retrieved: joiners may not exist
+            raise
+        else:
+            self._recent[key] = size
+            future.set_result(size)
+            return size
+        finally:
+            self._inflight.pop(key, None)
+
+
+async def bounded_gather(limit: int, jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run ``jobs`` with at most ``limit`` in flight; cancel the rest if one raises."""
+    semaphore = asyncio.Semaphore(max(1, limit))
+
+    async def one(job: Callable[[], Awaitable[T]]) -> T:
+        async with semaphore:
+            return await job()
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(job)) for job in jobs]
+    return [task.result() for task in tasks]

@@ -1,0 +1,145 @@
+"""``local``: a content-addressed cache directory on the gateway's own host (the embedded default).
+
+Blobs land in ``<path>/blobs/sha256/<hex>``: streamed to a temporary file, digest-checked,
+and renamed into place only then, so a file at its final name is always complete and valid.
+A blob already present is not fetched again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from adapters.base import (
+    Adapter,
+    AdapterContext,
+    ClusterInfo,
+    Health,
+    PreheatError,
+    PreheatRequest,
+    Progress,
+    TaskRow,
+    bounded_gather,
+)
+from adapters.oci import Blob, ImageRef, RegistryAuth, parse_manifest_url
+
+
+class LocalOptions(msgspec.Struct, forbid_unknown_fields=True):
+    path: str
+    """Cache directory; created if missing."""
+    concurrency: int = 8
+    """Blobs fetched at once for one task."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path is empty: give a directory for the cache")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+
+class _TempFileSink:
+    """A temporary file next to the final path, renamed into place on commit."""
+
+    def __init__(self, final: Path, temp_dir: Path) -> None:
+        self.final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=temp_dir, prefix=final.name[:16] + ".")
+        self.temp = Path(name)
+        self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+
+    def write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.temp, self.final)
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.temp.unlink(missing_ok=True)
+
+
+class LocalAdapter(Adapter):
+    name = "local"
+    Options = LocalOptions
+
+    def __init__(self, cluster: ClusterInfo, options: LocalOptions, context: AdapterContext) -> None:
+        super().__init__(cluster, options, context)
+        self.root = Path(options.path).expanduser().resolve()
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, _, hexdigest = digest.partition(":")
+        return self.root / "blobs" / algorithm / hexdigest
+
+    async def check(self) -> Health:
+        try:
+            for sub in ("blobs/sha256", "tmp"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK):
+                return Health(reachable=False, error=f"{self.root} is not writable")
+        except OSError as error:
+            return Health(reachable=False, error=f"cannot use {self.root}: {error.strerror}")
+        return Health(reachable=True)
+
+    async def preheat(self, request: PreheatRequest, progress: Progress) -> None:
+        health = await self.check()
+        if not health.reachable:
+            raise PreheatError(f"local cache of cluster {self.cluster.name}: {health.error}; fix {self.cluster.config_path}.path")
+        try:
+            ref = parse_manifest_url(request.urls[0])
+        except ValueError as error:
+            raise PreheatError(str(error)) from None
+        auth = RegistryAuth(header=request.headers.get("Authorization"), credentials=request.credentials)
+        _, blobs = await self.context.oci.resolve_blobs(ref, auth, request.platform)
+        progress.planned(len(blobs), sum(blob.size for blob in blobs))
+        outcomes = await bounded_gather(
+            min(request.concurrency, self.options.concurrency),
+            [lambda blob=blob: self._warm(ref, blob, auth, progress) for blob in blobs],
+        )
+        failures = [error for error in outcomes if error]
+        if failures:
+            raise PreheatError(
+                f"{len(failures)} of {len(blobs)} blobs could not be cached in {self.root} on {self.context.hostname}: {failures[0]}"
+            )
+
+    async def _warm(self, ref: ImageRef, blob: Blob, auth: RegistryAuth, progress: Progress) -> str:
+        """Warm one blob; returns an error message, or "" when it is in the cache."""
+        row = TaskRow(url=ref.blob_url(blob.digest), hostname=self.context.hostname, ip=self.context.ip)
+        final = self.blob_path(blob.digest)
+
+        key = ("local", str(self.root), blob.digest)
+
+        async def fetch() -> int:
+            if _present(final, blob.size):
+                return 0
+            return await self.context.oci.fetch_blob(
+                ref, blob, auth, lambda: _TempFileSink(final, self.root / "tmp"), on_bytes=progress.transferred
+            )
+
+        message = ""
+        try:
+            await self.context.dedupe.run(key, fetch)
+            if not _present(final, blob.size):  # removed since it was last warmed: fetch again
+                self.context.dedupe.forget(key)
+                await self.context.dedupe.run(key, fetch)
+        except PreheatError as error:
+            message = str(error)
+        except OSError as error:
+            message = f"cannot write {final}: {error.strerror}"
+        if message:
+            progress.failed(TaskRow(row.url, row.hostname, row.ip, message))
+        else:
+            progress.succeeded(row)
+        return message
+
+
+def _present(path: Path, size: int) -> bool:
+    """A file at its final name was renamed there after its digest check: present means valid."""
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,521 @@
+"""A small OCI distribution client: manifests, platforms, the token dance, streamed blobs.
+
+Everything an adapter needs to turn "preheat this manifest URL" into "these blobs, read to
+the end and digest-checked": manifest resolution (OCI index and Docker list down to
+per-platform manifests), registry authentication (the caller's header first, then the Bearer
+token dance with credentials), redirects checked against the URL policy and never carrying
+the registry's ``Authorization`` to another host, and blob streaming through a sha256 check
+that never holds a blob in memory. Transient failures are retried with backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import cachetools
+import httpx
+import msgspec
+
+from adapters.base import Credentials, PreheatError
+from adapters.urlpolicy import RefusedURL, URLPolicy
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_REDIRECTS = 5
+RETRY_ATTEMPTS = 4
+RETRY_BASE_SECONDS = 0.5
+RETRY_AFTER_CAP_SECONDS = 30.0
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = rf"{_COMPONENT}(?:/{_COMPONENT})*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"sha256:[a-f0-9]{64}"
+_MANIFEST_PATH = re.compile(rf"^(?P<prefix>(?:/[^/]+)*?)/v2/(?P<repo>{_REPOSITORY})/manifests/(?P<ref>{_TAG}|{_DIGEST})$")
+DIGEST_RE = re.compile(rf"^{_DIGEST}$")
+T = TypeVar("T")
+
+
+class RegistryError(PreheatError):
+    """A registry answered with an error or could not be reached.
+
+    ``transient`` errors (connection trouble, timeouts, 5xx, 429) are worth retrying;
+    the others (401, 403, 404, digest mismatch) fail at once.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image lives: ``{scheme}://{host}{prefix}/v2/{repository}/manifests/{reference}``."""
+
+    scheme: str
+    host: str
+    repository: str
+    reference: str
+    prefix: str = ""
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.host}{self.prefix}"
+
+    @property
+    def name(self) -> str:
+        sep = "@" if self.reference.startswith("sha256:") else ":"
+        return f"{self.repository}{sep}{self.reference}"
+
+    def manifest_url(self, reference: str | None = None) -> str:
+        return f"{self.base}/v2/{self.repository}/manifests/{reference or self.reference}"
+
+    def blob_url(self, digest: str) -> str:
+        return f"{self.base}/v2/{self.repository}/blobs/{digest}"
+
+
+def parse_manifest_url(url: str) -> ImageRef:
+    """Split a manifest URL as Harbor sends it; raises ``ValueError`` with a helpful message."""
+    parts = urlsplit(url)
+    match = _MANIFEST_PATH.match(parts.path)
+    if parts.scheme not in ("http", "https") or not parts.netloc or not match:
+        raise ValueError(
+            f"url {url[:200]!r} is not a manifest URL: expected "
+            "http(s)://HOST/v2/REPOSITORY/manifests/TAG_OR_DIGEST"
+        )
+    return ImageRef(parts.scheme, parts.netloc, match["repo"], match["ref"], match["prefix"] or "")
+
+
+class Platform(msgspec.Struct, frozen=True):
+    architecture: str = ""
+    os: str = ""
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+def parse_platform(text: str) -> Platform:
+    """``os/arch[/variant]`` into a :class:`Platform`; raises ``ValueError`` otherwise."""
+    pieces = text.strip().split("/")
+    if len(pieces) not in (2, 3) or not all(pieces):
+        raise ValueError(f"platform {text!r} is not os/arch[/variant], e.g. linux/amd64, or 'all'")
+    return Platform(os=pieces[0], architecture=pieces[1], variant=pieces[2] if len(pieces) == 3 else "")
+
+
+class Descriptor(msgspec.Struct, frozen=True):
+    digest: str
+    mediaType: str = ""
+    size: int = 0
+    platform: Platform | None = None
+    annotations: dict[str, str] | None = None
+    urls: list[str] | None = None
+
+
+class _ManifestDoc(msgspec.Struct):
+    schemaVersion: int = 2
+    mediaType: str = ""
+    config: Descriptor | None = None
+    layers: list[Descriptor] | None = None
+    manifests: list[Descriptor] | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    media_type: str
+    digest: str
+    raw: bytes
+    doc: _ManifestDoc = field(repr=False)
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+class Blob(msgspec.Struct, frozen=True):
+    """One blob to warm: a manifest's config or a layer."""
+
+    digest: str
+    size: int
+    media_type: str = ""
+
+
+class BlobSink(Protocol):
+    """Where a streamed blob's bytes go. One sink per attempt."""
+
+    def write(self, chunk: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+class DiscardSink:
+    """Reads to the end and keeps nothing: warming a cache that sits in the path."""
+
+    def write(self, chunk: bytes) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+@dataclass
+class RegistryAuth:
+    """How to authenticate to one registry for one job.
+
+    ``header`` is the caller's ``Authorization`` value (Harbor's short-lived token), tried
+    first. ``credentials`` feed the token dance when there is no header or it is refused.
+    """
+
+    header: str | None = None
+    credentials: Credentials | None = None
+    bearer: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return f"RegistryAuth(header={'<redacted>' if self.header else None}, credentials={self.credentials!r})"
+
+
+@dataclass(frozen=True)
+class _Challenge:
+    scheme: str
+    params: dict[str, str]
+
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+def parse_challenge(header: str) -> _Challenge:
+    scheme, _, rest = header.strip().partition(" ")
+    return _Challenge(scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest)))
+
+
+def _registry_error_detail(response: httpx.Response) -> str:
+    try:
+        errors = msgspec.json.decode(response.content).get("errors") or []
+        first = errors[0]
+        return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+    except Exception:
+        return response.reason_phrase or ""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return min(RETRY_AFTER_CAP_SECONDS, max(0.0, float(value)))
+    except ValueError:
+        return None
+
+
+class OciClient:
+    """Talks the distribution protocol to origins and mirrors over one pooled httpx client."""
+
+    def __init__(self, http: httpx.AsyncClient, policy: URLPolicy, *, user_agent: str = "harbor-preheat-gateway") -> None:
+        self.http = http
+        self.policy = policy
+        self.user_agent = user_agent
+        # By-digest manifests never change; tokens live until they expire.
+        self._manifests: cachetools.LRUCache[tuple[str, str, str], Manifest] = cachetools.LRUCache(maxsize=2048)
+        self._tokens: cachetools.TLRUCache[tuple[str, ...], tuple[str, float]] = cachetools.TLRUCache(
+            maxsize=4096, ttu=lambda _key, value, _now: value[1], timer=time.monotonic
+        )
+        self._challenges: cachetools.TTLCache[str, _Challenge] = cachetools.TTLCache(maxsize=1024, ttl=3600)
+        self.retries = 0
+
+    # --- manifests -------------------------------------------------------------------------
+
+    async def get_manifest(self, ref: ImageRef, auth: RegistryAuth, reference: str | None = None, *, query: str = "") -> Manifest:
+        """Fetch one manifest (any of the four types), checking its digest."""
+        reference = reference or ref.reference
+        by_digest = reference.startswith("sha256:")
+        cache_key = (ref.base, ref.repository, reference)
+        if by_digest and (cached := self._manifests.get(cache_key)) is not None:
+            return cached
+        url = ref.manifest_url(reference) + query
+        where = f"{ref.host}/{ref.repository}:{reference}" if not by_digest else f"{ref.host}/{ref.repository}@{reference}"
+
+        async def attempt() -> Manifest:
+            async with self.open(url, auth, ref, accept=MANIFEST_ACCEPT, what=f"manifest {where}") as response:
+                raw = bytearray()
+                async for chunk in response.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_MANIFEST_BYTES:
+                        raise RegistryError(f"manifest {where} is larger than {MAX_MANIFEST_BYTES} bytes; refusing it")
+                return self._parse_manifest(bytes(raw), response, reference, where)
+
+        manifest = await self.retrying(attempt)
+        if by_digest:
+            self._manifests[cache_key] = manifest
+        return manifest
+
+    def _parse_manifest(self, raw: bytes, response: httpx.Response, reference: str, where: str) -> Manifest:
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(f"manifest {where} does not match its digest (got {digest}); the registry or a cache in between is corrupt")
+        try:
+            doc = msgspec.json.decode(raw, type=_ManifestDoc)
+        except msgspec.DecodeError as error:
+            raise RegistryError(f"manifest {where} is not a valid OCI/Docker manifest ({error})") from None
+        media_type = response.headers.get("content-type", "").split(";")[0].strip() or doc.mediaType
+        if media_type not in INDEX_TYPES | {OCI_MANIFEST, DOCKER_MANIFEST}:
+            media_type = doc.mediaType or (OCI_INDEX if doc.manifests is not None else OCI_MANIFEST)
+        if doc.schemaVersion == 1 or "prettyjws" in media_type:
+            raise RegistryError(f"manifest {where} uses Docker schema 1, which is deprecated and not supported; rebuild and push the image")
+        return Manifest(media_type, digest, raw, doc)
+
+    async def resolve_blobs(self, ref: ImageRef, auth: RegistryAuth, platform: str, *, query: str = "") -> tuple[list[Manifest], list[Blob]]:
+        """Resolve a manifest URL to the manifests fetched and the unique blobs to warm."""
+        top = await self.get_manifest(ref, auth, query=query)
+        manifests = [top]
+        if top.is_index:
+            for entry in select_platforms(top, platform, ref):
+                manifests.append(await self.get_manifest(ref, auth, entry.digest, query=query))
+        blobs: dict[str, Blob] = {}
+        for manifest in manifests:
+            if manifest.is_index:
+                continue
+            doc = manifest.doc
+            if doc.config is None:
+                raise RegistryError(f"manifest {ref.repository}@{manifest.digest} has no config; it is not an image manifest")
+            for descriptor in [doc.config, *(doc.layers or [])]:
+                if descriptor.urls:  # foreign layers live elsewhere, never in the registry
+                    continue
+                if not DIGEST_RE.match(descriptor.digest):
+                    raise RegistryError(f"manifest {ref.repository}@{manifest.digest} names a blob with an unsupported digest {descriptor.digest[:80]!r}")
+                blobs.setdefault(descriptor.digest, Blob(descriptor.digest, descriptor.size, descriptor.mediaType))
+        return manifests, list(blobs.values())
+
+    # --- blobs -----------------------------------------------------------------------------
+
+    async def fetch_blob(
+        self,
+        ref: ImageRef,
+        blob: Blob,
+        auth: RegistryAuth,
+        open_sink: Callable[[], BlobSink],
+        *,
+        query: str = "",
+        on_bytes: Callable[[int], None] | None = None,
+        url: str | None = None,
+    ) -> int:
+        """Stream one blob to the end through a sha256 check into a fresh sink per attempt."""
+        url = url or ref.blob_url(blob.digest) + query
+        return await self.retrying(lambda: self._fetch_once(url, ref, blob, auth, open_sink, on_bytes))
+
+    async def _fetch_once(
+        self, url: str, ref: ImageRef, blob: Blob, auth: RegistryAuth,
+        open_sink: Callable[[], BlobSink], on_bytes: Callable[[int], None] | None,
+    ) -> int:
+        where = f"blob {blob.digest} of {ref.repository} from {ref.host}"
+        sink = open_sink()
+        try:
+            async with self.open(url, auth, ref, what=where) as response:
+                digest = hashlib.sha256()
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    digest.update(chunk)
+                    sink.write(chunk)
+                    size += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+            got = "sha256:" + digest.hexdigest()
+            if got != blob.digest:
+                raise RegistryError(f"{where} failed its digest check (got {got}, {size} bytes); the registry or a cache in between served corrupt data")
+            sink.commit()
+            return size
+        except BaseException:
+            sink.discard()
+            raise
+
+    # --- transport -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open(self, url: str, auth: RegistryAuth, ref: ImageRef, *, accept: str | None = None, what: str) -> AsyncIterator[httpx.Response]:
+        """GET ``url`` with authentication and checked redirects; yields a 200 response."""
+        response = await self._authenticated(url, auth, ref, accept, what)
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                raise self._status_error(response, what, auth, ref)
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _authenticated(self, url: str, auth: RegistryAuth, ref: ImageRef, accept: str | None, what: str) -> httpx.Response:
+        header = auth.bearer or auth.header
+        if header is None and (challenge := self._challenges.get(ref.base)) is not None:
+            header = await self._authorize(challenge, auth, ref, what)
+        response = await self._send(url, accept, header, what)
+        if response.status_code != 401:
+            return response
+        await response.aread()
+        await response.aclose()
+        challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+        self._challenges[ref.base] = challenge
+        caller_refused = header is not None and header == auth.header
+        if caller_refused and auth.credentials is None:
+            raise RegistryError(
+                f"{ref.host} refused the token the caller sent for {ref.repository} (401): it expired or lacks pull "
+                f"access; re-run the preheat, or configure registries.credentials for {ref.host}",
+                status=401,
+            )
+        header = await self._authorize(challenge, auth, ref, what)
+        return await self._send(url, accept, header, what)
+
+    async def _authorize(self, challenge: _Challenge, auth: RegistryAuth, ref: ImageRef, what: str) -> str:
+        credentials = auth.credentials
+        if challenge.scheme == "basic":
+            if credentials is None:
+                raise RegistryError(f"{ref.host} asks for a username and password to read {what}: configure registries.credentials for {ref.host}", status=401)
+            auth.bearer = "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+            return auth.bearer
+        if challenge.scheme != "bearer" or "realm" not in challenge.params:
+            raise RegistryError(f"{ref.host} answered 401 without a usable challenge for {what}", status=401)
+        scope = f"repository:{ref.repository}:pull"
+        realm, service = challenge.params["realm"], challenge.params.get("service", "")
+        key = (realm, service, scope, credentials.username if credentials else "", credentials.password if credentials else "")
+        cached = self._tokens.get(key)
+        if cached is not None:
+            auth.bearer = f"Bearer {cached[0]}"
+            return auth.bearer
+        token, expires_in = await self._fetch_token(realm, service, scope, credentials, ref)
+        self._tokens[key] = (token, time.monotonic() + max(5.0, expires_in - 10.0))
+        auth.bearer = f"Bearer {token}"
+        return auth.bearer
+
+    async def _fetch_token(self, realm: str, service: str, scope: str, credentials: Credentials | None, ref: ImageRef) -> tuple[str, float]:
+        try:
+            await self.policy.check_redirect(realm)
+        except RefusedURL as error:
+            raise RegistryError(f"{ref.host}'s token service is refused: {error}") from None
+        query = urlencode({k: v for k, v in (("service", service), ("scope", scope)) if v})
+        headers = {"User-Agent": self.user_agent}
+        if credentials is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+        try:
+            response = await self.http.get(f"{realm}?{query}", headers=headers)
+        except httpx.TransportError as error:
+            raise RegistryError(f"cannot reach the token service of {ref.host} at {realm}: {_describe(error)}", transient=True) from None
+        if response.status_code in (401, 403):
+            who = f"user {credentials.username!r}" if credentials else "anonymous access"
+            raise RegistryError(f"the token service of {ref.host} refused {who} ({response.status_code}); check registries.credentials for {ref.host}", status=response.status_code)
+        if response.status_code != 200:
+            raise RegistryError(f"the token service of {ref.host} answered {response.status_code}", transient=response.status_code >= 500, status=response.status_code)
+        try:
+            body = msgspec.json.decode(response.content)
+            token = body.get("token") or body.get("access_token")
+            expires_in = float(body.get("expires_in") or 60)
+        except Exception:
+            token = None
+        if not token:
+            raise RegistryError(f"the token service of {ref.host} answered without a token")
+        return token, expires_in
+
+    async def _send(self, url: str, accept: str | None, authorization: str | None, what: str) -> httpx.Response:
+        """GET with redirects followed by hand: each target checked, credentials kept home."""
+        origin = urlsplit(url).netloc
+        for _ in range(MAX_REDIRECTS + 1):
+            headers = {"User-Agent": self.user_agent}
+            if accept:
+                headers["Accept"] = accept
+            if authorization and urlsplit(url).netloc == origin:
+                headers["Authorization"] = authorization
+            try:
+                request = self.http.build_request("GET", url, headers=headers)
+                response = await self.http.send(request, stream=True)
+            except httpx.TransportError as error:
+                raise RegistryError(f"cannot reach {urlsplit(url).netloc} for {what}: {_describe(error)}", transient=True) from None
+            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+                await response.aclose()
+                url = urljoin(url, response.headers["location"])
+                try:
+                    await self.policy.check_redirect(url)
+                except RefusedURL as error:
+                    raise RegistryError(f"redirect for {what} refused: {error}") from None
+                continue
+            return response
+        raise RegistryError(f"too many redirects fetching {what}")
+
+    def _status_error(self, response: httpx.Response, what: str, auth: RegistryAuth, ref: ImageRef) -> RegistryError:
+        status = response.status_code
+        detail = _registry_error_detail(response)
+        if status == 404:
+            return RegistryError(f"{what} not found (404 {detail}): check that the repository and tag exist", status=404)
+        if status == 401:
+            return RegistryError(f"{ref.host} refused access to {what} (401 {detail}): the credentials lack pull access to {ref.repository}", status=401)
+        if status == 403:
+            return RegistryError(f"{ref.host} forbids {what} (403 {detail}): the account lacks pull access to {ref.repository}", status=403)
+        if status == 429:
+            return RegistryError(f"{ref.host} is rate-limiting (429) {what}", transient=True, status=429, retry_after=_retry_after(response))
+        if status >= 500:
+            return RegistryError(f"{ref.host} failed serving {what} ({status} {detail})", transient=True, status=status, retry_after=_retry_after(response))
+        return RegistryError(f"{ref.host} answered {status} for {what} ({detail})", status=status)
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` again on transient errors, with exponential backoff and jitter."""
+        for number in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                return await attempt()
+            except RegistryError as error:
+                if not error.transient or number == RETRY_ATTEMPTS:
+                    raise
+                delay = error.retry_after if error.retry_after is not None else RETRY_BASE_SECONDS * 2 ** (number - 1)
+                self.retries += 1
+                await asyncio.sleep(delay * (0.5 + random.random() / 2) if error.retry_after is None else delay)
+        raise AssertionError("unreachable")
+
+
+def select_platforms(index: Manifest, platform: str, ref: ImageRef) -> list[Descriptor]:
+    """Pick the index entries for ``platform`` (``all``: every runnable entry)."""
+    entries = [
+        entry for entry in index.doc.manifests or []
+        if entry.platform is not None
+        and str(entry.platform) != "unknown/unknown"
+        and (entry.annotations or {}).get("vnd.docker.reference.type") != "attestation-manifest"
+    ]
+    if platform == "all":
+        chosen = entries
+    else:
+        want = parse_platform(platform)
+        chosen = [
+            entry for entry in entries
+            if entry.platform is not None
+            and entry.platform.os == want.os
+            and entry.platform.architecture == want.architecture
+            and (not want.variant or entry.platform.variant == want.variant)
+        ][:1]
+    if not chosen:
+        available = ", ".join(sorted({str(e.platform) for e in entries})) or "none"
+        raise RegistryError(
+            f"no matching manifest for platform {platform} in {ref.name} (it has {available}): "
+            "set platform in the request or on the cluster, or 'all'"
+        )
+    return chosen
+
+
+def _describe(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, httpx.TimeoutException):
+        return f"timed out ({type(error).__name__})"
+    if "Connection refused" in text or "Errno 111" in text:
+        return "connection refused"
+    return text[:300]

@@ -1,0 +1,199 @@
+"""The ASGI application: wires the store, adapters, runner and endpoints together.
+
+:class:`Gateway` owns everything with a lifetime (store connections, the HTTP pool, the
+runner); :func:`create_app` builds the Starlette app whose lifespan starts and stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import cachetools
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from adapters import registry as adapter_registry
+from adapters.base import Adapter, AdapterContext, ClusterInfo, Deduper
+from adapters.oci import OciClient
+from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
+from gateway.config import Config
+from gateway.endpoints import openapi, probes
+from gateway.health import ClusterHealth
+from gateway.httputil import APIError, error_response
+from gateway.jobs import InvalidRequest, JobService
+from gateway.runner import Runner
+from gateway.secretbox import SecretBox
+from gateway.store import SqlStore, StoreUnavailable, open_store
+
+log = logging.getLogger("gateway")
+USER_AGENT = "harbor-preheat-gateway/0.1"
+
+
+class Gateway:
+    """Everything the endpoints need, alive between start() and stop()."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.store: SqlStore = open_store(config.store_url)
+        self.box = SecretBox.from_env_or_file(
+            config.store.secret_key_env,
+            Path(config.store.secret_key_file) if config.store.secret_key_file else config.state_dir / "secret.key",
+        )
+        self.auth = Authenticator(config.auth, self.store)
+        self.http = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            headers={"User-Agent": USER_AGENT},
+        )
+        self.dedupe = Deduper(window=config.runner.dedupe_window_seconds)
+        policy = config.registries.policy()
+        context = AdapterContext(
+            http=self.http,
+            oci=OciClient(self.http, policy, user_agent=USER_AGENT),
+            policy=policy,
+            dedupe=self.dedupe,
+            credentials_for=config.credentials_for,
+            hostname=socket.gethostname(),
+            ip=_primary_ip(),
+            user_agent=USER_AGENT,
+        )
+        self.adapters: dict[int, Adapter] = {
+            cluster.id: adapter_registry.load(cluster.config.adapter)(
+                ClusterInfo(id=cluster.id, name=cluster.name, config_path=cluster.config_path, platform=cluster.config.platform),
+                cluster.options,
+                context,
+            )
+            for cluster in config.clusters
+        }
+        self.runner = Runner(config, self.store, self.box, self.adapters)
+        self.jobs = JobService(config, self.store, self.box, on_created=self.runner.wake, on_deleted=self.runner.cancel_job)
+        self.health = ClusterHealth(self.adapters)
+        # Finished jobs never change (but for bio): their rendered bytes are served from here.
+        self.rendered: cachetools.TTLCache[tuple[str, int], bytes] = cachetools.TTLCache(maxsize=20_000, ttl=300)
+        self._lock_file: Any = None
+
+    async def start(self) -> None:
+        if self.store.dialect == "sqlite":
+            self._lock_file = _lock_exclusive(Path(self.config.store_url.removeprefix("sqlite:///")))
+        await self.store.open()
+        if self.config.auth.mode == "none":
+            log.warning("authentication is OFF (auth.mode: none): anyone who can reach this port can run preheats")
+        elif self.config.auth.tokens and not await self.store.list_tokens():
+            await self._print_first_token()
+        await self.runner.start()
+        log.info("serving %d cluster(s) from %s with store %s", len(self.adapters), self.config.source, self.store.dialect)
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        for adapter in self.adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.aclose()
+        await self.http.aclose()
+        await self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    async def _print_first_token(self) -> None:
+        token = new_token()
+        await self.store.create_token("default", hash_token(token), ["job"], None)
+        host, port = self.config.server.host, self.config.server.port
+        print(
+            f"Created personal access token 'default' (shown once, store it now):\n  {token}\n"
+            f"Use it in Harbor as auth mode OAuth, or: curl -H 'Authorization: Bearer {token}' http://{host}:{port}/healthy",
+            flush=True,
+        )
+
+
+def _primary_ip() -> str:
+    """The address other hosts would see this one by (no packet is sent)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only
+        return str(probe.getsockname()[0])
+    return "127.0.0.1"
+
+
+def _lock_exclusive(database: Path) -> Any:
+    """One process owns an embedded SQLite store: a second one would re-run the first's tasks."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(database.with_name(database.name + ".lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StoreUnavailable(
+            f"another gateway process serves the SQLite store {database}; run one process per SQLite file, "
+            "or use PostgreSQL (store.url: postgresql://...) for several replicas"
+        ) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+async def _invalid_request(_request: Request, error: Exception) -> Response:
+    return error_response(422, str(error))
+
+
+async def _api_error(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, APIError)
+    return error_response(error.status, error.message, error.headers)
+
+
+async def _http_error(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    message = {404: "not found", 405: "method not allowed"}.get(error.status_code, str(error.detail))
+    return error_response(error.status_code, message, dict(error.headers or {}))
+
+
+async def _store_unavailable(_request: Request, error: Exception) -> Response:
+    log.error("store unavailable: %s", error)
+    return error_response(503, "the job store is unavailable; retry shortly", {"Retry-After": "5"})
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return error_response(500, "internal error; the gateway log has the details")
+
+
+def create_app(config: Config) -> Starlette:
+    gateway = Gateway(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await gateway.stop()
+
+    app = Starlette(
+        routes=[*probes.routes(), *openapi.routes()],
+        middleware=[Middleware(AuthMiddleware, authenticator=lambda: gateway.auth)],
+        exception_handlers={
+            InvalidRequest: _invalid_request,
+            APIError: _api_error,
+            HTTPException: _http_error,
+            StoreUnavailable: _store_unavailable,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    app.state.ready = False
+    return app

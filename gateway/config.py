@@ -1,0 +1,342 @@
+"""The configuration file: YAML decoded strictly into typed structs.
+
+An unknown key or a wrong type is an error naming its path (``clusters[2].endpoints[0].url:
+not an http(s) URL``). Sections and clusters are decoded one by one so that ``check-config``
+can report every error at once, not just the first. Secrets come from the environment
+(``*_env``) or from files (``*_file``), never inline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from adapters import registry as adapter_registry
+from adapters.base import Credentials
+from adapters.oci import parse_platform
+from adapters.urlpolicy import URLPolicy
+
+CONFIG_ENV = "PREHEAT_GATEWAY_CONFIG"
+STATE_DIR_ENV = "PREHEAT_GATEWAY_STATE_DIR"
+SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file, each ``path: message``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def parse_duration(text: str | int | float) -> float:
+    """``90d``, ``30m``, ``15s``, ``500ms`` or a number of seconds, as seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(text)
+    match = _DURATION.match(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 12h or 90d")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def default_state_dir() -> Path:
+    if env := os.environ.get(STATE_DIR_ENV):
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "preheat-gateway"
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class TLSConfig(_Section):
+    cert: str
+    key: str
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    """``host:port`` to listen on."""
+    tls: TLSConfig | None = None
+    root_path: str = ""
+    """Path prefix when served behind a reverse proxy under a sub-path (``/harbor``)."""
+    state_dir: str = ""
+    """Where the embedded SQLite store, the secret key and the local cache live."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (413 above)."""
+    max_urls: int = 1000
+    """Most URLs in one file preheat."""
+    max_page_size: int = 100
+    """Largest ``per_page`` of a list."""
+
+    def __post_init__(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen: {self.listen!r} is not host:port")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ValueError(f"root_path: {self.root_path!r} must start with / and not end with /")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes: must be at least 1024")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class StoreConfig(_Section):
+    url: str = ""
+    """``sqlite:///path/gateway.db`` (default: in the state directory) or ``postgresql://...``."""
+    secret_key_env: str | None = None
+    """Environment variable holding the key that encrypts registry credentials at rest."""
+    secret_key_file: str | None = None
+    """File holding that key; generated (mode 0600) when missing. Default: state_dir/secret.key."""
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"url: {self.url!r} is neither sqlite:///PATH nor postgresql://...")
+        if self.secret_key_env and not os.environ.get(self.secret_key_env):
+            raise ValueError(f"secret_key_env: environment variable {self.secret_key_env} is not set")
+
+
+class AuthConfig(_Section):
+    mode: Literal["required", "none"] = "required"
+    """``none`` turns authentication off (logged as a warning at start)."""
+    tokens: bool = True
+    """Accept personal access tokens kept in the store (``Authorization: Bearer``)."""
+    token_cache_seconds: float = 10.0
+    """How long a verified token is trusted without a store round trip."""
+
+
+class RegistryCredential(_Section):
+    host: str
+    username: str
+    password_env: str | None = None
+    password_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.password_env) == bool(self.password_file):
+            raise ValueError("password_env: give exactly one of password_env or password_file")
+        if self.password_env and not os.environ.get(self.password_env):
+            raise ValueError(f"password_env: environment variable {self.password_env} is not set")
+        if self.password_file and not Path(self.password_file).is_file():
+            raise ValueError(f"password_file: {self.password_file} does not exist")
+
+    def credentials(self) -> Credentials:
+        if self.password_env:
+            return Credentials(self.username, os.environ[self.password_env])
+        return Credentials(self.username, Path(self.password_file or "").read_text().strip())
+
+
+class RegistriesConfig(_Section):
+    allow: list[str] = []
+    """Hosts the gateway may fetch from: ``host``, ``host:port``, ``*.suffix``, CIDR, or ``*``."""
+    credentials: list[RegistryCredential] = []
+    """Used when the caller sent none (Kraken events, the CLI) or its token was refused."""
+
+    def __post_init__(self) -> None:
+        for index, pattern in enumerate(self.allow):
+            if not pattern or " " in pattern or "/" in pattern and not re.match(r"^[0-9a-fA-F.:]+/\d+$", pattern):
+                raise ValueError(f"allow[{index}]: {pattern!r} is not a host, host:port, *.suffix, CIDR or *")
+
+    def policy(self) -> URLPolicy:
+        return URLPolicy(tuple(self.allow))
+
+
+class RunnerConfig(_Section):
+    workers: int = 32
+    """Cluster tasks run at once by this replica."""
+    lease_seconds: float = 30.0
+    """A claimed task is reclaimed by another replica this long after its last heartbeat."""
+    default_timeout: str = "30m"
+    """A job's time limit when the request gives none (Harbor waits 30 minutes)."""
+    dedupe_window_seconds: float = 600.0
+    """A blob warmed on an endpoint is not fetched there again within this window."""
+    poll_seconds: float = 1.0
+    """How often an idle replica looks for work another replica queued."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers: must be at least 1")
+        if self.lease_seconds < 3:
+            raise ValueError("lease_seconds: must be at least 3")
+        parse_duration(self.default_timeout)
+
+    @property
+    def default_timeout_seconds(self) -> float:
+        return parse_duration(self.default_timeout)
+
+
+class ClusterConfig(_Section):
+    id: int
+    name: str
+    adapter: str
+    platform: str | None = None
+    """This cluster's nodes' platform (``linux/arm64``), used when a request names none."""
+
+    def __post_init__(self) -> None:
+        if self.id < 1:
+            raise ValueError("id: must be a positive integer")
+        if not self.name:
+            raise ValueError("name: must not be empty")
+        if self.platform and self.platform != "all":
+            parse_platform(self.platform)
+
+
+class Cluster(msgspec.Struct, frozen=True):
+    """A cluster as the gateway uses it: common keys plus the adapter's decoded options."""
+
+    config: ClusterConfig
+    options: Any
+    config_path: str
+
+    @property
+    def id(self) -> int:
+        return self.config.id
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class Config(msgspec.Struct, kw_only=True):
+    server: ServerConfig
+    store: StoreConfig
+    auth: AuthConfig
+    registries: RegistriesConfig
+    runner: RunnerConfig
+    clusters: list[Cluster]
+    source: str = "<embedded default>"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.server.state_dir) if self.server.state_dir else default_state_dir()
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.state_dir / 'gateway.db'}"
+
+    def credentials_for(self, host: str) -> Credentials | None:
+        for entry in self.registries.credentials:
+            if entry.host.lower() == host.lower():
+                return entry.credentials()
+        return None
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerConfig,
+    "store": StoreConfig,
+    "auth": AuthConfig,
+    "registries": RegistriesConfig,
+    "runner": RunnerConfig,
+}
+
+
+def _describe(error: msgspec.ValidationError, prefix: str) -> str:
+    """Turn msgspec's ``Expected `int`, got `str` - at `$.id``` into ``clusters[2].id: expected int, got str``."""
+    text = str(error)
+    message, _, where = text.rpartition(" - at `")
+    if not message:
+        message, where = text, "$`"
+    path = prefix + where.rstrip("`")[1:]
+    if match := re.match(r"Object contains unknown field `(.+)`", message):
+        path, message = f"{path}.{match[1]}", "unknown key"
+    elif match := re.match(r"Object missing required field `(.+)`", message):
+        path, message = f"{path}.{match[1]}", "required key is missing"
+    elif match := re.match(r"^(\w+): (.*)$", message, re.S):
+        path, message = f"{path}.{match[1]}", match[2]
+    else:
+        message = message.replace("`", "")
+        message = message[0].lower() + message[1:] if message else message
+    return f"{path.lstrip('.')}: {message}"
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a config file (``None``: the embedded default). Raises :class:`ConfigError`."""
+    if path is None:
+        return build_config({}, source="<embedded default>")
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read ({error.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML ({error})"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return build_config(data, source=str(path))
+
+
+def build_config(data: dict[str, Any], *, source: str) -> Config:
+    errors: list[str] = []
+    sections: dict[str, Any] = {}
+    for key in data:
+        if key not in _SECTIONS and key != "clusters":
+            errors.append(f"{key}: unknown key (sections are {', '.join([*_SECTIONS, 'clusters'])})")
+    for key, struct in _SECTIONS.items():
+        raw = data.get(key) or {}
+        try:
+            sections[key] = msgspec.convert(raw, struct)
+        except msgspec.ValidationError as error:
+            errors.append(_describe(error, key))
+    state_dir = sections["server"].state_dir if "server" in sections and sections["server"].state_dir else str(default_state_dir())
+    raw_clusters = data.get("clusters")
+    if raw_clusters is None:
+        raw_clusters = [{"id": 1, "name": "local", "adapter": "local", "path": str(Path(state_dir) / "cache")}]
+    clusters = _build_clusters(raw_clusters, errors)
+    if errors:
+        raise ConfigError(errors)
+    return Config(clusters=clusters, source=source, **sections)
+
+
+def _build_clusters(raw_clusters: Any, errors: list[str]) -> list[Cluster]:
+    if not isinstance(raw_clusters, list) or not raw_clusters:
+        errors.append("clusters: must be a non-empty list")
+        return []
+    clusters: list[Cluster] = []
+    seen_ids: dict[int, str] = {}
+    seen_names: dict[str, str] = {}
+    common = set(ClusterConfig.__struct_fields__)
+    for index, raw in enumerate(raw_clusters):
+        where = f"clusters[{index}]"
+        if not isinstance(raw, dict):
+            errors.append(f"{where}: must be a mapping with id, name and adapter")
+            continue
+        try:
+            config = msgspec.convert({k: v for k, v in raw.items() if k in common}, ClusterConfig)
+        except msgspec.ValidationError as error:
+            errors.append(_describe(error, where))
+            continue
+        if config.id in seen_ids:
+            errors.append(f"{where}.id: {config.id} is already used by {seen_ids[config.id]}")
+        if config.name in seen_names:
+            errors.append(f"{where}.name: {config.name!r} is already used by {seen_names[config.name]}")
+        seen_ids[config.id], seen_names[config.name] = where, where
+        try:
+            adapter = adapter_registry.load(config.adapter)
+        except adapter_registry.UnknownAdapter as error:
+            errors.append(f"{where}.adapter: {error}")
+            continue
+        try:
+            options = msgspec.convert({k: v for k, v in raw.items() if k not in common}, adapter.Options)
+        except msgspec.ValidationError as error:
+            errors.append(_describe(error, where))
+            continue
+        clusters.append(Cluster(config=config, options=options, config_path=where))
+    return clusters

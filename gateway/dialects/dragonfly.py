@@ -1,0 +1,208 @@
+"""Dialect A: Dragonfly's Open API, spoken by Harbor 2.12+ (reference section 3).
+
+Only translation lives here: a create body into a :class:`JobSpec`, a job into the exact
+JSON Harbor's Go client decodes (integer ``id``, RFC 3339 UTC times, ``state`` one of
+PENDING/SUCCESS/FAILURE, ``result.job_states[].results[]``), with every secret blanked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from adapters.base import TaskRow
+from gateway.config import Cluster
+from gateway.jobs import InvalidRequest, JobSpec, parse_filtered_query_params
+from gateway.store import JobRecord, TaskRecord
+
+NANOSECONDS = 1_000_000_000
+
+
+class PreheatArgs(msgspec.Struct):
+    """``args`` as Harbor's driver and Dragonfly's own clients send it. Unknown keys are ignored."""
+
+    type: str = "image"
+    url: str = ""
+    urls: list[str] | None = None
+    tag: str = ""
+    application: str = ""
+    filtered_query_params: str = ""
+    filteredQueryParams: str = ""
+    headers: dict[str, str] | None = None
+    username: str = ""
+    password: str = ""
+    platform: str = ""
+    scope: str = ""
+    piece_length: int | None = None
+    concurrent_count: int = 0
+    concurrent_task_count: int = 0
+    concurrent_peer_count: int = 0
+    ips: list[str] | None = None
+    count: int | None = None
+    percentage: int | None = None
+    timeout: int = 0
+
+
+class CreateJobRequest(msgspec.Struct):
+    type: str
+    args: PreheatArgs
+    scheduler_cluster_ids: list[int] | None = None
+    bio: str = ""
+
+
+class PatchJobRequest(msgspec.Struct):
+    bio: str
+
+
+_CREATE = msgspec.json.Decoder(CreateJobRequest)
+_PATCH = msgspec.json.Decoder(PatchJobRequest)
+_ENCODER = msgspec.json.Encoder()
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as error:
+        raise InvalidRequest(f"invalid request body: {str(error).replace('`', '')}") from None
+    except msgspec.DecodeError as error:
+        raise InvalidRequest(f"request body is not valid JSON ({error})") from None
+
+
+def parse_create(body: bytes, *, source: str = "openapi") -> JobSpec:
+    request: CreateJobRequest = _decode(_CREATE, body)
+    if request.type != "preheat":
+        raise InvalidRequest(f"job type {request.type!r} is not supported: this gateway runs 'preheat' jobs")
+    args = request.args
+    kind = {"image": "image", "cnai": "image", "file": "file"}.get(args.type)
+    if kind is None:
+        raise InvalidRequest(f"args.type {args.type!r} is not supported: use 'image' or 'file'")
+    urls = [u for u in ([args.url] if args.url else []) + list(args.urls or []) if u]
+    if not urls:
+        raise InvalidRequest("args.url is empty: give the image's manifest URL (or a file's URL)")
+    extra = {
+        key: value for key, value in (
+            ("concurrent_task_count", args.concurrent_task_count), ("concurrent_peer_count", args.concurrent_peer_count),
+            ("ips", args.ips), ("count", args.count), ("percentage", args.percentage),
+        ) if value
+    }
+    return JobSpec(
+        type=kind,  # type: ignore[arg-type]
+        urls=urls,
+        tag=args.tag,
+        application=args.application,
+        filtered_query_params=parse_filtered_query_params(args.filtered_query_params or args.filteredQueryParams),
+        platform=args.platform,
+        scope=args.scope,
+        headers=dict(args.headers or {}),
+        username=args.username,
+        password=args.password,
+        piece_length=args.piece_length,
+        concurrent_count=args.concurrent_count or args.concurrent_task_count,
+        timeout_seconds=args.timeout / NANOSECONDS,
+        cluster_ids=request.scheduler_cluster_ids,
+        bio=request.bio,
+        source=source,
+        extra=extra,
+    )
+
+
+def parse_patch(body: bytes) -> str:
+    return _decode(_PATCH, body).bio
+
+
+def rfc3339(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "0001-01-01T00:00:00Z"  # Go's zero time, which Harbor decodes
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _args(job: JobRecord) -> dict[str, Any]:
+    spec = job.args
+    urls = spec.get("urls") or []
+    return {
+        "type": spec.get("type", "image"),
+        "url": urls[0] if urls else "",
+        "urls": urls if len(urls) > 1 else None,
+        "tag": spec.get("tag", ""),
+        "application": spec.get("application", ""),
+        "filtered_query_params": "&".join(spec.get("filtered_query_params") or []),
+        "headers": None,
+        "username": spec.get("username", ""),
+        "password": "",
+        "platform": spec.get("platform", ""),
+        "scope": spec.get("scope", ""),
+        "piece_length": spec.get("piece_length"),
+        "concurrent_count": spec.get("concurrent_count", 0),
+        "timeout": int(spec.get("timeout_seconds", 0) * NANOSECONDS),
+    }
+
+
+def _rows(rows: list[TaskRow]) -> list[dict[str, str]]:
+    return [{"url": r.url, "hostname": r.hostname, "ip": r.ip, "description": r.description} for r in rows]
+
+
+def _job_state(task: TaskRecord) -> dict[str, Any]:
+    state = task.state if task.state in ("SUCCESS", "FAILURE") else "PENDING"
+    return {
+        "task_name": "preheat",
+        "task_uuid": f"task_{task.id}",
+        "state": state,
+        "error": task.error,
+        "ttl": 0,
+        "created_at": rfc3339(task.started_at),
+        "updated_at": rfc3339(task.updated_at),
+        "results": [{
+            "scheduler_cluster_id": task.cluster_id,
+            "success_tasks": _rows(task.result.success_tasks),
+            "failure_tasks": _rows(task.result.failure_tasks),
+        }],
+        "progress": msgspec.to_builtins(task.progress),
+    }
+
+
+def job_body(job: JobRecord, clusters: Mapping[int, Cluster], created_at: float) -> dict[str, Any]:
+    """A job as Dragonfly's manager renders it."""
+    return {
+        "id": job.id,
+        "created_at": rfc3339(job.created_at),
+        "updated_at": rfc3339(job.updated_at),
+        "is_del": 0,
+        "task_id": job.task_id,
+        "bio": job.bio,
+        "type": job.type,
+        "state": job.state,
+        "args": _args(job),
+        "result": {
+            "group_uuid": job.task_id,
+            "state": job.state,
+            "created_at": rfc3339(job.created_at),
+            "updated_at": rfc3339(job.updated_at),
+            "job_states": [_job_state(task) for task in job.tasks],
+        },
+        "user_id": 0,
+        "source": job.source,
+        "scheduler_clusters": [cluster_body(clusters[t.cluster_id], created_at) for t in job.tasks if t.cluster_id in clusters],
+    }
+
+
+def cluster_body(cluster: Cluster, created_at: float, health: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": cluster.id,
+        "name": cluster.name,
+        "bio": "",
+        "adapter": cluster.config.adapter,
+        "platform": cluster.config.platform or "",
+        "is_default": cluster.id == 1,
+        "created_at": rfc3339(created_at),
+        "updated_at": rfc3339(created_at),
+    }
+    if health is not None:
+        body["health"] = health
+    return body
+
+
+def encode(value: Any) -> bytes:
+    return _ENCODER.encode(value)

@@ -1,0 +1,109 @@
+"""HTTP handlers for dialect A, Dragonfly's Open API (Harbor 2.12+, scripts, the CLI)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.app_types import gateway_of
+from gateway.dialects import dragonfly
+from gateway.httputil import APIError, error_response, int_param, json_response, read_body
+
+JOB_STATES = ("PENDING", "SUCCESS", "FAILURE")
+
+
+async def healthy(request: Request) -> Response:
+    """Harbor's "Test connection" and the start of every task. 503 when no cluster is usable."""
+    gateway = gateway_of(request)
+    health = await gateway.health.all()
+    if not any(h["reachable"] for h in health.values()):
+        reasons = "; ".join(f"cluster {i}: {h['error']}" for i, h in health.items())
+        return error_response(503, f"no cluster is usable: {reasons}")
+    return json_response("OK")
+
+
+async def create_job(request: Request) -> Response:
+    gateway = gateway_of(request)
+    spec = dragonfly.parse_create(await read_body(request, gateway.config.server.max_body_bytes))
+    job = await gateway.jobs.create(spec)
+    return json_response(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at))
+
+
+async def get_job(request: Request) -> Response:
+    gateway = gateway_of(request)
+    job_id: int = request.path_params["id"]
+    key = ("openapi", job_id)
+    cached = gateway.rendered.get(key)
+    if cached is not None:
+        return json_response(cached)
+    job = await gateway.jobs.get(job_id)
+    if job is None:
+        raise APIError(404, f"job {job_id} not found")
+    body = dragonfly.encode(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at))
+    if job.finished:
+        gateway.rendered[key] = body
+    return json_response(body)
+
+
+async def list_jobs(request: Request) -> Response:
+    gateway = gateway_of(request)
+    page = int_param(request, "page", 1, minimum=1, maximum=1_000_000)
+    per_page = int_param(request, "per_page", 10, minimum=1, maximum=gateway.config.server.max_page_size)
+    state = request.query_params.get("state") or None
+    if state is not None and state not in JOB_STATES:
+        raise APIError(400, f"state {state[:50]!r} is not one of {', '.join(JOB_STATES)}")
+    job_type = request.query_params.get("type") or None
+    jobs, total = await gateway.store.list_jobs(limit=per_page, offset=(page - 1) * per_page, state=state, type=job_type)
+    body = [dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at) for job in jobs]
+    last = max(1, -(-total // per_page))
+    base = str(request.url.remove_query_params(["page"]))
+    sep = "&" if "?" in base else "?"
+    links = [f'<{base}{sep}page={n}>; rel="{rel}"' for rel, n in (("first", 1), ("prev", max(1, page - 1)), ("next", min(last, page + 1)), ("last", last))]
+    return json_response(body, headers={"X-Total-Count": str(total), "Link": ", ".join(links)})
+
+
+async def patch_job(request: Request) -> Response:
+    gateway = gateway_of(request)
+    job_id: int = request.path_params["id"]
+    bio = dragonfly.parse_patch(await read_body(request, gateway.config.server.max_body_bytes))
+    if len(bio) > 1000:
+        raise APIError(422, "bio is longer than 1000 characters")
+    if not await gateway.store.set_bio(job_id, bio):
+        raise APIError(404, f"job {job_id} not found")
+    gateway.rendered.pop(("openapi", job_id), None)
+    job = await gateway.jobs.get(job_id)
+    if job is None:
+        raise APIError(404, f"job {job_id} not found")
+    return json_response(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at))
+
+
+async def delete_job(request: Request) -> Response:
+    gateway = gateway_of(request)
+    job_id: int = request.path_params["id"]
+    if not await gateway.jobs.delete(job_id):
+        raise APIError(404, f"job {job_id} not found")
+    for key in [k for k in gateway.rendered if k[1] == job_id]:
+        gateway.rendered.pop(key, None)
+    return Response(status_code=200)
+
+
+async def list_clusters(request: Request) -> Response:
+    gateway = gateway_of(request)
+    health = await gateway.health.all()
+    return json_response([
+        dragonfly.cluster_body(cluster, gateway.started_at, health.get(cluster.id))
+        for cluster in gateway.jobs.clusters.values()
+    ])
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/healthy", healthy, methods=["GET"]),
+        Route("/oapi/v1/jobs", create_job, methods=["POST"]),
+        Route("/oapi/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/oapi/v1/jobs/{id:int}", get_job, methods=["GET"]),
+        Route("/oapi/v1/jobs/{id:int}", patch_job, methods=["PATCH"]),
+        Route("/oapi/v1/jobs/{id:int}", delete_job, methods=["DELETE"]),
+        Route("/oapi/v1/clusters", list_clusters, methods=["GET"]),
+    ]

@@ -1,0 +1,35 @@
+"""Kubernetes probes: ``/livez`` (the process answers) and ``/readyz`` (the store answers).
+
+Readiness depends on the store only, never on backends: a slow mirror must not take every
+replica out of its Service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.httputil import error_response, json_response
+
+READY_TIMEOUT_SECONDS = 2.0
+
+
+async def livez(_request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    if not request.app.state.ready:
+        return error_response(503, "starting or stopping")
+    try:
+        await asyncio.wait_for(request.app.state.gateway.store.ping(), READY_TIMEOUT_SECONDS)
+    except Exception as error:  # any store failure means not ready
+        return error_response(503, f"store unavailable: {type(error).__name__}")
+    return json_response({"status": "ok"})
+
+
+def routes() -> list[Route]:
+    return [Route("/livez", livez, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]

@@ -1,0 +1,53 @@
+"""Cluster health, probed briefly and cached, so a thousand Harbor health checks cost a few probes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from adapters.base import Adapter, Health
+
+PROBE_TIMEOUT_SECONDS = 10.0
+
+
+class ClusterHealth:
+    def __init__(self, adapters: Mapping[int, Adapter], ttl: float = 5.0) -> None:
+        self.adapters = adapters
+        self.ttl = ttl
+        self._cache: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._inflight: dict[int, asyncio.Task[dict[str, Any]]] = {}
+
+    async def get(self, cluster_id: int) -> dict[str, Any]:
+        cached = self._cache.get(cluster_id)
+        if cached is not None and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        task = self._inflight.get(cluster_id)
+        if task is None:
+            task = asyncio.create_task(self._probe(cluster_id))
+            self._inflight[cluster_id] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(cluster_id, None))
+        return await asyncio.shield(task)
+
+    async def all(self) -> dict[int, dict[str, Any]]:
+        ids = list(self.adapters)
+        results = await asyncio.gather(*(self.get(i) for i in ids))
+        return dict(zip(ids, results))
+
+    async def _probe(self, cluster_id: int) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            health = await asyncio.wait_for(self.adapters[cluster_id].check(), PROBE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            health = Health(reachable=False, error=f"health check timed out after {PROBE_TIMEOUT_SECONDS:.0f}s")
+        except Exception as error:  # a probe bug is reported, not raised
+            health = Health(reachable=False, error=f"health check failed: {type(error).__name__}")
+        body = {
+            "reachable": health.reachable,
+            "latency_ms": round(health.latency_ms or (time.monotonic() - started) * 1000, 1),
+            "error": health.error,
+            "checked_at": time.time(),
+        }
+        self._cache[cluster_id] = (time.monotonic(), body)
+        return body

@@ -1,0 +1,240 @@
+"""Claims pending cluster tasks, drives adapters, heartbeats, and recovers after a crash.
+
+Every replica runs one runner. It claims tasks under a lease, runs each through its
+cluster's adapter with a deadline, records progress about once a second, and renews its
+leases. A task whose replica died is reclaimed when its lease runs out (on the embedded
+SQLite store, which one process owns, at start). Deleting a job removes its tasks; the
+heartbeat notices the lost lease and cancels the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from adapters.base import DEFAULT_PLATFORM, DEFAULT_SCOPE, Adapter, Credentials, PreheatError, PreheatRequest, TaskRow
+from gateway.config import Config
+from gateway.jobs import JobSpec
+from gateway.secretbox import SecretBox
+from gateway.store import Claim, SqlStore, TaskProgress, TaskResult
+
+MAX_ROWS_PER_TASK = 10_000
+PROGRESS_INTERVAL_SECONDS = 1.0
+log = logging.getLogger("gateway.runner")
+
+
+class Recorder:
+    """The :class:`adapters.base.Progress` the runner hands an adapter: counts and rows, kept bounded."""
+
+    def __init__(self) -> None:
+        self.progress = TaskProgress()
+        self.result = TaskResult(success_tasks=[], failure_tasks=[])
+        self.dirty = False
+
+    def planned(self, items: int, total_bytes: int) -> None:
+        self.progress.items_total += items
+        self.progress.bytes_total += total_bytes
+        self.dirty = True
+
+    def transferred(self, nbytes: int) -> None:
+        self.progress.bytes_transferred += nbytes
+        self.dirty = True
+
+    def succeeded(self, row: TaskRow) -> None:
+        self.progress.items_done += 1
+        if len(self.result.success_tasks) < MAX_ROWS_PER_TASK:
+            self.result.success_tasks.append(row)
+        self.dirty = True
+
+    def failed(self, row: TaskRow) -> None:
+        self.progress.items_failed += 1
+        if len(self.result.failure_tasks) < MAX_ROWS_PER_TASK:
+            self.result.failure_tasks.append(row)
+        self.dirty = True
+
+
+class _Running(msgspec.Struct):
+    claim: Claim
+    task: asyncio.Task[None]
+    recorder: Recorder
+    cancelled: bool = False
+
+
+class Runner:
+    def __init__(self, config: Config, store: SqlStore, box: SecretBox, adapters: Mapping[int, Adapter]) -> None:
+        self.config = config
+        self.store = store
+        self.box = box
+        self.adapters = adapters
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._running: dict[int, _Running] = {}
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        if self.store.dialect == "sqlite":
+            recovered = await self.store.release_tasks("*")
+            if recovered:
+                log.warning("resuming %d task(s) left running by a previous process", recovered)
+        self._loops = [asyncio.create_task(self._claim_loop(), name="runner-claim"),
+                       asyncio.create_task(self._tick_loop(), name="runner-tick")]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming; let running tasks finish within ``grace``, then hand the rest back."""
+        self._stopping = True
+        self._wake.set()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        pending = [running.task for running in self._running.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        leftover = list(self._running.values())
+        for running in leftover:
+            running.task.cancel()
+        await asyncio.gather(*(running.task for running in leftover), return_exceptions=True)
+        if leftover:
+            released = await self.store.release_tasks(self.owner, [running.claim.task_id for running in leftover])
+            log.info("handed back %d unfinished task(s)", released)
+
+    def cancel_job(self, job_id: int) -> None:
+        """Cancel this replica's work on a job (it is being deleted)."""
+        for running in self._running.values():
+            if running.claim.job_id == job_id:
+                running.cancelled = True
+                running.task.cancel()
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            free = self.config.runner.workers - len(self._running)
+            claims: list[Claim] = []
+            if free > 0:
+                try:
+                    claims = await self.store.claim_tasks(self.owner, free, self.config.runner.lease_seconds)
+                except Exception:
+                    log.exception("claiming tasks failed; retrying")
+                    await asyncio.sleep(self.config.runner.poll_seconds)
+                    continue
+            for claim in claims:
+                recorder = Recorder()
+                task = asyncio.create_task(self._run(claim, recorder), name=f"task-{claim.task_id}")
+                self._running[claim.task_id] = _Running(claim=claim, task=task, recorder=recorder)
+            if claims and free - len(claims) > 0:
+                continue  # there may be more waiting
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.runner.poll_seconds)
+            except TimeoutError:
+                pass
+
+    async def _tick_loop(self) -> None:
+        """Save progress about once a second; renew leases a few times per lease."""
+        last_renewal = time.monotonic()
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
+            try:
+                for task_id, running in list(self._running.items()):
+                    if running.recorder.dirty and not running.task.done():
+                        running.recorder.dirty = False
+                        await self.store.save_progress(task_id, self.owner, running.recorder.progress, running.recorder.result)
+                if time.monotonic() - last_renewal >= self.config.runner.lease_seconds / 3:
+                    last_renewal = time.monotonic()
+                    held_ids = [i for i, r in self._running.items() if not r.task.done()]
+                    still = await self.store.renew_leases(self.owner, held_ids, self.config.runner.lease_seconds)
+                    for task_id in set(held_ids) - still:
+                        running = self._running.get(task_id)
+                        if running is not None:
+                            log.info("lost task %d (job deleted or lease taken over); stopping it", task_id)
+                            running.cancelled = True
+                            running.task.cancel()
+            except Exception:
+                log.exception("saving progress or renewing leases failed; retrying")
+
+    async def _run(self, claim: Claim, recorder: Recorder) -> None:
+        state, error = "FAILURE", ""
+        adapter = self.adapters.get(claim.cluster_id)
+        started = time.monotonic()
+        try:
+            if adapter is None:
+                error = f"cluster {claim.cluster_id} is no longer configured on this gateway; the job cannot run there"
+            elif claim.deadline <= time.time():
+                error = "timed out before any worker was free; raise args.timeout or runner.workers"
+            else:
+                request = self._request(claim, adapter)
+                try:
+                    async with asyncio.timeout(claim.deadline - time.time()):
+                        await adapter.preheat(request, recorder)
+                    state = "SUCCESS"
+                except PreheatError as failure:
+                    error = f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): {failure}"
+                except TimeoutError:
+                    p = recorder.progress
+                    error = (
+                        f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): timed out after "
+                        f"{time.monotonic() - started:.0f}s with {p.items_done} of {p.items_total} blobs warm "
+                        f"({p.bytes_transferred} of {p.bytes_total} bytes); raise args.timeout or check the backend"
+                    )
+        except asyncio.CancelledError:
+            running = self._running.pop(claim.task_id, None)
+            if running is not None and not running.cancelled and not self._stopping:
+                raise
+            return  # deleted, taken over, or handed back by stop()
+        except Exception as failure:  # an adapter bug must not take the runner down
+            log.exception("adapter failed unexpectedly on task %d", claim.task_id)
+            name = adapter.name if adapter else "?"
+            error = f"internal error in the {name} adapter ({type(failure).__name__}); see the gateway log for job {claim.job_id}"
+        try:
+            job_state = await self.store.finish_task(
+                claim.task_id, self.owner, state=state, error=error, progress=recorder.progress, result=recorder.result
+            )
+            if job_state is None:
+                log.warning("task %d finished after its lease was lost; its result was dropped", claim.task_id)
+            else:
+                log.info("task %d of job %d ended %s", claim.task_id, claim.job_id, state,
+                         extra={"job_id": claim.job_id, "cluster_id": claim.cluster_id})
+        except Exception:
+            log.exception("recording the end of task %d failed; its lease will expire and it will run again", claim.task_id)
+        finally:
+            self._running.pop(claim.task_id, None)
+
+    def _request(self, claim: Claim, adapter: Adapter) -> PreheatRequest:
+        spec = msgspec.convert(claim.args, JobSpec)
+        secrets: dict[str, Any] = self.box.open(claim.secret)
+        headers = {str(k): str(v) for k, v in (secrets.get("headers") or {}).items()}
+        password = str(secrets.get("password") or "")
+        credentials = Credentials(spec.username, password) if spec.username and password else None
+        if credentials is None and spec.type == "image":
+            credentials = self.config.credentials_for(urlsplit(spec.urls[0]).netloc)
+        return PreheatRequest(
+            job_id=claim.job_id,
+            type=spec.type,
+            urls=tuple(spec.urls),
+            platform=spec.platform or adapter.cluster.platform or DEFAULT_PLATFORM,
+            scope=spec.scope or DEFAULT_SCOPE,  # type: ignore[arg-type]
+            headers=headers,
+            credentials=credentials,
+            tag=spec.tag,
+            application=spec.application,
+            filtered_query_params=tuple(spec.filtered_query_params),
+            concurrency=spec.concurrent_count or 8,
+            piece_length=spec.piece_length,
+            timeout_seconds=max(0.0, claim.deadline - time.time()),
+            extra=spec.extra,
+        )
