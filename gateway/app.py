@@ -29,7 +29,8 @@ from adapters.base import Adapter, AdapterContext, ClusterInfo, Deduper
 from adapters.oci import OciClient
 from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
 from gateway.config import Config
-from gateway.endpoints import openapi, probes
+from gateway import console
+from gateway.endpoints import kraken, legacy, openapi, probes
 from gateway.health import ClusterHealth
 from gateway.httputil import APIError, error_response
 from gateway.jobs import InvalidRequest, JobService
@@ -183,7 +184,7 @@ def create_app(config: Config) -> Starlette:
             await gateway.stop()
 
     app = Starlette(
-        routes=[*probes.routes(), *openapi.routes()],
+        routes=[*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes()],
         middleware=[Middleware(AuthMiddleware, authenticator=lambda: gateway.auth)],
         exception_handlers={
             InvalidRequest: _invalid_request,

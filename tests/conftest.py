@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from tests.gateway_process import GatewayProcess, gateway_config
 from tests.registry import (
     MissingPrerequisite,
     PushedImage,
@@ -157,3 +158,29 @@ def harbor_token(token_service: TokenService) -> HarborToken:
         return f"Bearer {token_service.mint(repository, actions, expires_in)}"
 
     return make
+
+
+class MakeGateway(Protocol):
+    def __call__(self, config: dict[str, Any] | None = None, *, env: Mapping[str, str] | None = None, start: bool = True) -> GatewayProcess: ...
+
+
+@pytest.fixture
+def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeGateway]:
+    """Factory for gateway processes (``python -m gateway serve``), killed at test end.
+
+    ``config`` is a whole config dict (see ``tests.gateway_process.gateway_config``); its
+    ``server.listen`` and ``server.state_dir`` default to a free port and a fresh directory.
+    """
+    started: list[GatewayProcess] = []
+
+    def make(config: dict[str, Any] | None = None, *, env: Mapping[str, str] | None = None, start: bool = True) -> GatewayProcess:
+        workdir = tmp_path_factory.mktemp("gateway")
+        gateway = GatewayProcess(workdir, config if config is not None else gateway_config(workdir), env)
+        started.append(gateway)
+        return gateway.start() if start else gateway
+
+    try:
+        yield make
+    finally:
+        for gateway in started:
+            gateway.kill()

@@ -1,0 +1,166 @@
+"""The gateway as users run it: ``python -m gateway serve --config FILE`` in a real process.
+
+Tests talk to it over loopback HTTP, so a test can SIGKILL it mid-job and start it again on
+the same store, exactly as an operator's crash would happen.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.registry import free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def gateway_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args]
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``preheat-gateway ARGS`` and capture its output."""
+    result = subprocess.run(
+        gateway_command(*args), capture_output=True, text=True, cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})}, timeout=60,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"preheat-gateway {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class GatewayProcess:
+    """One gateway process with its own config file, state directory and port."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], env: Mapping[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        config = dict(config)
+        server = dict(config.get("server") or {})
+        server.setdefault("listen", f"127.0.0.1:{self.port}")
+        server.setdefault("state_dir", str(workdir / "state"))
+        self.port = int(server["listen"].rpartition(":")[2])
+        config["server"] = server
+        self.config = config
+        self.config_path = workdir / "gateway.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.config['server'].get('root_path', '')}"
+
+    @property
+    def token(self) -> str:
+        """A personal access token with the ``job`` scope, created through the CLI once."""
+        if self._token is None:
+            self._token = self.create_token("tests")
+        return self._token
+
+    def create_token(self, name: str, *extra: str) -> str:
+        result = run_cli("token", "create", "--config", str(self.config_path), "--name", name, *extra, env=self.env)
+        return result.stdout.strip().splitlines()[-1]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=self.env, check=check)
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        self.starts += 1
+        self.stdout_path = self.workdir / f"stdout.{self.starts}.log"
+        self.stderr_path = self.workdir / f"stderr.{self.starts}.log"
+        self.process = subprocess.Popen(
+            gateway_command("serve", "--config", str(self.config_path)),
+            stdout=self.stdout_path.open("wb"), stderr=self.stderr_path.open("wb"),
+            cwd=REPO_ROOT, env=self.env, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.process.returncode} at start:\n{self.logs()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway not ready within {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        parts = []
+        for path in sorted(self.workdir.glob("std*.log")):
+            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')}")
+        return "\n".join(parts)
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash an operator fears."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait: a graceful shutdown."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"gateway ignored SIGTERM for {timeout}s:\n{self.logs()}") from None
+
+    def client(self, token: str | None = "default") -> httpx.Client:
+        """An HTTP client; ``token="default"`` uses :attr:`token`, ``None`` sends no credential."""
+        headers = {}
+        if token == "default":
+            token = self.token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.Client(base_url=self.url, headers=headers, timeout=35)
+
+    def wait_job(self, job_id: int, *, timeout: float = 60.0, path: str = "/oapi/v1/jobs/{id}") -> dict[str, Any]:
+        """Poll a job the way Harbor does (faster) until it leaves PENDING."""
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while True:
+                response = client.get(path.format(id=job_id))
+                assert response.status_code == 200, response.text
+                body = response.json()
+                if body["state"] != "PENDING":
+                    return body
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"job {job_id} still PENDING after {timeout}s: {body}\n{self.logs()[-3000:]}")
+                time.sleep(0.2)
+
+
+def gateway_config(
+    tmp: Path,
+    *,
+    clusters: list[dict[str, Any]] | None = None,
+    allow: list[str] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A config for tests: loopback registries allowed, a local cluster unless told otherwise."""
+    config: dict[str, Any] = {
+        "registries": {"allow": allow if allow is not None else ["127.0.0.1"]},
+        "clusters": clusters or [{"id": 1, "name": "local", "adapter": "local", "path": str(tmp / "cache")}],
+    }
+    for key, value in sections.items():
+        config[key] = value
+    return config
+
