@@ -160,6 +160,11 @@ class JobService:
     async def get(self, job_id: int) -> JobRecord | None:
         return await self.store.get_job(job_id)
 
+    async def cancel(self, job_id: int, by: str) -> bool:
+        """Stop a job's unfinished work; it stays listed as FAILURE ("canceled by ..."). False if nothing ran."""
+        self.on_deleted(job_id)
+        return await self.store.cancel_job(job_id, f"canceled by {by}")
+
     async def delete(self, job_id: int) -> bool:
         """Cancel unfinished work, then remove the job."""
         self.on_deleted(job_id)
