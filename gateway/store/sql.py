@@ -315,20 +315,36 @@ class SqlStore:
             )
             if row is None:
                 return None
-            job_id = row[0]
-            # Touch (and so lock) the job before reading the siblings: on PostgreSQL a replica finishing
-            # a sibling at the same time waits here, then sees this task finished and rolls the job up.
-            await tx.execute("UPDATE jobs SET updated_at = :now WHERE id = :job", {"now": now, "job": job_id})
-            siblings = await tx.fetchall("SELECT state, error FROM tasks WHERE job_id = :job ORDER BY cluster_id", {"job": job_id})
-            if all(s in TERMINAL for s, _ in siblings):
-                job_state = "SUCCESS" if all(s == "SUCCESS" for s, _ in siblings) else "FAILURE"
-                job_error = "; ".join(e for s, e in siblings if e and s == "FAILURE")
-                await tx.execute(
-                    "UPDATE jobs SET state = :state, error = :error, secret = NULL, finished_at = :now, updated_at = :now WHERE id = :job",
-                    {"state": job_state, "error": job_error, "now": now, "job": job_id},
-                )
-                return job_state
-            return "PENDING"
+            return await self._roll_up(tx, row[0], now)
+
+    async def cancel_job(self, job_id: int, reason: str) -> bool:
+        """End a job's unfinished tasks as FAILURE with ``reason``; their holders lose the lease and stop."""
+        now = time.time()
+        async with self.driver.transaction() as tx:
+            rows = await tx.fetchall(
+                "UPDATE tasks SET state = 'FAILURE', error = :reason, finished_at = :now, updated_at = :now, "
+                "lease_owner = NULL, lease_until = NULL WHERE job_id = :job AND state IN ('PENDING', 'RUNNING') RETURNING id",
+                {"reason": reason, "now": now, "job": job_id},
+            )
+            if rows:
+                await self._roll_up(tx, job_id, now)
+        return bool(rows)
+
+    async def _roll_up(self, tx: Transaction, job_id: int, now: float) -> str:
+        """Derive the job's state from its tasks; purge its secrets once it has ended."""
+        # Touch (and so lock) the job before reading the siblings: on PostgreSQL a replica finishing
+        # a sibling at the same time waits here, then sees this task finished and rolls the job up.
+        await tx.execute("UPDATE jobs SET updated_at = :now WHERE id = :job", {"now": now, "job": job_id})
+        siblings = await tx.fetchall("SELECT state, error FROM tasks WHERE job_id = :job ORDER BY cluster_id", {"job": job_id})
+        if all(s in TERMINAL for s, _ in siblings):
+            job_state = "SUCCESS" if all(s == "SUCCESS" for s, _ in siblings) else "FAILURE"
+            job_error = "; ".join(e for s, e in siblings if e and s == "FAILURE")
+            await tx.execute(
+                "UPDATE jobs SET state = :state, error = :error, secret = NULL, finished_at = :now, updated_at = :now WHERE id = :job",
+                {"state": job_state, "error": job_error, "now": now, "job": job_id},
+            )
+            return job_state
+        return "PENDING"
 
     async def release_tasks(self, owner: str, task_ids: Sequence[int] | None = None) -> int:
         """Hand tasks back (shutdown, or at start for the single-writer SQLite store: ``owner='*'``)."""
