@@ -186,7 +186,7 @@ class _Run:
             try:
                 blobs = await self._manifests_through(endpoint)
             except PreheatError as error:
-                errors[endpoint.config.url] = f"{endpoint.hostname}: {error}"
+                errors[endpoint.config.url] = str(error)
                 if getattr(error, "status", None) == 404 or "no matching manifest" in str(error):
                     break  # the image itself is missing: every cache would say the same
                 continue
@@ -207,7 +207,7 @@ class _Run:
             try:
                 await self._manifests_through(endpoint)
             except PreheatError as error:
-                manifest_error = f"{endpoint.hostname}: {error}"
+                manifest_error = str(error)
         if manifest_error is not None:
             for blob in blobs:
                 self._fail(endpoint, blob, manifest_error)

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import random
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -513,9 +514,17 @@ def select_platforms(index: Manifest, platform: str, ref: ImageRef) -> list[Desc
 
 
 def _describe(error: Exception) -> str:
-    text = str(error) or type(error).__name__
+    """A transport error in a few words a person recognises (``connection refused``, ``timed out``)."""
     if isinstance(error, httpx.TimeoutException):
         return f"timed out ({type(error).__name__})"
-    if "Connection refused" in text or "Errno 111" in text:
-        return "connection refused"
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(cause):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return f"name does not resolve ({cause.strerror})"
+        cause = cause.__cause__ or cause.__context__
+    text = str(error) or type(error).__name__
+    if text == "All connection attempts failed":
+        return "connection refused or host unreachable"
     return text[:300]

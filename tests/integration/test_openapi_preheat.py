@@ -49,3 +49,123 @@ def test_a_missing_tag_fails_fast_with_a_useful_message(make_gateway: MakeGatewa
     assert status.status == FAIL
     assert "library/app:no-such-tag" in status.error and "not found" in status.error
     assert time.monotonic() - started < 10
+
+
+def mirror_cluster(*caches: Registry, cluster_id: int = 2, name: str = "eu-west", **extra: object) -> dict[str, object]:
+    return {"id": cluster_id, "name": name, "adapter": "mirror", "endpoints": [{"url": c.url} for c in caches], **extra}
+
+
+def test_all_seed_peers_warms_every_cache_of_a_mirror_cluster(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    caches = [make_cache(), make_cache()]
+    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(*caches)]))
+    harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
+
+    status = harbor.run_task(manifest_url(origin, "library/app", "1.0"), {"Authorization": harbor_token("library/app")}, scope="all_seed_peers")
+
+    assert status.status == SUCCESS, status.error
+    assert len(status.rows or []) == 2 * len(images.single.blob_digests)
+    for cache in caches:
+        for digest in images.single.blob_digests:
+            assert cache.wait_for_blob(digest), f"{digest} never reached {cache.url}"
+
+
+def test_single_seed_peer_warms_each_blob_on_one_cache(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    caches = [make_cache(), make_cache()]
+    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(*caches)]))
+    harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
+
+    status = harbor.run_task(manifest_url(origin, "library/app", "1.0"), {"Authorization": harbor_token("library/app")})
+
+    assert status.status == SUCCESS, status.error
+    assert sorted(row[0].rsplit("/", 1)[1] for row in status.rows or []) == sorted(images.single.blob_digests)
+    for digest in images.single.blob_digests:
+        assert caches[0].wait_for_blob(digest)
+    assert not any(caches[1].blob_on_disk(d) for d in images.single.blob_digests)
+
+
+def test_a_dead_cache_node_is_listed_but_the_others_carry_the_preheat(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    dead, alive = make_cache(), make_cache()
+    dead.stop()
+    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(dead, alive)]))
+    harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
+    url, header = manifest_url(origin, "library/app", "1.0"), {"Authorization": harbor_token("library/app")}
+
+    everywhere = harbor.run_task(url, header, scope="all_seed_peers")
+    single = harbor.run_task(url, header)
+
+    assert everywhere.status == SUCCESS, everywhere.error
+    failures = [row for row in everywhere.rows or [] if row[4] == "FAILURE"]
+    assert len(failures) == len(images.single.blob_digests)
+    assert all(dead.host in row[5] and "connection refused" in row[5] for row in failures), failures
+    assert single.status == SUCCESS, single.error
+    for digest in images.single.blob_digests:
+        assert alive.wait_for_blob(digest)
+
+
+def test_a_cluster_whose_every_cache_is_down_fails_within_seconds(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    dead = make_cache()
+    dead.stop()
+    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(dead)]))
+    job = gateway.client().post("/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "image", "url": manifest_url(origin, "library/app", "1.0")}}).json()
+    started = time.monotonic()
+
+    result = gateway.wait_job(job["id"], timeout=30)
+
+    assert result["state"] == "FAILURE"
+    error = result["result"]["job_states"][0]["error"]
+    assert "eu-west" in error and dead.host.split(":")[0] in error and "connection refused" in error
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize(
+    ("request_platform", "cluster_platform", "expected"),
+    [("linux/arm64", None, ["linux/arm64"]), ("", "linux/arm64", ["linux/arm64"]), ("", None, ["linux/amd64"]), ("all", None, ["linux/amd64", "linux/arm64"])],
+)
+def test_a_multi_arch_index_warms_the_chosen_platforms(request_platform: str, cluster_platform: str | None, expected: list[str], make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    cluster = {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache"), **({"platform": cluster_platform} if cluster_platform else {})}
+    gateway = make_gateway(gateway_config(tmp_path, clusters=[cluster]))
+    body = {"type": "preheat", "args": {"type": "image", "url": manifest_url(origin, "library/multi", "2.0"), "platform": request_platform, "headers": {"Authorization": harbor_token("library/multi")}}}
+
+    job = gateway.wait_job(gateway.client().post("/oapi/v1/jobs", json=body).json()["id"])
+
+    assert job["state"] == "SUCCESS", job
+    wanted = {d for platform in expected for d in images.multiarch.images[platform].blob_digests}
+    assert cached_digests(tmp_path / "cache") == wanted
+
+
+def test_a_platform_the_index_lacks_fails_naming_what_it_has(make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    gateway = make_gateway(gateway_config(tmp_path))
+    body = {"type": "preheat", "args": {"type": "image", "url": manifest_url(origin, "library/multi", "2.0"), "platform": "linux/s390x", "headers": {"Authorization": harbor_token("library/multi")}}}
+
+    job = gateway.wait_job(gateway.client().post("/oapi/v1/jobs", json=body).json()["id"])
+
+    assert job["state"] == "FAILURE"
+    assert "no matching manifest for platform linux/s390x" in job["result"]["job_states"][0]["error"]
+    assert "linux/amd64, linux/arm64" in job["result"]["job_states"][0]["error"]
+
+
+def test_a_token_the_registry_refuses_fails_the_task_with_advice(make_gateway: MakeGateway, origin: Registry, images: OriginImages, token_service: object, tmp_path: Path) -> None:
+    gateway = make_gateway(gateway_config(tmp_path))
+    harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
+    untrusted = f"Bearer {token_service.mint_untrusted('library/app')}"  # type: ignore[attr-defined]
+
+    status = harbor.run_task(manifest_url(origin, "library/app", "1.0"), {"Authorization": untrusted})
+
+    assert status.status == FAIL
+    assert "refused the token" in status.error and "registries.credentials" in status.error
+
+
+def test_duplicate_and_repeated_preheats_all_succeed_without_refetching(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    cache = make_cache()
+    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(cache)]))
+    body = {"type": "preheat", "args": {"type": "image", "url": manifest_url(origin, "library/app", "1.0"), "headers": {"Authorization": harbor_token("library/app")}}}
+    with gateway.client() as client:
+        first_wave = [client.post("/oapi/v1/jobs", json=body).json()["id"] for _ in range(5)]
+        assert all(gateway.wait_job(job_id)["state"] == "SUCCESS" for job_id in first_wave)
+        fetched_after_first_wave = {d: cache.upstream_blob_fetches(d) for d in images.single.blob_digests}
+
+        again = client.post("/oapi/v1/jobs", json=body).json()["id"]
+        assert gateway.wait_job(again)["state"] == "SUCCESS"
+
+    assert all(count == 1 for count in fetched_after_first_wave.values()), fetched_after_first_wave
+    assert {d: cache.upstream_blob_fetches(d) for d in images.single.blob_digests} == fetched_after_first_wave
