@@ -195,7 +195,9 @@ class Runner:
             running = self._running.pop(claim.task_id, None)
             if running is not None and not running.cancelled and not self._stopping:
                 raise
-            return  # deleted, taken over, or handed back by stop()
+            if running is not None and running.cancelled:
+                log.info("task %d of job %d stopped: the job was canceled, deleted or taken over", claim.task_id, claim.job_id)
+            return  # handed back by stop() otherwise
         except Exception as failure:  # an adapter bug must not take the runner down
             log.exception("adapter failed unexpectedly on task %d", claim.task_id)
             name = adapter.name if adapter else "?"
