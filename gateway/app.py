@@ -170,6 +170,25 @@ async def _internal_error(request: Request, error: Exception) -> Response:
     return error_response(500, "internal error; the gateway log has the details")
 
 
+class PathPrefixMiddleware:
+    """Serve under ``server.root_path`` whether or not the reverse proxy strips the prefix.
+
+    Harbor appends its paths to the endpoint it was given (``https://gw/harbor/healthy``); a
+    proxy may forward that path as is or strip ``/harbor``. Both reach the same routes.
+    """
+
+    def __init__(self, app: Any, root_path: str) -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path == self.root_path or path.startswith(self.root_path + "/"):
+                scope = {**scope, "root_path": self.root_path}
+        await self.app(scope, receive, send)
+
+
 def create_app(config: Config) -> Starlette:
     gateway = Gateway(config)
 
@@ -185,7 +204,10 @@ def create_app(config: Config) -> Starlette:
 
     app = Starlette(
         routes=[*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes()],
-        middleware=[Middleware(AuthMiddleware, authenticator=lambda: gateway.auth)],
+        middleware=[
+            *([Middleware(PathPrefixMiddleware, root_path=config.server.root_path)] if config.server.root_path else []),
+            Middleware(AuthMiddleware, authenticator=lambda: gateway.auth),
+        ],
         exception_handlers={
             InvalidRequest: _invalid_request,
             APIError: _api_error,

@@ -43,7 +43,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         create_app(config),
         host=host,
         port=port,
-        root_path=config.server.root_path,
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
         loop="uvloop",

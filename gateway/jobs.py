@@ -15,23 +15,15 @@ from typing import Any, Literal
 
 import msgspec
 
+from adapters.files import DEFAULT_FILTERED_QUERY_PARAMS  # noqa: F401  (re-exported: dialects and tests use it here)
 from adapters.oci import parse_manifest_url, parse_platform
-from adapters.urlpolicy import RefusedURL, URLPolicy
+from adapters.urlpolicy import RefusedURL, URLPolicy, split_http_url
 from gateway.config import SCOPES, Cluster, Config
 from gateway.secretbox import SecretBox
 from gateway.store import JobRecord, NewJob, SqlStore
 
 MAX_HEADERS = 32
 MAX_HEADER_BYTES = 16 << 10
-DEFAULT_FILTERED_QUERY_PARAMS = (
-    "Expires", "Signature", "ns",
-    "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
-    "X-Amz-Signature", "X-Amz-Security-Token", "X-Amz-User-Agent",
-    "X-Goog-Algorithm", "X-Goog-Credential", "X-Goog-Date", "X-Goog-Expires", "X-Goog-SignedHeaders", "X-Goog-Signature",
-    "OSSAccessKeyId",
-    "X-Obs-Date", "X-Obs-Security-Token", "AccessKeyId",
-    "q-sign-algorithm", "q-ak", "q-sign-time", "q-key-time", "q-header-list", "q-url-param-list", "q-signature", "x-cos-security-token",
-)
 
 
 class InvalidRequest(Exception):
@@ -93,14 +85,9 @@ class JobService:
 
     async def validate(self, spec: JobSpec) -> None:
         """Raise :class:`InvalidRequest` for anything the gateway cannot do."""
-        if spec.type == "image":
-            if len(spec.urls) != 1:
-                raise InvalidRequest("an image preheat takes exactly one url: the image's manifest URL")
-            try:
-                parse_manifest_url(spec.urls[0])
-            except ValueError as error:
-                raise InvalidRequest(str(error)) from None
-        elif not spec.urls:
+        if spec.type == "image" and len(spec.urls) != 1:
+            raise InvalidRequest("an image preheat takes exactly one url: the image's manifest URL")
+        if not spec.urls:
             raise InvalidRequest("a file preheat needs url (or urls): the files' http(s) URLs")
         if len(spec.urls) > self.config.server.max_urls:
             raise InvalidRequest(f"too many urls ({len(spec.urls)}): at most {self.config.server.max_urls} per job (server.max_urls)")
@@ -108,8 +95,11 @@ class JobService:
             if len(url) > 8192:
                 raise InvalidRequest("a url is longer than 8192 characters")
             try:
+                split_http_url(url)
+                if spec.type == "image":
+                    parse_manifest_url(url)
                 await self.policy.check(url)
-            except RefusedURL as error:
+            except (RefusedURL, ValueError) as error:
                 raise InvalidRequest(str(error)) from None
         if spec.scope and spec.scope not in SCOPES:
             raise InvalidRequest(f"scope {spec.scope!r} is not one of {', '.join(SCOPES)}")
