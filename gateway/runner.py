@@ -93,6 +93,7 @@ class Runner:
             recovered = await self.store.release_tasks("*")
             if recovered:
                 log.warning("resuming %d task(s) left running by a previous process", recovered)
+        self.store.watch(self.wake)
         self._loops = [asyncio.create_task(self._claim_loop(), name="runner-claim"),
                        asyncio.create_task(self._tick_loop(), name="runner-tick")]
 

@@ -13,8 +13,11 @@ naming the server and database, never the password.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import lru_cache
 from typing import Any, Literal
@@ -27,6 +30,8 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from gateway.store import StoreUnavailable
 from gateway.store.sql import Row
+
+log = logging.getLogger("gateway.store")
 
 # Query parameters of the store URL that configure the pool rather than libpq (removed before
 # connecting: libpq rejects URI parameters it does not know).
@@ -125,6 +130,7 @@ class PostgresDriver:
         self.description = f"{user}{host}{port}/{parts.get('dbname') or '(default database)'}"
         """Where the store lives, safe to show: ``user@host:port/dbname``, no password."""
         self._pool: AsyncConnectionPool | None = None
+        self._listener: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresDriver({self.description!r})"
@@ -170,9 +176,34 @@ class PostgresDriver:
         return ""
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
+        """Call ``on_notify`` whenever another replica ``NOTIFY``s ``channel`` (reconnecting as needed)."""
+        self._listener = asyncio.create_task(self._listen(channel, on_notify), name=f"listen-{channel}")
+
+    async def _listen(self, channel: str, on_notify: Callable[[], None]) -> None:
+        delay = 1.0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as connection:
+                    await connection.execute(f"LISTEN {channel}")
+                    delay = 1.0
+                    on_notify()  # work may have arrived while we were not listening
+                    async for _ in connection.notifies():
+                        on_notify()
+            except psycopg.Error as error:
+                log.warning("LISTEN %s on %s failed (%s); retrying in %.0fs", channel, self.description,
+                            self._scrub(" ".join(str(error).split())), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     # --- queries ---------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ PostgreSQL needs so several replicas never claim the same task and SQLite does n
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
@@ -27,6 +27,7 @@ from gateway.store import (
 )
 
 Row = tuple[Any, ...]
+WORK_CHANNEL = "preheat_gateway_work"
 
 
 class Transaction(Protocol):
@@ -137,6 +138,12 @@ class SqlStore:
     async def close(self) -> None:
         await self.driver.close()
 
+    def watch(self, on_work: Callable[[], None]) -> None:
+        """Call ``on_work`` when another replica queues work (PostgreSQL LISTEN/NOTIFY; SQLite has one process)."""
+        listen = getattr(self.driver, "listen", None)
+        if listen is not None:
+            listen(WORK_CHANNEL, on_work)
+
     async def ping(self) -> None:
         await self.driver.fetchone("SELECT 1")
 
@@ -179,6 +186,8 @@ class SqlStore:
                     "INSERT INTO tasks (job_id, cluster_id, state, updated_at) VALUES (:job, :cluster, 'PENDING', :now)",
                     {"job": job_id, "cluster": cluster_id, "now": new.created_at},
                 )
+            if self.driver.dialect == "postgresql":  # wake idle replicas once this commits
+                await tx.execute(f"SELECT pg_notify('{WORK_CHANNEL}', '')")
         job = await self.get_job(job_id)
         assert job is not None
         return job
