@@ -34,9 +34,12 @@ from gateway.endpoints import kraken, legacy, openapi, probes
 from gateway.health import ClusterHealth
 from gateway.httputil import APIError, error_response
 from gateway.jobs import InvalidRequest, JobService
+from gateway.logs import RequestIdMiddleware
+from gateway.metrics import HTTPMetricsMiddleware, Metrics, counter_family, gauge_family
+from gateway.ratelimit import RateLimiter
 from gateway.runner import Runner
 from gateway.secretbox import SecretBox
-from gateway.store import SqlStore, StoreUnavailable, open_store
+from gateway.store import JobRecord, SqlStore, StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")
 USER_AGENT = "harbor-preheat-gateway/0.1"
@@ -62,9 +65,10 @@ class Gateway:
         )
         self.dedupe = Deduper(window=config.runner.dedupe_window_seconds)
         policy = config.registries.policy()
+        self.oci = OciClient(self.http, policy, user_agent=USER_AGENT)
         context = AdapterContext(
             http=self.http,
-            oci=OciClient(self.http, policy, user_agent=USER_AGENT),
+            oci=self.oci,
             policy=policy,
             dedupe=self.dedupe,
             credentials_for=config.credentials_for,
@@ -80,9 +84,13 @@ class Gateway:
             )
             for cluster in config.clusters
         }
-        self.runner = Runner(config, self.store, self.box, self.adapters)
-        self.jobs = JobService(config, self.store, self.box, on_created=self.runner.wake, on_deleted=self.runner.cancel_job)
+        self.metrics = Metrics()
+        self.store.observe = lambda operation, seconds: self.metrics.store_duration.labels(operation).observe(seconds)
+        self.runner = Runner(config, self.store, self.box, self.adapters, self.metrics)
+        self.jobs = JobService(config, self.store, self.box, on_created=self._created, on_deleted=self.runner.cancel_job)
         self.health = ClusterHealth(self.adapters)
+        self.create_limit = RateLimiter(config.server.create_rate_per_second, config.server.create_burst)
+        self.metrics.watch(self._scraped)
         # Finished jobs never change (but for bio): their rendered bytes are served from here.
         self.rendered: cachetools.TTLCache[tuple[str, int], bytes] = cachetools.TTLCache(maxsize=20_000, ttl=300)
         self._lock_file: Any = None
@@ -107,6 +115,23 @@ class Gateway:
         await self.store.close()
         if self._lock_file is not None:
             self._lock_file.close()
+
+    def _created(self, job: JobRecord) -> None:
+        self.metrics.jobs_created.labels(job.source).inc()
+        self.runner.wake()
+
+    def _scraped(self) -> list[Any]:
+        """Counters kept by the adapters, the auth layer and the health cache, read at scrape time."""
+        dedupe = self.dedupe
+        up = {(self.adapters[i].cluster.name,): float(h["reachable"]) for i, h in self.health.cached().items() if i in self.adapters}
+        return [
+            counter_family("blob_fetches", "Blob warm requests: fetched, joined an in-flight fetch, or reused a recent one.",
+                           {("fetched",): dedupe.fetches, ("joined",): dedupe.joined, ("reused",): dedupe.reused}, ["outcome"]),
+            counter_family("retries", "Transient registry errors retried.", {(): self.oci.retries}, []),
+            counter_family("auth_failures", "Requests refused for their credentials.",
+                           {(reason,): count for reason, count in self.auth.failures.items()}, ["reason"]),
+            gauge_family("cluster_up", "1 when the cluster's last health check reached it.", up, ["cluster"]),
+        ]
 
     async def _print_first_token(self) -> None:
         token = new_token()
@@ -202,10 +227,13 @@ def create_app(config: Config) -> Starlette:
             app.state.ready = False
             await gateway.stop()
 
+    routes = [*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes()]
     app = Starlette(
-        routes=[*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes()],
+        routes=routes,
         middleware=[
             *([Middleware(PathPrefixMiddleware, root_path=config.server.root_path)] if config.server.root_path else []),
+            Middleware(RequestIdMiddleware),
+            Middleware(HTTPMetricsMiddleware, metrics=gateway.metrics, routes=routes),
             Middleware(AuthMiddleware, authenticator=lambda: gateway.auth),
         ],
         exception_handlers={

@@ -30,6 +30,10 @@ class ClusterHealth:
             task.add_done_callback(lambda _t: self._inflight.pop(cluster_id, None))
         return await asyncio.shield(task)
 
+    def cached(self) -> dict[int, dict[str, Any]]:
+        """The last results, without probing (for metrics scrapes)."""
+        return {cluster_id: body for cluster_id, (_, body) in self._cache.items()}
+
     async def all(self) -> dict[int, dict[str, Any]]:
         ids = list(self.adapters)
         results = await asyncio.gather(*(self.get(i) for i in ids))

@@ -72,7 +72,7 @@ class JobService:
         store: SqlStore,
         box: SecretBox,
         *,
-        on_created: Callable[[], None] = lambda: None,
+        on_created: Callable[[JobRecord], None] = lambda _job: None,
         on_deleted: Callable[[int], None] = lambda _job_id: None,
     ) -> None:
         self.config = config
@@ -144,7 +144,7 @@ class JobService:
             deadline=now + timeout,
             created_at=now,
         ))
-        self.on_created()
+        self.on_created(job)
         return job
 
     async def get(self, job_id: int) -> JobRecord | None:

@@ -6,12 +6,18 @@ but an exception message might quote a header or a URL with credentials in it.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
 import time
+import uuid
 
 import msgspec
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 _SECRETS = re.compile(
     r"(?i)(bearer\s+|basic\s+)[A-Za-z0-9._~+/=-]+"
@@ -36,7 +42,11 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
+    """Redacts secrets and stamps the current request id on every record."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "request_id", "") and (current := request_id.get()):
+            record.request_id = current
         message = record.getMessage()
         record.msg, record.args = redact(message), None
         if record.exc_info and not record.exc_text:
@@ -76,3 +86,28 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the caller's ``X-Request-Id`` when sane), echoed and logged."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        current = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        token = request_id.set(current)
+
+        async def stamp(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", current.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, stamp)
+        finally:
+            request_id.reset(token)

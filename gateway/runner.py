@@ -24,6 +24,7 @@ import msgspec
 from adapters.base import DEFAULT_PLATFORM, DEFAULT_SCOPE, Adapter, Credentials, PreheatError, PreheatRequest, TaskRow
 from gateway.config import Config
 from gateway.jobs import JobSpec
+from gateway.metrics import Metrics
 from gateway.secretbox import SecretBox
 from gateway.store import Claim, SqlStore, TaskProgress, TaskResult
 
@@ -67,11 +68,13 @@ class _Running(msgspec.Struct):
     task: asyncio.Task[None]
     recorder: Recorder
     cancelled: bool = False
+    bytes_counted: int = 0
 
 
 class Runner:
-    def __init__(self, config: Config, store: SqlStore, box: SecretBox, adapters: Mapping[int, Adapter]) -> None:
+    def __init__(self, config: Config, store: SqlStore, box: SecretBox, adapters: Mapping[int, Adapter], metrics: Metrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.box = box
         self.adapters = adapters
@@ -152,6 +155,7 @@ class Runner:
             await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
             try:
                 for task_id, running in list(self._running.items()):
+                    self._count_bytes(running)
                     if running.recorder.dirty and not running.task.done():
                         running.recorder.dirty = False
                         await self.store.save_progress(task_id, self.owner, running.recorder.progress, running.recorder.result)
@@ -203,10 +207,13 @@ class Runner:
             log.exception("adapter failed unexpectedly on task %d", claim.task_id)
             name = adapter.name if adapter else "?"
             error = f"internal error in the {name} adapter ({type(failure).__name__}); see the gateway log for job {claim.job_id}"
+        self._observe_end(claim, adapter, state, time.monotonic() - started)
         try:
             job_state = await self.store.finish_task(
                 claim.task_id, self.owner, state=state, error=error, progress=recorder.progress, result=recorder.result
             )
+            if job_state in ("SUCCESS", "FAILURE"):
+                self.metrics.jobs_finished.labels(str(claim.args.get("source", "")), job_state).inc()
             if job_state is None:
                 log.warning("task %d finished after its lease was lost; its result was dropped", claim.task_id)
             else:
@@ -216,6 +223,23 @@ class Runner:
             log.exception("recording the end of task %d failed; its lease will expire and it will run again", claim.task_id)
         finally:
             self._running.pop(claim.task_id, None)
+
+    def _count_bytes(self, running: _Running) -> None:
+        adapter = self.adapters.get(running.claim.cluster_id)
+        delta = running.recorder.progress.bytes_transferred - running.bytes_counted
+        if adapter is not None and delta > 0:
+            self.metrics.bytes_warmed.labels(adapter.cluster.name).inc(delta)
+            running.bytes_counted += delta
+
+    def _observe_end(self, claim: Claim, adapter: Adapter | None, state: str, seconds: float) -> None:
+        running = self._running.get(claim.task_id)
+        if adapter is None or running is None:
+            return
+        self._count_bytes(running)
+        cluster = adapter.cluster.name
+        self.metrics.task_duration.labels(cluster, state).observe(seconds)
+        self.metrics.blobs.labels(cluster, "warmed").inc(running.recorder.progress.items_done)
+        self.metrics.blobs.labels(cluster, "failed").inc(running.recorder.progress.items_failed)
 
     def _request(self, claim: Claim, adapter: Adapter) -> PreheatRequest:
         spec = msgspec.convert(claim.args, JobSpec)

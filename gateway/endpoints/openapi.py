@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from gateway.app_types import gateway_of
 from gateway.dialects import dragonfly
-from gateway.httputil import APIError, error_response, int_param, json_response, read_body
+from gateway.httputil import APIError, error_response, int_param, json_body, json_response
 
 JOB_STATES = ("PENDING", "SUCCESS", "FAILURE")
 
@@ -25,7 +25,7 @@ async def healthy(request: Request) -> Response:
 
 async def create_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    spec = dragonfly.parse_create(await read_body(request, gateway.config.server.max_body_bytes))
+    spec = dragonfly.parse_create(await json_body(request, creates_job=True))
     job = await gateway.jobs.create(spec)
     return json_response(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at))
 
@@ -66,7 +66,7 @@ async def list_jobs(request: Request) -> Response:
 async def patch_job(request: Request) -> Response:
     gateway = gateway_of(request)
     job_id: int = request.path_params["id"]
-    bio = dragonfly.parse_patch(await read_body(request, gateway.config.server.max_body_bytes))
+    bio = dragonfly.parse_patch(await json_body(request))
     if len(bio) > 1000:
         raise APIError(422, "bio is longer than 1000 characters")
     if not await gateway.store.set_bio(job_id, bio):

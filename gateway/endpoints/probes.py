@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,5 +32,21 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition; the job-state gauge is refreshed from the store on each scrape."""
+    gateway = request.app.state.gateway
+    try:
+        counts = await asyncio.wait_for(gateway.store.count_jobs_by_state(), READY_TIMEOUT_SECONDS)
+    except Exception:  # a scrape still answers with what the process knows
+        counts = {}
+    for state in ("PENDING", "SUCCESS", "FAILURE"):
+        gateway.metrics.jobs.labels(state).set(counts.get(state, 0))
+    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
 def routes() -> list[Route]:
-    return [Route("/livez", livez, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+    return [
+        Route("/livez", livez, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

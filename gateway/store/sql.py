@@ -8,10 +8,11 @@ PostgreSQL needs so several replicas never claim the same task and SQLite does n
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -28,6 +29,7 @@ from gateway.store import (
 
 Row = tuple[Any, ...]
 WORK_CHANNEL = "preheat_gateway_work"
+T = TypeVar("T")
 
 
 class Transaction(Protocol):
@@ -114,6 +116,20 @@ _RESULT = msgspec.json.Decoder(TaskResult)
 _PROGRESS = msgspec.json.Decoder(TaskProgress)
 
 
+def _timed(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Report how long a store call took to ``store.observe`` (metrics), by method name."""
+
+    @functools.wraps(method)
+    async def timed(self: SqlStore, *args: Any, **kwargs: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self.observe(method.__name__, time.perf_counter() - started)
+
+    return timed
+
+
 def _in(name: str, values: Sequence[int]) -> tuple[str, dict[str, int]]:
     """``:name0, :name1, ...`` for an ``IN (...)`` list and its parameters."""
     params = {f"{name}{i}": value for i, value in enumerate(values)}
@@ -126,6 +142,7 @@ class SqlStore:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self._skip_locked = " FOR UPDATE OF t SKIP LOCKED" if driver.dialect == "postgresql" else ""
+        self.observe: Callable[[str, float], None] = lambda _operation, _seconds: None
 
     @property
     def dialect(self) -> str:
@@ -166,6 +183,7 @@ class SqlStore:
 
     # --- jobs ------------------------------------------------------------------------------
 
+    @_timed
     async def create_job(self, new: NewJob) -> JobRecord:
         async with self.driver.transaction() as tx:
             row = await tx.fetchone(
@@ -192,6 +210,7 @@ class SqlStore:
         assert job is not None
         return job
 
+    @_timed
     async def get_job(self, job_id: int) -> JobRecord | None:
         row = await self.driver.fetchone(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = :id", {"id": job_id})
         if row is None:
@@ -199,6 +218,7 @@ class SqlStore:
         tasks = await self.driver.fetchall(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job_id = :id ORDER BY cluster_id", {"id": job_id})
         return _job(row, [_task(task) for task in tasks])
 
+    @_timed
     async def list_jobs(
         self, *, limit: int, offset: int = 0, state: str | None = None, type: str | None = None,
         source: str | None = None, cluster_id: int | None = None, text: str | None = None,
@@ -236,6 +256,7 @@ class SqlStore:
                 tasks_by_job.setdefault(task.job_id, []).append(task)
         return [_job(row, tasks_by_job.get(row[0], [])) for row in rows], int(total_row[0] if total_row else 0)
 
+    @_timed
     async def set_bio(self, job_id: int, bio: str) -> bool:
         async with self.driver.transaction() as tx:
             row = await tx.fetchone(
@@ -244,6 +265,7 @@ class SqlStore:
             )
         return row is not None
 
+    @_timed
     async def delete_job(self, job_id: int) -> bool:
         """Remove a job and its tasks; a replica holding one of its tasks sees its lease vanish and stops."""
         async with self.driver.transaction() as tx:
@@ -251,12 +273,14 @@ class SqlStore:
             row = await tx.fetchone("DELETE FROM jobs WHERE id = :id RETURNING id", {"id": job_id})
         return row is not None
 
+    @_timed
     async def count_jobs_by_state(self) -> dict[str, int]:
         rows = await self.driver.fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {state: int(count) for state, count in rows}
 
     # --- the runner's side -----------------------------------------------------------------
 
+    @_timed
     async def claim_tasks(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
         """Claim up to ``limit`` pending (or abandoned) tasks for ``owner`` under a lease."""
         now = time.time()
@@ -287,6 +311,7 @@ class SqlStore:
             for r in rows
         ]
 
+    @_timed
     async def renew_leases(self, owner: str, task_ids: Sequence[int], lease_seconds: float) -> set[int]:
         """Extend the leases ``owner`` holds; returns the ids still held (the rest were deleted or lost)."""
         if not task_ids:
@@ -300,6 +325,7 @@ class SqlStore:
             )
         return {row[0] for row in rows}
 
+    @_timed
     async def save_progress(self, task_id: int, owner: str, progress: TaskProgress, result: TaskResult) -> None:
         async with self.driver.transaction() as tx:
             await tx.execute(
@@ -309,6 +335,7 @@ class SqlStore:
                  "now": time.time(), "id": task_id, "owner": owner},
             )
 
+    @_timed
     async def finish_task(
         self, task_id: int, owner: str, *, state: str, error: str, progress: TaskProgress, result: TaskResult,
     ) -> str | None:
@@ -326,6 +353,7 @@ class SqlStore:
                 return None
             return await self._roll_up(tx, row[0], now)
 
+    @_timed
     async def cancel_job(self, job_id: int, reason: str) -> bool:
         """End a job's unfinished tasks as FAILURE with ``reason``; their holders lose the lease and stop."""
         now = time.time()
@@ -355,6 +383,7 @@ class SqlStore:
             return job_state
         return "PENDING"
 
+    @_timed
     async def release_tasks(self, owner: str, task_ids: Sequence[int] | None = None) -> int:
         """Hand tasks back (shutdown, or at start for the single-writer SQLite store: ``owner='*'``)."""
         params: dict[str, Any] = {"now": time.time()}
@@ -378,6 +407,7 @@ class SqlStore:
 
     # --- personal access tokens ------------------------------------------------------------
 
+    @_timed
     async def create_token(self, name: str, token_hash: str, scopes: list[str], expires_at: float | None) -> TokenRecord:
         now = time.time()
         try:
@@ -392,17 +422,21 @@ class SqlStore:
         assert row is not None
         return _token(row)
 
+    @_timed
     async def find_token(self, token_hash: str) -> TokenRecord | None:
         row = await self.driver.fetchone(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = :hash", {"hash": token_hash})
         return _token(row) if row else None
 
+    @_timed
     async def touch_token(self, token_id: int) -> None:
         async with self.driver.transaction() as tx:
             await tx.execute("UPDATE tokens SET last_used_at = :now WHERE id = :id", {"now": time.time(), "id": token_id})
 
+    @_timed
     async def list_tokens(self) -> list[TokenRecord]:
         return [_token(row) for row in await self.driver.fetchall(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY id")]
 
+    @_timed
     async def revoke_token(self, name: str) -> bool:
         async with self.driver.transaction() as tx:
             row = await tx.fetchone(

@@ -1,0 +1,93 @@
+"""Prometheus metrics: what operators graph and alert on.
+
+Every label is bounded (clusters and routes come from the config and the route table, never
+from a request), and no label or value ever carries a secret. Counters the adapters and the
+auth layer keep themselves are read at scrape time rather than pushed on the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+PREFIX = "preheat_gateway"
+TASK_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs_created = Counter(f"{PREFIX}_jobs_created_total", "Jobs accepted, by dialect or client.", ["source"], registry=r)
+        self.jobs_finished = Counter(f"{PREFIX}_jobs_finished_total", "Jobs that ended, by source and state.", ["source", "state"], registry=r)
+        self.jobs = Gauge(f"{PREFIX}_jobs", "Jobs in the store by state.", ["state"], registry=r)
+        self.task_duration = Histogram(f"{PREFIX}_task_duration_seconds", "Cluster task run time.", ["cluster", "state"], buckets=TASK_BUCKETS, registry=r)
+        self.bytes_warmed = Counter(f"{PREFIX}_bytes_warmed_total", "Bytes read from sources while warming.", ["cluster"], registry=r)
+        self.blobs = Counter(f"{PREFIX}_blobs_total", "Blobs or files warmed or failed, per host row.", ["cluster", "result"], registry=r)
+        self.http_duration = Histogram(f"{PREFIX}_http_request_duration_seconds", "HTTP request latency.", ["route", "method", "status"], buckets=HTTP_BUCKETS, registry=r)
+        self.store_duration = Histogram(f"{PREFIX}_store_duration_seconds", "Job store call latency.", ["operation"], buckets=HTTP_BUCKETS, registry=r)
+        self.rate_limited = Counter(f"{PREFIX}_rate_limited_total", "Job creations refused by the rate limit.", registry=r)
+
+    def watch(self, collect: Callable[[], Iterable[Any]]) -> None:
+        """Register values read at scrape time (counters kept elsewhere)."""
+
+        class _Callback(Collector):
+            def collect(self) -> Iterable[Any]:
+                return collect()
+
+        self.registry.register(_Callback())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def counter_family(name: str, documentation: str, values: Mapping[tuple[str, ...], float], labels: list[str]) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+    for label_values, value in values.items():
+        family.add_metric(list(label_values), value)
+    return family
+
+
+def gauge_family(name: str, documentation: str, values: Mapping[tuple[str, ...], float], labels: list[str]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+    for label_values, value in values.items():
+        family.add_metric(list(label_values), value)
+    return family
+
+
+class HTTPMetricsMiddleware:
+    """Times every request under its route template (``/oapi/v1/jobs/{id:int}``), never its raw path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Iterable[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.templates = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = self.templates.get(scope.get("endpoint"), "other")
+            if route == "other" and scope["path"].startswith("/console"):
+                route = "/console"
+            self.metrics.http_duration.labels(route, scope["method"], str(status)).observe(time.perf_counter() - started)

@@ -1,0 +1,33 @@
+"""Per-credential rate limit on job creation: a token bucket for each principal.
+
+A runaway script must not flood the store, but a Harbor policy legitimately fires a thousand
+creates within seconds, so the default bucket is deep (``server.create_burst``) and refills
+at ``server.create_rate_per_second``. Harbor does not retry a refused create, so size it for
+your largest policy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import cachetools
+
+
+class RateLimiter:
+    def __init__(self, rate_per_second: float, burst: int) -> None:
+        self.rate = rate_per_second
+        self.burst = burst
+        self._buckets: cachetools.TTLCache[str, tuple[float, float]] = cachetools.TTLCache(maxsize=100_000, ttl=3600)
+
+    def acquire(self, key: str) -> float:
+        """Take one token for ``key``; returns 0 when allowed, else the seconds until one is free."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self._buckets[key] = (tokens - 1, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1 - tokens) / self.rate
