@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import logging
 import os
 import socket
@@ -42,7 +43,17 @@ from gateway.secretbox import SecretBox
 from gateway.store import JobRecord, SqlStore, StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")
-USER_AGENT = "harbor-preheat-gateway/0.1"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("harbor-preheat-gateway")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+VERSION = _version()
+USER_AGENT = f"harbor-preheat-gateway/{VERSION}"
 
 
 class Gateway:
@@ -50,6 +61,7 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.version = VERSION
         self.started_at = time.time()
         self.store: SqlStore = open_store(config.store_url)
         self.box = SecretBox.from_env_or_file(

@@ -1,37 +1,77 @@
-"""Who may call the gateway: personal access tokens and the authentication middleware.
+"""Who may call the gateway: personal access tokens, IdP JWTs, and the authentication middleware.
 
-Harbor authenticates to a provider with one header on every request (reference section 2).
+Harbor authenticates to a provider with one header on every request (reference section 2),
+built by its instance's auth mode:
+
+- OAUTH, ``Authorization: Bearer <credential>``: a personal access token (``phg_...``), or a
+  JWT from an identity provider when ``auth.jwt`` is configured.
+- CUSTOM, ``<auth.custom_header>: <personal access token>``.
+- BASIC, ``Authorization: Basic base64(name:secret)``. Harbor builds it from *one random
+  entry* of ``{"username": U, "password": P}``, so it sends ``username:U`` or ``password:P``.
+  The gateway accepts it only when the *secret part* (after the first ``:``) is a personal
+  access token: the name part is never proof, and with the token in both Harbor fields
+  every request carries it. (Decision recorded in docs/harbor.md.)
+- NONE, nothing: accepted only with ``auth.mode: none``.
+
 A personal access token is a random secret shown once; the store keeps only its SHA-256
-hash, so a leaked database does not leak tokens. Verified hashes are trusted for a few
-seconds (``auth.token_cache_seconds``) to keep the status-polling hot path off the store;
-a revocation therefore takes effect within that window on every replica.
+hash, so a leaked database does not leak tokens, and the by-hash lookup's timing says
+nothing about the token. Verified hashes are trusted for a few seconds
+(``auth.token_cache_seconds``) to keep the status-polling hot path off the store; a
+revocation therefore takes effect within that window on every replica. Failures answer 401
+with a short reason that never quotes the credential, and are counted by kind.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
 import secrets
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import cachetools
+import httpx
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.config import AuthConfig
+from gateway.config import AuthConfig, JWTConfig
 from gateway.store import SqlStore
+
+import authlib.deprecate  # noqa: F401  (first: importing it installs an "always" filter the one below must override)
+
+with warnings.catch_warnings():
+    # Authlib 1.7+ marks authlib.jose deprecated in favour of joserfc; it keeps working before 2.0.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from authlib.jose import JsonWebKey, JsonWebToken, KeySet
+    from authlib.jose.errors import BadSignatureError, DecodeError, JoseError, UnsupportedAlgorithmError
 
 TOKEN_PREFIX = "phg_"
 SCOPES = frozenset({"job"})
-PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics", "/openapi.json"})
 log = logging.getLogger("gateway.auth")
 
 
 class Unauthorized(Exception):
-    """The request carries no valid credential; the message is a short reason, never the secret."""
+    """The request carries no valid credential; the message is a short reason, never the secret.
+
+    ``kind`` is a low-cardinality label for the failure counter (``unknown_token``, ``jwt_expired``).
+    """
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class AuthUnavailable(Exception):
+    """The gateway cannot check credentials right now (the identity provider's keys are unreachable): 503."""
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -73,11 +113,11 @@ class TokenVerifier:
         # The lookup is by hash, so its timing reveals nothing about the token; the compare
         # below guards the last step all the same.
         if record is None or not hmac.compare_digest(digest, hash_token(token)):
-            raise Unauthorized("unknown token")
+            raise Unauthorized("unknown token", "unknown_token")
         if record.revoked_at is not None:
-            raise Unauthorized(f"token {record.name!r} was revoked")
+            raise Unauthorized(f"token {record.name!r} was revoked", "revoked_token")
         if record.expires_at is not None and record.expires_at <= time.time():
-            raise Unauthorized(f"token {record.name!r} expired")
+            raise Unauthorized(f"token {record.name!r} expired", "expired_token")
         principal = Principal(name=record.name, method="token", scopes=frozenset(record.scopes))
         if self._cache_enabled:
             self._verified[digest] = (principal, record.expires_at)
@@ -91,27 +131,234 @@ def bearer(headers: dict[str, str]) -> str | None:
     return credential.strip() if scheme.lower() == "bearer" and credential.strip() else None
 
 
+def basic_secret(value: str) -> str:
+    """The secret part of ``Basic base64(name:secret)``: everything after the first ``:``."""
+    _, _, encoded = value.partition(" ")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise Unauthorized("malformed Basic credential: expected base64(name:secret)", "malformed") from None
+    _, colon, secret = decoded.partition(":")
+    if not colon or not secret:
+        raise Unauthorized("malformed Basic credential: expected base64(name:secret)", "malformed")
+    return secret
+
+
+def looks_like_jwt(token: str) -> bool:
+    return not token.startswith(TOKEN_PREFIX) and token.count(".") == 2
+
+
+def _b64url_json(segment: str) -> Any:
+    padded = segment + "=" * (-len(segment) % 4)
+    return msgspec.json.decode(base64.urlsafe_b64decode(padded.encode("ascii")))
+
+
+def load_public_keys(path: str) -> KeySet:
+    """A PEM public key or certificate, or a JWK / JWKS JSON file, as a key set."""
+    raw = Path(path).read_bytes()
+    text = raw.decode("utf-8", "replace").strip()
+    if text.startswith("{"):
+        document = msgspec.json.decode(raw)
+        return JsonWebKey.import_key_set(document if "keys" in document else {"keys": [document]})
+    return KeySet([JsonWebKey.import_key(raw, {"use": "sig"})])
+
+
+class JWTVerifier:
+    """Checks bearer JWTs from an identity provider: signature, ``exp``, ``nbf``, ``iss``, ``aud``, scope.
+
+    Keys come from ``auth.jwt.jwks_url`` (fetched on first use, cached for
+    ``jwks_cache_seconds``, refetched early at most every ``REFRESH_SECONDS`` when a token
+    names an unknown ``kid``, so key rotation works and random kids cannot hammer the
+    provider) or from ``auth.jwt.public_key_file``. Only asymmetric algorithms are accepted.
+    """
+
+    REFRESH_SECONDS = 5.0
+    MAX_JWKS_BYTES = 1 << 20
+    MAX_TOKEN_BYTES = 16 << 10
+
+    def __init__(self, config: JWTConfig) -> None:
+        self.config = config
+        self._jwt = JsonWebToken(list(config.algorithms))
+        self._keys: dict[str | None, Any] = {}
+        self._fetched_at = float("-inf")
+        self._attempted_at = float("-inf")
+        self._lock = asyncio.Lock()
+        if config.public_key_file:
+            self._keys = self._index(load_public_keys(config.public_key_file))
+            self._fetched_at = float("inf")
+
+    @staticmethod
+    def _index(keys: KeySet) -> dict[str | None, Any]:
+        usable = [key for key in keys.keys if key.kty != "oct" and key.tokens.get("use", "sig") == "sig"]
+        indexed: dict[str | None, Any] = {key.kid: key for key in usable}
+        if len(usable) == 1:
+            indexed.setdefault(None, usable[0])
+        return indexed
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._fetched_at < self.config.jwks_cache_seconds
+
+    async def _refresh(self, *, forced: bool) -> None:
+        if self._fresh() and not forced:
+            return
+        async with self._lock:  # one fetch at a time: a policy run sends hundreds of health checks at once
+            now = time.monotonic()
+            if (self._fresh() and not forced) or now - self._attempted_at < self.REFRESH_SECONDS:
+                return
+            self._attempted_at = now
+            url = self.config.jwks_url or ""
+            try:
+                async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+                    response = await client.get(url, headers={"Accept": "application/json"})
+                if response.status_code != 200:
+                    raise ValueError(f"HTTP {response.status_code}")
+                if len(response.content) > self.MAX_JWKS_BYTES:
+                    raise ValueError("larger than 1 MiB")
+                self._keys = self._index(JsonWebKey.import_key_set(msgspec.json.decode(response.content)))
+                self._fetched_at = now
+            except Exception as error:  # the previous keys stay in use; say why in the log
+                log.warning("fetching the JWKS at auth.jwt.jwks_url %s failed: %s", url, str(error)[:200])
+
+    async def _key_for(self, kid: str | None) -> Any:
+        if self.config.jwks_url:
+            await self._refresh(forced=False)
+            if kid not in self._keys:
+                await self._refresh(forced=True)
+            if not self._keys:
+                raise AuthUnavailable("cannot check JWTs: the identity provider's keys (auth.jwt.jwks_url) are unreachable")
+        key = self._keys.get(kid)
+        if key is None and self.config.public_key_file and len({id(k) for k in self._keys.values()}) == 1:
+            key = next(iter(self._keys.values()))  # the one configured key, whatever kid the token names
+        if key is None:
+            raise Unauthorized("JWT signing key (kid) is not among the identity provider's keys", "jwt_key")
+        return key
+
+    async def verify(self, token: str) -> Principal:
+        if len(token) > self.MAX_TOKEN_BYTES:
+            raise Unauthorized("JWT is too large", "jwt_malformed")
+        try:
+            header = _b64url_json(token.split(".", 1)[0])
+        except Exception:
+            raise Unauthorized("malformed JWT", "jwt_malformed") from None
+        if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
+            raise Unauthorized("malformed JWT: no alg in its header", "jwt_malformed")
+        if header["alg"] not in self.config.algorithms:
+            raise Unauthorized("JWT algorithm is not accepted (unsigned and HS* tokens never are; see auth.jwt.algorithms)", "jwt_algorithm")
+        kid = header.get("kid")
+        key = await self._key_for(kid if isinstance(kid, str) else None)
+        if _KEY_TYPES[header["alg"][:2]] != key.kty:
+            raise Unauthorized("JWT algorithm does not fit the type of the key its kid names", "jwt_algorithm")
+        try:
+            claims = dict(self._jwt.decode(token, key))
+        except UnsupportedAlgorithmError:
+            raise Unauthorized("JWT algorithm is not accepted (see auth.jwt.algorithms)", "jwt_algorithm") from None
+        except BadSignatureError:
+            raise Unauthorized("JWT signature does not verify against the identity provider's keys", "jwt_signature") from None
+        except (DecodeError, JoseError, Exception):  # whatever a hostile token provokes in the library is a 401
+            raise Unauthorized("malformed JWT", "jwt_malformed") from None
+        return self._check_claims(claims)
+
+    def _check_claims(self, claims: dict[str, Any]) -> Principal:
+        now, leeway = time.time(), self.config.leeway_seconds
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        if not _is_number(exp):
+            raise Unauthorized("JWT has no numeric exp claim", "jwt_claims")
+        if exp + leeway <= now:
+            raise Unauthorized("JWT expired", "jwt_expired")
+        if nbf is not None and (not _is_number(nbf) or nbf - leeway > now):
+            raise Unauthorized("JWT not yet valid (nbf)", "jwt_not_yet_valid")
+        if iat is not None and (not _is_number(iat) or iat - leeway > now):
+            raise Unauthorized("JWT issued in the future (iat)", "jwt_not_yet_valid")
+        if claims.get("iss") != self.config.issuer:
+            raise Unauthorized("JWT issuer does not match auth.jwt.issuer", "jwt_issuer")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self.config.audience not in audiences:
+            raise Unauthorized("JWT audience does not include auth.jwt.audience", "jwt_audience")
+        subject = next((str(claims[k]) for k in ("sub", "client_id", "azp") if isinstance(claims.get(k), str)), "?")
+        granted = self.config.scope in _scopes(claims)
+        return Principal(name=f"jwt:{subject[:100]}", method="jwt", scopes=frozenset({"job"}) if granted else frozenset())
+
+
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _scopes(claims: dict[str, Any]) -> set[str]:
+    """Scopes from ``scope`` (RFC 8693: space-separated) and ``scp`` (string or list, Okta/Entra style)."""
+    found: set[str] = set()
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            found.update(value.split())
+        elif isinstance(value, list):
+            found.update(v for v in value if isinstance(v, str))
+    return found
+
+
 class Authenticator:
     """Turns a request's headers into a :class:`Principal`, or raises :class:`Unauthorized`."""
 
     def __init__(self, config: AuthConfig, store: SqlStore) -> None:
         self.config = config
         self.tokens = TokenVerifier(store, config.token_cache_seconds)
+        self.jwt = JWTVerifier(config.jwt) if config.jwt is not None and config.mode != "none" else None
+        self.custom_header = config.custom_header.lower() if config.custom_header else None
         self.failures: Counter[str] = Counter()
 
     @property
     def enabled(self) -> bool:
         return self.config.mode != "none"
 
+    def accepted(self) -> str:
+        """The credentials this gateway takes, for error messages."""
+        ways = []
+        if self.config.tokens or self.jwt:
+            ways.append("'Authorization: Bearer <token>'")
+        if self.custom_header:
+            ways.append(f"'{self.config.custom_header}: <token>'")
+        if self.config.tokens and self.config.basic:
+            ways.append("Basic with the token as password")
+        return ", ".join(ways)
+
     async def authenticate(self, headers: dict[str, str]) -> Principal:
         if not self.enabled:
             return ANONYMOUS
-        token = bearer(headers)
-        if token is not None and self.config.tokens:
-            return await self.tokens.verify(token)
-        if headers.get("authorization"):
-            raise Unauthorized("unsupported Authorization scheme: send 'Authorization: Bearer <token>'")
-        raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
+        if self.custom_header and self.custom_header in headers:
+            value = headers[self.custom_header].strip()
+            if not value:
+                raise Unauthorized(f"the {self.config.custom_header} header is empty", "missing")
+            return await self.tokens.verify(value)
+        authorization = headers.get("authorization", "")
+        scheme = authorization.partition(" ")[0].lower()
+        if scheme == "bearer" and (token := bearer(headers)) is not None:
+            if self.jwt is not None and (looks_like_jwt(token) or not self.config.tokens):
+                return await self.jwt.verify(token)
+            if self.config.tokens:
+                return await self.tokens.verify(token)
+        if scheme == "basic":
+            if not (self.config.tokens and self.config.basic):
+                raise Unauthorized(f"Basic authentication is off (auth.basic); send {self.accepted()}", "scheme")
+            try:
+                return await self.tokens.verify(basic_secret(authorization))
+            except Unauthorized as error:
+                if error.kind != "unknown_token":
+                    raise
+                raise Unauthorized(
+                    "Basic credential's secret part is not a valid token: put the gateway token in both of "
+                    "Harbor's username and password fields, or use OAUTH", "unknown_token",
+                ) from None
+        if authorization:
+            raise Unauthorized(f"unsupported Authorization scheme: send {self.accepted()}", "scheme")
+        raise Unauthorized(f"missing credentials: send {self.accepted()}", "missing")
+
+    def forbidden_reason(self, principal: Principal) -> str:
+        if principal.method == "jwt" and self.config.jwt is not None:
+            return f"the JWT's scope/scp claim lacks {self.config.jwt.scope!r} (auth.jwt.scope)"
+        return f"credential {principal.name!r} lacks the 'job' scope"
 
 
 class AuthMiddleware:
@@ -138,12 +385,19 @@ class AuthMiddleware:
         try:
             principal = await authenticator.authenticate(headers)
         except Unauthorized as error:
-            authenticator.failures[str(error).split(":")[0].split(" '")[0]] += 1
-            log.info("authentication failed", extra={"path": path, "reason": str(error)})
+            authenticator.failures[error.kind] += 1
+            log.info("authentication failed", extra={"path": path, "reason": str(error), "kind": error.kind})
             await _reject(send, 401, f"unauthorized: {error}")
             return
+        except AuthUnavailable as error:
+            authenticator.failures["unavailable"] += 1
+            log.warning("authentication unavailable", extra={"path": path, "reason": str(error)})
+            await _reject(send, 503, str(error))
+            return
         if "job" not in principal.scopes:
-            await _reject(send, 403, f"forbidden: credential {principal.name!r} lacks the 'job' scope")
+            authenticator.failures["forbidden"] += 1
+            log.info("authorization failed", extra={"path": path, "principal": principal.name})
+            await _reject(send, 403, f"forbidden: {authenticator.forbidden_reason(principal)}")
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.httputil import error_response, json_response
+from gateway.openapi import document
 
 READY_TIMEOUT_SECONDS = 2.0
 
@@ -44,8 +45,13 @@ async def metrics(request: Request) -> Response:
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def openapi_document(request: Request) -> Response:
+    return json_response(document(request.app.state.gateway.version))
+
+
 def routes() -> list[Route]:
     return [
+        Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
