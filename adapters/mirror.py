@@ -133,6 +133,11 @@ class MirrorAdapter(Adapter):
         return ""
 
     async def preheat(self, request: PreheatRequest, progress: Progress) -> None:
+        if request.type != "image":
+            raise PreheatError(
+                "files cannot go through a registry mirror (this cluster's adapter, mirror, warms images only); "
+                "use a proxy or local cluster for files: name those clusters in scheduler_cluster_ids"
+            )
         try:
             origin = parse_manifest_url(request.urls[0])
         except ValueError as error:
@@ -140,7 +145,8 @@ class MirrorAdapter(Adapter):
         await self._resolve_ips()
         run = _Run(self, origin, request.platform, progress)
         blobs, resolver, manifest_errors = await run.resolve()
-        progress.planned(len(blobs), sum(blob.size for blob in blobs))
+        copies = 1 if request.scope == "single_seed_peer" else len(self.endpoints)
+        progress.planned(len(blobs) * copies, sum(blob.size for blob in blobs) * copies)
         if request.scope == "single_seed_peer":
             order = [resolver] + [e for e in self.endpoints if e is not resolver and e.hostname not in manifest_errors]
             await asyncio.gather(*(run.warm_on_first(order, blob) for blob in blobs))

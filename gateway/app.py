@@ -147,7 +147,10 @@ class Gateway:
 
     async def _print_first_token(self) -> None:
         token = new_token()
-        await self.store.create_token("default", hash_token(token), ["job"], None)
+        try:
+            await self.store.create_token("default", hash_token(token), ["job"], None)
+        except ValueError:  # another replica starting at the same moment made it first
+            return
         host, port = self.config.server.host, self.config.server.port
         print(
             f"Created personal access token 'default' (shown once, store it now):\n  {token}\n"

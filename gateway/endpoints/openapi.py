@@ -11,6 +11,15 @@ from gateway.dialects import dragonfly
 from gateway.httputil import APIError, error_response, int_param, json_body, json_response
 
 JOB_STATES = ("PENDING", "SUCCESS", "FAILURE")
+MAX_JOB_ID = 2**63 - 1
+
+
+def job_id_of(request: Request) -> int:
+    """The ``{id}`` of the path; ids beyond what any store can hold simply do not exist."""
+    job_id = job_id_of(request)
+    if job_id > MAX_JOB_ID:
+        raise APIError(404, f"job {str(job_id)[:30]} not found")
+    return job_id
 
 
 async def healthy(request: Request) -> Response:
@@ -32,7 +41,7 @@ async def create_job(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    job_id: int = request.path_params["id"]
+    job_id = job_id_of(request)
     key = ("openapi", job_id)
     cached = gateway.rendered.get(key)
     if cached is not None:
@@ -65,7 +74,7 @@ async def list_jobs(request: Request) -> Response:
 
 async def patch_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    job_id: int = request.path_params["id"]
+    job_id = job_id_of(request)
     bio = dragonfly.parse_patch(await json_body(request))
     if len(bio) > 1000:
         raise APIError(422, "bio is longer than 1000 characters")
@@ -80,7 +89,7 @@ async def patch_job(request: Request) -> Response:
 
 async def delete_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    job_id: int = request.path_params["id"]
+    job_id = job_id_of(request)
     if not await gateway.jobs.delete(job_id):
         raise APIError(404, f"job {job_id} not found")
     for key in [k for k in gateway.rendered if k[1] == job_id]:
