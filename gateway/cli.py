@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from gateway import preheat_cli
 from gateway.config import CONFIG_ENV, Config, ConfigError, load_config, parse_duration
 
 
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.add_argument("--config")
     revoke.set_defaults(func=cmd_token_revoke)
+    preheat_cli.add_parser(commands)
     return parser
 
 

@@ -74,8 +74,8 @@ class GatewayProcess:
         result = run_cli("token", "create", "--config", str(self.config_path), "--name", name, *extra, env=self.env)
         return result.stdout.strip().splitlines()[-1]
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, env=self.env, check=check)
+    def cli(self, *args: str, check: bool = True, env_extra: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env={**self.env, **(env_extra or {})}, check=check)
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         self.starts += 1

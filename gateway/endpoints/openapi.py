@@ -16,7 +16,7 @@ MAX_JOB_ID = 2**63 - 1
 
 def job_id_of(request: Request) -> int:
     """The ``{id}`` of the path; ids beyond what any store can hold simply do not exist."""
-    job_id = job_id_of(request)
+    job_id: int = request.path_params["id"]
     if job_id > MAX_JOB_ID:
         raise APIError(404, f"job {str(job_id)[:30]} not found")
     return job_id

@@ -242,3 +242,10 @@ def test_served_under_a_path_prefix_behind_a_reverse_proxy(make_gateway: MakeGat
         assert client.get("/healthy").status_code == 200  # the proxy forwards /harbor/... unchanged
     with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", headers={"Authorization": f"Bearer {gateway.token}"}) as stripped:
         assert stripped.get("/oapi/v1/clusters").status_code == 200  # the proxy strips the prefix
+
+
+def test_ids_too_large_for_any_store_are_simply_not_found(gateway: GatewayProcess) -> None:
+    with gateway.client() as client:
+        for method in ("GET", "PATCH", "DELETE"):
+            response = client.request(method, "/oapi/v1/jobs/999999999999999999999999999999", json={"bio": "x"})
+            assert response.status_code == 404, (method, response.text)
