@@ -1,0 +1,103 @@
+"""Small pieces with sharp edges: durations, de-duplication, redaction, JSON depth, the Open API parser."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from adapters.base import Deduper
+from gateway.config import parse_duration
+from gateway.dialects.dragonfly import parse_create
+from gateway.httputil import json_depth
+from gateway.jobs import InvalidRequest
+from gateway.logs import RedactingFilter, redact
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90d", 7776000), ("30m", 1800), ("15s", 15), ("500ms", 0.5), (12, 12.0)])
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_a_bad_duration_says_what_a_good_one_looks_like() -> None:
+    with pytest.raises(ValueError, match="like 30s, 15m, 12h or 90d"):
+        parse_duration("soon")
+
+
+def test_the_same_warm_runs_once_while_in_flight_and_is_reused_within_the_window() -> None:
+    async def scenario() -> tuple[int, list[int]]:
+        dedupe, calls = Deduper(window=60), []
+
+        async def warm() -> int:
+            calls.append(1)
+            await asyncio.sleep(0.05)
+            return 42
+
+        sizes = await asyncio.gather(*(dedupe.run(("endpoint", "blob"), warm) for _ in range(5)))
+        sizes.append(await dedupe.run(("endpoint", "blob"), warm))
+        return len(calls), sizes
+
+    calls, sizes = asyncio.run(scenario())
+    assert calls == 1 and sizes == [42] * 6
+
+
+def test_a_failed_warm_is_not_remembered() -> None:
+    async def scenario() -> int:
+        dedupe, calls = Deduper(window=60), []
+
+        async def flaky() -> int:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return 1
+
+        with pytest.raises(RuntimeError):
+            await dedupe.run(("e", "b"), flaky)
+        await dedupe.run(("e", "b"), flaky)
+        return len(calls)
+
+    assert asyncio.run(scenario()) == 2
+
+
+@pytest.mark.parametrize("secret_text", [
+    "Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.payload.sig", "token phg_AbCdEf0123456789", "password=hunter2",
+    "https://robot:s3cr3t@harbor.example.com/v2/", "Basic dXNlcjpwYXNz",
+])
+def test_log_redaction_hides_secrets(secret_text: str) -> None:
+    record = logging.makeLogRecord({"msg": "failed with %s", "args": (secret_text,)})
+    RedactingFilter().filter(record)
+    for secret in ("eyJhbGciOiJSUzI1NiJ9", "phg_AbCdEf", "hunter2", "s3cr3t", "dXNlcjpwYXNz"):
+        assert secret not in record.getMessage()
+    assert "<redacted>" in redact(secret_text)
+
+
+def test_json_depth_ignores_brackets_inside_strings() -> None:
+    assert json_depth(b'{"a": "[[[[{{{", "b": [1, {"c": []}]}') == 4
+    assert json_depth(b"[" * 1000 + b"]" * 1000) == 1000
+
+
+def test_harbors_exact_create_body_parses_with_its_nulls_and_zeros() -> None:
+    body = (b'{"type":"preheat","args":{"type":"image","url":"https://h/v2/library/alpine/manifests/3.19","tag":"",'
+            b'"filtered_query_params":"","headers":{"Authorization":"Bearer x"},"scope":"","concurrent_count":0,"timeout":0},'
+            b'"scheduler_cluster_ids":null}')
+    spec = parse_create(body)
+    assert spec.urls == ["https://h/v2/library/alpine/manifests/3.19"] and spec.cluster_ids is None
+    assert spec.headers == {"Authorization": "Bearer x"} and spec.timeout_seconds == 0 and spec.scope == ""
+
+
+def test_scripts_camel_case_and_nanosecond_timeouts_parse_too() -> None:
+    spec = parse_create(b'{"type":"preheat","args":{"type":"file","url":"https://e/f","filteredQueryParams":"Expires&Signature","timeout":90000000000,"platform":"linux/arm64"}}')
+    assert spec.type == "file" and spec.filtered_query_params == ["Expires", "Signature"]
+    assert spec.timeout_seconds == 90 and spec.platform == "linux/arm64"
+
+
+def test_public_args_never_carry_secrets() -> None:
+    spec = parse_create(b'{"type":"preheat","args":{"url":"https://h/v2/a/manifests/b","headers":{"Authorization":"Bearer t"},"username":"u","password":"p"}}')
+    public = spec.public()
+    assert public["headers"] == {} and public["password"] == "" and public["username"] == "u"
+
+
+def test_unsupported_job_types_are_named() -> None:
+    with pytest.raises(InvalidRequest, match="job type 'sync_peers'"):
+        parse_create(b'{"type":"sync_peers","args":{"url":"x"}}')
