@@ -3,6 +3,11 @@
 Blobs land in ``<path>/blobs/sha256/<hex>``: streamed to a temporary file, digest-checked,
 and renamed into place only then, so a file at its final name is always complete and valid.
 A blob already present is not fetched again.
+
+Files (``type: file``) land in ``<path>/files/sha256/<sha256 of the URL's identity>``
+(see :mod:`adapters.files`): two signed URLs of one object are one cached file, fetched once.
+A file has no digest to check, so it is renamed into place once read to the end; a file
+already present is not fetched again (delete it to refresh it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from adapters.base import (
     TaskRow,
     bounded_gather,
 )
+from adapters.files import FileRef, file_ref, stream_url
 from adapters.oci import Blob, ImageRef, RegistryAuth, parse_manifest_url
 
 
@@ -66,6 +72,7 @@ class _TempFileSink:
 class LocalAdapter(Adapter):
     name = "local"
     Options = LocalOptions
+    supports = frozenset({"image", "file"})
 
     def __init__(self, cluster: ClusterInfo, options: LocalOptions, context: AdapterContext) -> None:
         super().__init__(cluster, options, context)
@@ -75,9 +82,12 @@ class LocalAdapter(Adapter):
         algorithm, _, hexdigest = digest.partition(":")
         return self.root / "blobs" / algorithm / hexdigest
 
+    def file_path(self, ref: FileRef) -> Path:
+        return self.root / "files" / "sha256" / ref.key
+
     async def check(self) -> Health:
         try:
-            for sub in ("blobs/sha256", "tmp"):
+            for sub in ("blobs/sha256", "files/sha256", "tmp"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             if not os.access(self.root, os.W_OK):
                 return Health(reachable=False, error=f"{self.root} is not writable")
@@ -89,6 +99,9 @@ class LocalAdapter(Adapter):
         health = await self.check()
         if not health.reachable:
             raise PreheatError(f"local cache of cluster {self.cluster.name}: {health.error}; fix {self.cluster.config_path}.path")
+        if request.type == "file":
+            await self._preheat_files(request, progress)
+            return
         try:
             ref = parse_manifest_url(request.urls[0])
         except ValueError as error:
@@ -132,6 +145,50 @@ class LocalAdapter(Adapter):
             message = f"cannot write {final}: {error.strerror}"
         if message:
             progress.failed(TaskRow(row.url, row.hostname, row.ip, message))
+        else:
+            progress.succeeded(row)
+        return message
+
+    async def _preheat_files(self, request: PreheatRequest, progress: Progress) -> None:
+        refs = [file_ref(url, request.filtered_query_params, request.tag, request.application) for url in request.urls]
+        progress.planned(len(refs), 0)
+        outcomes = await bounded_gather(
+            min(request.concurrency, self.options.concurrency),
+            [lambda ref=ref: self._warm_file(ref, request, progress) for ref in refs],
+        )
+        failures = [error for error in outcomes if error]
+        if failures:
+            raise PreheatError(
+                f"{len(failures)} of {len(refs)} files could not be cached in {self.root} on {self.context.hostname}: {failures[0]}"
+            )
+
+    async def _warm_file(self, ref: FileRef, request: PreheatRequest, progress: Progress) -> str:
+        """Warm one file; returns an error message, or "" when it is in the cache."""
+        final = self.file_path(ref)
+        key = ("local-file", str(self.root), ref.key)
+
+        async def fetch() -> int:
+            if final.is_file():
+                return 0
+            size, _ = await stream_url(
+                self.context.http, self.context.policy, ref, lambda: _TempFileSink(final, self.root / "tmp"),
+                headers=request.headers, on_bytes=progress.transferred,
+            )
+            return size
+
+        message = ""
+        try:
+            await self.context.dedupe.run(key, fetch)
+            if not final.is_file():  # removed since it was last warmed: fetch again
+                self.context.dedupe.forget(key)
+                await self.context.dedupe.run(key, fetch)
+        except PreheatError as error:
+            message = str(error)
+        except OSError as error:
+            message = f"cannot write {final}: {error.strerror}"
+        row = TaskRow(url=ref.display_url, hostname=self.context.hostname, ip=self.context.ip, description=message)
+        if message:
+            progress.failed(row)
         else:
             progress.succeeded(row)
         return message

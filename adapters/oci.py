@@ -461,6 +461,11 @@ class OciClient:
         detail = _registry_error_detail(response)
         if status == 404:
             return RegistryError(f"{what} not found (404 {detail}): check that the repository and tag exist", status=404)
+        if status == 401 and auth.header is None and auth.credentials is None:
+            return RegistryError(
+                f"{ref.host} refused anonymous access to {what} (401 {detail}): the request carried no registry credentials "
+                f"(Kraken events never do); configure registries.credentials for {ref.host}", status=401,
+            )
         if status == 401:
             return RegistryError(f"{ref.host} refused access to {what} (401 {detail}): the credentials lack pull access to {ref.repository}", status=401)
         if status == 403:

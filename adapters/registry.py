@@ -15,6 +15,9 @@ ENTRY_POINT_GROUP = "harbor_preheat_gateway.adapters"
 BUILTIN = {
     "local": "adapters.local:LocalAdapter",
     "mirror": "adapters.mirror:MirrorAdapter",
+    "proxy": "adapters.proxy:ProxyAdapter",
+    "dragonfly": "adapters.dragonfly:DragonflyAdapter",
+    "kraken": "adapters.kraken:KrakenAdapter",
 }
 
 

@@ -1,0 +1,186 @@
+"""File preheats: a URL's identity, and streaming a file URL to a sink.
+
+Two signed URLs of one object differ only in their signing parameters. Dragonfly removes
+``filtered_query_params`` (``&``-separated names; a list of S3/GCS/OSS/OBS/COS signing
+parameters plus ``ns`` when none are given) before it uses a URL as a task's identity, so
+both URLs are one task. The gateway does the same: :func:`file_ref` forms that identity
+(``tag`` and ``application`` then tell otherwise equal URLs apart, as in Dragonfly), and the
+adapters key their caches and their de-duplication on it.
+
+:func:`stream_url` fetches a file URL to the end: redirects followed by hand and each target
+checked against the URL policy (the caller's headers never leave the first host), transient
+failures retried with backoff, every byte streamed into a sink, never held whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from adapters.base import PreheatError
+from adapters.oci import BlobSink, _describe
+from adapters.urlpolicy import RefusedURL, URLPolicy
+
+DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
+    "Expires", "Signature", "ns",
+    "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
+    "X-Amz-Signature", "X-Amz-Security-Token", "X-Amz-User-Agent",
+    "X-Goog-Algorithm", "X-Goog-Credential", "X-Goog-Date", "X-Goog-Expires", "X-Goog-SignedHeaders", "X-Goog-Signature",
+    "OSSAccessKeyId",
+    "X-Obs-Date", "X-Obs-Security-Token", "AccessKeyId",
+    "q-sign-algorithm", "q-ak", "q-sign-time", "q-key-time", "q-header-list", "q-url-param-list", "q-signature", "x-cos-security-token",
+)
+"""Dragonfly's default ``filtered_query_params``: used when a request names none."""
+
+MAX_REDIRECTS = 5
+_NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "connection", "proxy-authorization", "te", "upgrade"})
+RETRY_ATTEMPTS = 3
+RETRY_BASE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file to warm: where to fetch it, and what it is."""
+
+    url: str
+    """The URL as the caller gave it (signature included): what is fetched."""
+    display_url: str
+    """The URL without its filtered parameters: shown in rows and messages, so signatures are not."""
+    identity: str
+    """``display_url`` plus ``tag`` and ``application``: equal identities are one file."""
+
+    @property
+    def key(self) -> str:
+        """sha256 (hex) of the identity: the local cache's file name and the de-duplication key."""
+        return hashlib.sha256(self.identity.encode()).hexdigest()
+
+
+def filter_url(url: str, filtered_query_params: Iterable[str] = ()) -> str:
+    """``url`` without the named query parameters (names compared case-insensitively).
+
+    The remaining parameters are sorted by name (as Go's ``url.Values.Encode`` does), the
+    scheme and host lower-cased, and the fragment dropped, so equal objects compare equal.
+    """
+    names = {name.lower() for name in (tuple(filtered_query_params) or DEFAULT_FILTERED_QUERY_PARAMS)}
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in names]
+    kept.sort(key=lambda pair: pair[0])
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(kept), ""))
+
+
+def file_ref(url: str, filtered_query_params: Iterable[str] = (), tag: str = "", application: str = "") -> FileRef:
+    """The identity of a file URL, as Dragonfly forms a task's (see the module docstring)."""
+    display = filter_url(url, filtered_query_params)
+    identity = display
+    if tag:
+        identity += f"\ntag={tag}"
+    if application:
+        identity += f"\napplication={application}"
+    return FileRef(url=url, display_url=display, identity=identity)
+
+
+class FetchError(PreheatError):
+    """A file could not be fetched; ``transient`` ones are worth another attempt."""
+
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+
+
+async def stream_url(
+    client: httpx.AsyncClient,
+    policy: URLPolicy,
+    ref: FileRef,
+    open_sink: Callable[[], BlobSink],
+    *,
+    headers: Mapping[str, str] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    via: str = "",
+) -> tuple[int, str]:
+    """GET ``ref.url`` to the end into a fresh sink per attempt; returns (bytes, ``sha256:...``).
+
+    ``client`` must not follow redirects itself (the gateway's shared client, or a proxy's).
+    ``via`` names what the request went through (``proxy node-1``), for messages.
+    """
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            forwarded = {k: v for k, v in (headers or {}).items() if k.lower() not in _NOT_FORWARDED}
+            return await _fetch_once(client, policy, ref, open_sink, forwarded, on_bytes, via)
+        except FetchError as error:
+            if not error.transient or attempt == RETRY_ATTEMPTS:
+                raise
+            await asyncio.sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1) * (0.5 + random.random() / 2))
+    raise AssertionError("unreachable")
+
+
+async def _fetch_once(
+    client: httpx.AsyncClient,
+    policy: URLPolicy,
+    ref: FileRef,
+    open_sink: Callable[[], BlobSink],
+    headers: dict[str, str],
+    on_bytes: Callable[[int], None] | None,
+    via: str,
+) -> tuple[int, str]:
+    where = f"file {ref.display_url}" + (f" through {via}" if via else "")
+    url, origin = ref.url, urlsplit(ref.url).netloc
+    for _ in range(MAX_REDIRECTS + 1):
+        # The caller's headers (a token, a cookie) are for the first host only.
+        sent = headers if urlsplit(url).netloc == origin else {}
+        try:
+            response = await client.send(client.build_request("GET", url, headers=sent), stream=True)
+        except httpx.TransportError as error:
+            raise FetchError(f"cannot fetch {where}: {_describe(error)}", transient=True) from None
+        if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+            await response.aclose()
+            url = urljoin(url, response.headers["location"])
+            try:
+                await policy.check_redirect(url)
+            except RefusedURL as error:
+                raise FetchError(f"redirect for {where} refused: {error}") from None
+            continue
+        try:
+            if response.status_code != 200:
+                raise _status_error(response.status_code, where)
+            sink = open_sink()
+            try:
+                digest, size = hashlib.sha256(), 0
+                async for chunk in response.aiter_bytes():
+                    digest.update(chunk)
+                    sink.write(chunk)
+                    size += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+                sink.commit()
+            except httpx.TransportError as error:
+                sink.discard()
+                raise FetchError(f"reading {where} broke off after {size} bytes: {_describe(error)}", transient=True) from None
+            except BaseException:
+                sink.discard()
+                raise
+            return size, "sha256:" + digest.hexdigest()
+        finally:
+            await response.aclose()
+    raise FetchError(f"too many redirects fetching {where}")
+
+
+def _status_error(status: int, where: str) -> FetchError:
+    if status == 404:
+        return FetchError(f"{where} not found (404): check the URL", status=status)
+    if status in (401, 403):
+        return FetchError(
+            f"{where} was refused ({status}): the URL's signature may have expired or the request's headers lack access; "
+            "re-sign the URL or pass headers that grant access",
+            status=status,
+        )
+    if status == 407:
+        return FetchError(f"{where} was refused by the proxy (407): check the proxy's username and password_env", status=status)
+    transient = status >= 500 or status == 429
+    return FetchError(f"{where} answered {status}", transient=transient, status=status)

@@ -1,0 +1,61 @@
+"""Small helpers shared by the adapters that talk to an upstream service (dragonfly, kraken, proxy).
+
+Kept here rather than in ``gateway`` because adapters never import the gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import urlsplit
+
+import httpx
+
+from adapters.urlpolicy import RefusedURL, resolve, split_http_url
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_seconds(value: float | int | str, *, key: str) -> float:
+    """``30s``, ``5m``, ``500ms`` or a number of seconds, as seconds; ``ValueError`` names ``key``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise ValueError(f"{key}: {value!r} is not a duration like 500ms, 30s or 5m")
+        seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds <= 0:
+        raise ValueError(f"{key}: must be more than zero")
+    return seconds
+
+
+def check_base_url(url: str, *, key: str) -> str:
+    """An operator-given http(s) base URL without its trailing ``/``; ``ValueError`` names ``key``."""
+    try:
+        split_http_url(url)
+    except RefusedURL as error:
+        raise ValueError(f"{key}: {error}") from None
+    return url.rstrip("/")
+
+
+def check_env(name: str | None, *, key: str) -> None:
+    """A secret named by ``*_env`` must be set when the config is loaded, not when a job runs."""
+    if name and not os.environ.get(name):
+        raise ValueError(f"{key}: environment variable {name} is not set")
+
+
+async def host_ip(url: str) -> str:
+    """The first address ``url``'s host resolves to ("" if it does not), for result rows."""
+    parts = urlsplit(url)
+    try:
+        return (await resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)))[0]
+    except (RefusedURL, IndexError):
+        return ""
+
+
+def body_excerpt(response: httpx.Response, limit: int = 300) -> str:
+    """A response body in one line, cut short, for quoting an upstream's complaint."""
+    text = response.text.strip().replace("\n", " ")
+    return text[:limit] + ("..." if len(text) > limit else "")
