@@ -52,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=65,  # Harbor polls every 10 s on a kept-alive connection
         limit_concurrency=4096,
         backlog=2048,
     )

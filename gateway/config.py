@@ -61,13 +61,16 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class TLSConfig(_Section):
     cert: str
+    """PEM certificate (chain) file; Harbor's "Skip certificate verification" accepts a self-signed one."""
     key: str
+    """PEM private key file."""
 
 
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8080"
     """``host:port`` to listen on."""
     tls: TLSConfig | None = None
+    """Serve HTTPS with this certificate and key (``cert``, ``key``)."""
     root_path: str = ""
     """Path prefix when served behind a reverse proxy under a sub-path (``/harbor``)."""
     state_dir: str = ""
@@ -78,6 +81,12 @@ class ServerConfig(_Section):
     """Most URLs in one file preheat."""
     max_page_size: int = 100
     """Largest ``per_page`` of a list."""
+    max_json_depth: int = 32
+    """Deepest nesting of a JSON body."""
+    create_rate_per_second: float = 100.0
+    """Job creations per second allowed to one credential (0: unlimited); 429 beyond."""
+    create_burst: int = 5000
+    """How many creations one credential may make at once before the rate applies."""
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -112,6 +121,64 @@ class StoreConfig(_Section):
             raise ValueError(f"secret_key_env: environment variable {self.secret_key_env} is not set")
 
 
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_RESERVED_HEADERS = frozenset({"authorization", "proxy-authorization", "host", "content-type", "content-length",
+                               "transfer-encoding", "connection", "cookie", "user-agent"})
+
+
+class JWTConfig(_Section):
+    """Bearer JWTs minted by an identity provider (Harbor's OAUTH mode with an IdP token).
+
+    Only asymmetric algorithms are accepted: with HS256 anyone holding the published key
+    could mint tokens, and ``alg: none`` is never accepted.
+    """
+
+    issuer: str
+    """The ``iss`` every token must carry."""
+    audience: str
+    """A value the token's ``aud`` must contain."""
+    jwks_url: str | None = None
+    """The provider's JWKS; fetched on first use and cached for ``jwks_cache_seconds``."""
+    public_key_file: str | None = None
+    """Instead of ``jwks_url``: a PEM public key or certificate, or a JWK / JWKS JSON file."""
+    scope: str = "job"
+    """The scope (in the ``scope`` or ``scp`` claim) that grants running preheat jobs."""
+    algorithms: list[str] = msgspec.field(default_factory=lambda: list(JWT_ALGORITHMS))
+    jwks_cache_seconds: float = 300.0
+    leeway_seconds: float = 30.0
+    """Clock skew tolerated on ``exp`` and ``nbf``."""
+
+    def __post_init__(self) -> None:
+        if bool(self.jwks_url) == bool(self.public_key_file):
+            raise ValueError("jwks_url: give exactly one of jwks_url or public_key_file")
+        if self.jwks_url and not re.match(r"^https?://[^/\s]+", self.jwks_url):
+            raise ValueError(f"jwks_url: {self.jwks_url!r} is not an http(s) URL")
+        if self.public_key_file:
+            try:
+                head = Path(self.public_key_file).read_bytes()[:4096].lstrip()
+            except OSError as error:
+                raise ValueError(f"public_key_file: cannot read {self.public_key_file} ({error.strerror})") from None
+            if not head.startswith((b"-----BEGIN", b"{")):
+                raise ValueError(f"public_key_file: {self.public_key_file} is neither a PEM key or certificate nor a JWK/JWKS JSON file")
+        if not self.issuer:
+            raise ValueError("issuer: must not be empty")
+        if not self.audience:
+            raise ValueError("audience: must not be empty")
+        if not self.scope:
+            raise ValueError("scope: must not be empty")
+        unsupported = [a for a in self.algorithms if a not in JWT_ALGORITHMS]
+        if unsupported or not self.algorithms:
+            raise ValueError(
+                f"algorithms: {', '.join(unsupported) or 'empty list'} not accepted; choose from {', '.join(JWT_ALGORITHMS)} "
+                "(HS* would let anyone holding the public key forge tokens, and 'none' is never accepted)"
+            )
+        if not 0 <= self.leeway_seconds <= 300:
+            raise ValueError("leeway_seconds: must be between 0 and 300")
+        if self.jwks_cache_seconds < 1:
+            raise ValueError("jwks_cache_seconds: must be at least 1")
+
+
 class AuthConfig(_Section):
     mode: Literal["required", "none"] = "required"
     """``none`` turns authentication off (logged as a warning at start)."""
@@ -119,6 +186,31 @@ class AuthConfig(_Section):
     """Accept personal access tokens kept in the store (``Authorization: Bearer``)."""
     token_cache_seconds: float = 10.0
     """How long a verified token is trusted without a store round trip."""
+    custom_header: str | None = None
+    """Harbor's CUSTOM auth mode: the header (``X-Api-Key``) whose value is a personal access token."""
+    basic: bool = True
+    """Harbor's BASIC auth mode: ``Authorization: Basic`` is accepted when the part after its
+    first ``:`` is a personal access token (Harbor sends ``username:U`` or ``password:P`` at
+    random, so the token goes in both of Harbor's fields). The name part is never proof."""
+    jwt: JWTConfig | None = None
+    """Harbor's OAUTH mode with JWTs from an identity provider (besides personal access tokens)."""
+
+    def __post_init__(self) -> None:
+        if self.custom_header is not None:
+            if not _HEADER_NAME.match(self.custom_header):
+                raise ValueError(f"custom_header: {self.custom_header!r} is not an HTTP header name")
+            if self.custom_header.lower() in _RESERVED_HEADERS:
+                raise ValueError(
+                    f"custom_header: {self.custom_header!r} is reserved; pick your own name such as X-Api-Key "
+                    "(for 'Authorization: Bearer <token>' use Harbor's OAUTH mode, which needs no custom_header)"
+                )
+            if not self.tokens:
+                raise ValueError("custom_header: its value is a personal access token, so it needs tokens: true")
+        if self.mode == "required" and not self.tokens and self.jwt is None:
+            raise ValueError(
+                "tokens: with tokens: false and no jwt section nothing can authenticate; "
+                "to turn authentication off say mode: none explicitly"
+            )
 
 
 class RegistryCredential(_Section):
@@ -256,12 +348,27 @@ def _describe(error: msgspec.ValidationError, prefix: str) -> str:
         path, message = f"{path}.{match[1]}", "unknown key"
     elif match := re.match(r"Object missing required field `(.+)`", message):
         path, message = f"{path}.{match[1]}", "required key is missing"
-    elif match := re.match(r"^(\w+): (.*)$", message, re.S):
+    elif match := re.match(r"^([\w\[\]\.]+): (.*)$", message, re.S):
         path, message = f"{path}.{match[1]}", match[2]
     else:
         message = message.replace("`", "")
         message = message[0].lower() + message[1:] if message else message
     return f"{path.lstrip('.')}: {message}"
+
+
+def _convert_reporting_all(raw: Any, struct: type[Any], where: str, errors: list[str]) -> Any:
+    """Decode ``raw``; msgspec stops at the first problem, so drop each unknown key and go on."""
+    raw = dict(raw) if isinstance(raw, dict) else raw
+    for _ in range(20):
+        try:
+            return msgspec.convert(raw, struct)
+        except msgspec.ValidationError as error:
+            errors.append(_describe(error, where))
+            unknown = re.match(r"Object contains unknown field `(.+?)`(?: - at `\$`)?$", str(error))
+            if not unknown or not isinstance(raw, dict):
+                return None
+            raw.pop(unknown[1], None)
+    return None
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -290,11 +397,9 @@ def build_config(data: dict[str, Any], *, source: str) -> Config:
         if key not in _SECTIONS and key != "clusters":
             errors.append(f"{key}: unknown key (sections are {', '.join([*_SECTIONS, 'clusters'])})")
     for key, struct in _SECTIONS.items():
-        raw = data.get(key) or {}
-        try:
-            sections[key] = msgspec.convert(raw, struct)
-        except msgspec.ValidationError as error:
-            errors.append(_describe(error, key))
+        section = _convert_reporting_all(data.get(key) or {}, struct, key, errors)
+        if section is not None:
+            sections[key] = section
     state_dir = sections["server"].state_dir if "server" in sections and sections["server"].state_dir else str(default_state_dir())
     raw_clusters = data.get("clusters")
     if raw_clusters is None:
@@ -333,10 +438,8 @@ def _build_clusters(raw_clusters: Any, errors: list[str]) -> list[Cluster]:
         except adapter_registry.UnknownAdapter as error:
             errors.append(f"{where}.adapter: {error}")
             continue
-        try:
-            options = msgspec.convert({k: v for k, v in raw.items() if k not in common}, adapter.Options)
-        except msgspec.ValidationError as error:
-            errors.append(_describe(error, where))
+        options = _convert_reporting_all({k: v for k, v in raw.items() if k not in common}, adapter.Options, where, errors)
+        if options is None:
             continue
         clusters.append(Cluster(config=config, options=options, config_path=where))
     return clusters
