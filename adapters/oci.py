@@ -230,10 +230,13 @@ def _retry_after(response: httpx.Response) -> float | None:
 class OciClient:
     """Talks the distribution protocol to origins and mirrors over one pooled httpx client."""
 
-    def __init__(self, http: httpx.AsyncClient, policy: URLPolicy, *, user_agent: str = "harbor-preheat-gateway") -> None:
+    def __init__(self, http: httpx.AsyncClient, policy: URLPolicy, *, user_agent: str = "harbor-preheat-gateway", max_in_flight: int = 128) -> None:
         self.http = http
         self.policy = policy
         self.user_agent = user_agent
+        # Requests wait here rather than in httpcore's pool, whose scheduler rescans its whole
+        # queue on every change: hundreds of queued requests there cost more CPU than the I/O.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         # By-digest manifests never change; tokens live until they expire.
         self._manifests: cachetools.LRUCache[tuple[str, str, str], Manifest] = cachetools.LRUCache(maxsize=2048)
         self._tokens: cachetools.TLRUCache[tuple[str, ...], tuple[str, float]] = cachetools.TLRUCache(
@@ -352,14 +355,15 @@ class OciClient:
     @asynccontextmanager
     async def open(self, url: str, auth: RegistryAuth, ref: ImageRef, *, accept: str | None = None, what: str) -> AsyncIterator[httpx.Response]:
         """GET ``url`` with authentication and checked redirects; yields a 200 response."""
-        response = await self._authenticated(url, auth, ref, accept, what)
-        try:
-            if response.status_code != 200:
-                await response.aread()
-                raise self._status_error(response, what, auth, ref)
-            yield response
-        finally:
-            await response.aclose()
+        async with self._in_flight:
+            response = await self._authenticated(url, auth, ref, accept, what)
+            try:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise self._status_error(response, what, auth, ref)
+                yield response
+            finally:
+                await response.aclose()
 
     async def _authenticated(self, url: str, auth: RegistryAuth, ref: ImageRef, accept: str | None, what: str) -> httpx.Response:
         header = auth.bearer or auth.header

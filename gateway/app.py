@@ -72,7 +72,7 @@ class Gateway:
         self.http = httpx.AsyncClient(
             follow_redirects=False,
             timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=128),
             headers={"User-Agent": USER_AGENT},
         )
         self.dedupe = Deduper(window=config.runner.dedupe_window_seconds)

@@ -51,7 +51,7 @@ with warnings.catch_warnings():
     # Authlib 1.7+ marks authlib.jose deprecated in favour of joserfc; it keeps working before 2.0.
     warnings.simplefilter("ignore", DeprecationWarning)
     from authlib.jose import JsonWebKey, JsonWebToken, KeySet
-    from authlib.jose.errors import BadSignatureError, DecodeError, JoseError, UnsupportedAlgorithmError
+    from authlib.jose.errors import BadSignatureError, UnsupportedAlgorithmError
 
 TOKEN_PREFIX = "phg_"
 SCOPES = frozenset({"job"})
@@ -156,11 +156,15 @@ def _b64url_json(segment: str) -> Any:
 def load_public_keys(path: str) -> KeySet:
     """A PEM public key or certificate, or a JWK / JWKS JSON file, as a key set."""
     raw = Path(path).read_bytes()
-    text = raw.decode("utf-8", "replace").strip()
-    if text.startswith("{"):
-        document = msgspec.json.decode(raw)
-        return JsonWebKey.import_key_set(document if "keys" in document else {"keys": [document]})
-    return KeySet([JsonWebKey.import_key(raw, {"use": "sig"})])
+    try:
+        if raw.lstrip().startswith(b"{"):
+            document = msgspec.json.decode(raw)
+            return JsonWebKey.import_key_set(document if "keys" in document else {"keys": [document]})
+        return KeySet([JsonWebKey.import_key(raw, {"use": "sig"})])
+    except Exception as error:
+        raise ValueError(
+            f"auth.jwt.public_key_file: {path} is not a PEM public key or certificate, a JWK or a JWKS ({type(error).__name__})"
+        ) from None
 
 
 class JWTVerifier:
@@ -254,7 +258,7 @@ class JWTVerifier:
             raise Unauthorized("JWT algorithm is not accepted (see auth.jwt.algorithms)", "jwt_algorithm") from None
         except BadSignatureError:
             raise Unauthorized("JWT signature does not verify against the identity provider's keys", "jwt_signature") from None
-        except (DecodeError, JoseError, Exception):  # whatever a hostile token provokes in the library is a 401
+        except Exception:  # whatever else a hostile token provokes in the library is a 401, not a 500
             raise Unauthorized("malformed JWT", "jwt_malformed") from None
         return self._check_claims(claims)
 
@@ -374,7 +378,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = _route_path(scope)
-        if path in PUBLIC_PATHS or path.startswith(self.public_prefixes):
+        if path in PUBLIC_PATHS or any(path == prefix or path.startswith(prefix + "/") for prefix in self.public_prefixes):
             await self.app(scope, receive, send)
             return
         authenticator = self.authenticator()

@@ -1,9 +1,58 @@
-"""HTTP handlers for the legacy dialect (not yet implemented)."""
+"""HTTP handlers for dialect B, the legacy Dragonfly preheat API (Harbor 2.1 to 2.11).
+
+These read and write the same job store as the Open API: a job created here is listed by
+``GET /oapi/v1/jobs``, and any job, whichever dialect created it, can be polled here by id.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.app_types import gateway_of
+from gateway.dialects import legacy
+from gateway.endpoints.openapi import healthy
+from gateway.httputil import APIError, json_body, json_response
+
+MAX_ID_DIGITS = 18
+
+
+async def ping(request: Request) -> Response:
+    """``GET /_ping``: Harbor's "Test connection" and the first step of every task (same check as ``/healthy``)."""
+    return await healthy(request)
+
+
+async def create_preheat(request: Request) -> Response:
+    """``POST /preheats``. Always 200 with the new id: a 208 would tell old Harbors "already done"."""
+    gateway = gateway_of(request)
+    spec = legacy.parse_create(await json_body(request, creates_job=True))
+    job = await gateway.jobs.create(spec)
+    return json_response(legacy.created_body(job))
+
+
+async def get_preheat(request: Request) -> Response:
+    gateway = gateway_of(request)
+    raw: str = request.path_params["id"]
+    if not raw.isdigit() or len(raw) > MAX_ID_DIGITS:
+        raise APIError(404, f"preheat task {raw[:40]!r} not found: ids are the numbers POST /preheats returned")
+    job_id = int(raw)
+    key = ("legacy", job_id)
+    cached = gateway.rendered.get(key)
+    if cached is not None:
+        return json_response(cached)
+    job = await gateway.jobs.get(job_id)
+    if job is None:
+        raise APIError(404, f"preheat task {job_id} not found")
+    body = legacy.status_body(job)
+    if job.finished:
+        gateway.rendered[key] = body
+    return json_response(body)
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        Route("/_ping", ping, methods=["GET"]),
+        Route("/preheats", create_preheat, methods=["POST"]),
+        Route("/preheats/{id}", get_preheat, methods=["GET"]),
+    ]

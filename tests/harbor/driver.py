@@ -30,6 +30,45 @@ def go_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def go_marshal(value: Any) -> bytes:
+    """Go's ``json.Marshal`` bytes: compact, UTF-8, ``<``, ``>`` and ``&`` escaped (map keys: sort them first)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+class GoDecodeError(ValueError):
+    """What Go's ``json.Unmarshal`` returns: the driver fails the task."""
+
+
+def go_unmarshal(data: bytes, fields: dict[str, type]) -> dict[str, Any]:
+    """Go's ``json.Unmarshal`` into a flat struct whose JSON names are ``fields``' keys.
+
+    Keys match exactly first, then case-insensitively (Go's ``EqualFold``); unknown keys are
+    ignored; ``null`` leaves the zero value; a wrong JSON type is an error, not a coercion.
+    """
+    try:
+        document = json.loads(data)
+    except ValueError as error:
+        raise GoDecodeError(f"invalid character: {error}") from None
+    if not isinstance(document, dict):
+        raise GoDecodeError(f"json: cannot unmarshal {type(document).__name__} into Go value of type struct")
+    result: dict[str, Any] = {name: kind() for name, kind in fields.items()}
+    for key, value in document.items():
+        name = key if key in fields else next((f for f in fields if f.lower() == key.lower()), None)
+        if name is None or value is None:
+            continue
+        kind = fields[name]
+        if type(value) is not kind:
+            raise GoDecodeError(f"json: cannot unmarshal {type(value).__name__} into Go struct field .{name} of type {kind.__name__}")
+        result[name] = value
+    return result
+
+
+def basic_forms(info: dict[str, str]) -> list[dict[str, str]]:
+    """Every header Harbor's BASIC mode may send for ``info``: one per map entry."""
+    return [{"Authorization": "Basic " + base64.b64encode(f"{key}:{value}".encode()).decode()} for key, value in info.items()]
+
+
 def auth_header(mode: str, info: dict[str, str]) -> dict[str, str]:
     """The header Harbor's ``auth.Credential`` adds for each auth mode (reference section 2)."""
     if mode == "NONE":
@@ -106,15 +145,22 @@ class DragonflyDriver:
     job_path = "/oapi/v1/jobs"
 
     def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None) -> None:
-        self.endpoint = endpoint.rstrip("/")
+        self.endpoint = endpoint.removesuffix("/")  # strings.TrimSuffix(endpoint, "/"): one slash
         self.auth_mode = auth_mode
         self.auth_info = auth_info or {}
         self.http = httpx.Client(timeout=30)  # Harbor's client: 30 s per request
+        self.answers: list[str] = []
+        """Every response body the gateway sent this driver, for secret-leak checks."""
+
+    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        headers = {"Content-Type": "application/json", **auth_header(self.auth_mode, self.auth_info)}
+        content = None if body is None else go_marshal(body)
+        response = self.http.request(method, self.endpoint + path, content=content, headers=headers)
+        self.answers.append(response.text)
+        return response
 
     def _send(self, method: str, path: str, body: Any = None) -> bytes:
-        headers = {"Content-Type": "application/json", **auth_header(self.auth_mode, self.auth_info)}
-        content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        response = self.http.request(method, self.endpoint + path, content=content, headers=headers)
+        response = self._request(method, path, body)
         # Harbor's client: 2xx is success, but 2.12+ fails the task on 208.
         if not 200 <= response.status_code < 300 or response.status_code == 208:
             raise HarborError(f"http error: code {response.status_code}, message {response.text}")
@@ -173,3 +219,155 @@ class DragonflyDriver:
             time.sleep(poll_seconds)
             status = self.check_progress(status.task_id)
         return status
+
+
+PENDING = "PENDING"  # Harbor's provider.PreheatingStatusPending
+LEGACY_STATUS = {"WAITING": PENDING, "FAILED": FAIL}  # the legacy driver's only translations
+
+
+class LegacyDragonflyDriver(DragonflyDriver):
+    """Harbor 2.1 to 2.11's Dragonfly driver: ``/_ping``, ``/preheats``, ``/preheats/{id}``.
+
+    The create body is Harbor's ``PreheatImage`` record (``omitempty`` on headers, image, tag
+    and digest). Answers decode like Go: ``ID`` matched case-insensitively and required to be
+    a JSON string. Statuses map ``WAITING`` to pending and ``FAILED`` to fail; every other
+    value passes through, and anything but SUCCESS or FAIL keeps Harbor polling.
+    """
+
+    health_path = "/_ping"
+    preheat_path = "/preheats"
+
+    def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None) -> None:
+        super().__init__(endpoint, auth_mode, auth_info)
+        self.http_statuses: list[int] = []
+
+    def _send(self, method: str, path: str, body: Any = None) -> bytes:
+        response = self._request(method, path, body)
+        self.http_statuses.append(response.status_code)
+        if response.status_code == 208:  # 2.1-2.11: "already preheated"
+            raise AlreadyReported()
+        if not 200 <= response.status_code < 300:
+            raise HarborError(f"http error: code {response.status_code}, message {response.text}")
+        return response.content
+
+    def record(self, url: str, headers: dict[str, str], *, image: str = "", tag: str = "", digest: str = "", type: str = "image") -> dict[str, Any]:
+        """``json.Marshal(PreheatImage)``: struct order, ``omitempty`` fields dropped when empty."""
+        record: dict[str, Any] = {"type": type, "url": url}
+        if headers:
+            record["headers"] = dict(sorted(headers.items()))
+        for key, value in (("image", image), ("tag", tag), ("digest", digest)):
+            if value:
+                record[key] = value
+        return record
+
+    def preheat_record(self, record: dict[str, Any]) -> PreheatingStatus:
+        try:
+            data = self._send("POST", self.preheat_path, record)
+        except AlreadyReported:
+            return PreheatingStatus(task_id="", status=SUCCESS)
+        created = go_unmarshal(data, {"ID": str})
+        return PreheatingStatus(task_id=created["ID"], status=PENDING)
+
+    def preheat(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
+                image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
+        return self.preheat_record(self.record(url, headers, image=image, tag=tag, digest=digest))
+
+    def check_progress(self, task_id: str) -> PreheatingStatus:
+        info = go_unmarshal(
+            self._send("GET", f"{self.preheat_path}/{task_id}"),
+            {"ID": str, "startTime": str, "finishTime": str, "errorMsg": str, "Status": str},
+        )
+        for name in ("startTime", "finishTime"):
+            if info[name]:
+                go_time(info[name])  # Harbor keeps these strings; the gateway promises RFC 3339
+        message = info["errorMsg"]
+        parts = message.split(":")
+        if len(parts) == 2 and parts[0] == "preheat task already exists, id":
+            return self.check_progress(parts[1].strip())
+        status = LEGACY_STATUS.get(info["Status"], info["Status"])
+        return PreheatingStatus(task_id, status, error=message if status == FAIL else "")
+
+    def run_task(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
+                 poll_seconds: float = 0.2, timeout: float = 60.0, image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
+        if not self.health():
+            return PreheatingStatus("", FAIL, error="provider unhealthy")
+        status = self.preheat(url, headers, image=image, tag=tag, digest=digest)
+        deadline = time.monotonic() + timeout
+        while status.status not in (SUCCESS, FAIL):
+            if status.status not in (PENDING, RUNNING):
+                raise AssertionError(f"status {status.status!r} would leave Harbor polling until its 30-minute timeout")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {status.task_id} still {status.status} after {timeout}s")
+            time.sleep(poll_seconds)
+            status = self.check_progress(status.task_id)
+        return status
+
+
+class AlreadyReported(Exception):
+    """HTTP 208: Harbor 2.1-2.11 take it as "already preheated" and skip the work."""
+
+
+def go_random_string(length: int = 32) -> str:
+    """Harbor's ``utils.GenerateRandomString``."""
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "".join(random.choice(alphabet) for _ in range(length))
+
+
+def go_time_now() -> str:
+    """``time.Now().UTC()`` as Go marshals it: RFC 3339 with nanoseconds, trailing zeros trimmed."""
+    now = time.time_ns()
+    seconds, nanos = divmod(now, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    fraction = f"{nanos:09d}".rstrip("0")
+    return f"{text}.{fraction}Z" if fraction else f"{text}Z"
+
+
+class KrakenDriver(DragonflyDriver):
+    """Harbor's Kraken driver (any version): ``GET /health``, ``POST /registry/notifications``.
+
+    One ``notification.Event`` per preheat, with Harbor's capitalised keys, ``Id``/``Url``
+    tags, the Docker schema-2 media type whatever the artifact is, and nil ``Request`` and
+    ``Actor`` as ``null``. Harbor marks the task SUCCESS on the 2xx and never polls.
+    """
+
+    health_path = "/health"
+    notify_path = "/registry/notifications"
+    MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+
+    def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None) -> None:
+        super().__init__(endpoint, auth_mode, auth_info)
+        self.last_body: bytes = b""
+
+    def notification(self, url: str, *, image: str, tag: str = "", digest: str = "", event_id: str | None = None) -> dict[str, Any]:
+        return {"Events": [{
+            "Id": event_id or go_random_string(),
+            "TimeStamp": go_time_now(),
+            "Action": "push",
+            "Target": {"MediaType": self.MEDIA_TYPE, "Digest": digest, "Repository": image, "Url": url, "Tag": tag},
+            "Request": None,
+            "Actor": None,
+        }]}
+
+    def notify(self, notification: dict[str, Any]) -> bytes:
+        self.last_body = self._send("POST", self.notify_path, notification)
+        return self.last_body
+
+    def preheat(self, url: str, headers: dict[str, str] | None = None, *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
+                image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
+        """``headers`` are dropped: the Kraken driver sends none (the gateway needs its own credentials)."""
+        notification = self.notification(url, image=image, tag=tag, digest=digest)
+        self.notify(notification)
+        return PreheatingStatus(task_id=notification["Events"][0]["Id"], status=SUCCESS)
+
+    def run_task(self, url: str, headers: dict[str, str] | None = None, *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
+                 poll_seconds: float = 0.2, timeout: float = 60.0, image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
+        if not self.health():
+            return PreheatingStatus("", FAIL, error="provider unhealthy")
+        try:
+            return self.preheat(url, image=image, tag=tag, digest=digest)
+        except HarborError as error:
+            return PreheatingStatus("", FAIL, error=str(error))
+
+    def job_ids(self) -> list[int]:
+        """The gateway's job ids from the last answer (Harbor itself ignores the body)."""
+        return list(json.loads(self.last_body)["jobs"])

@@ -1,0 +1,126 @@
+"""Dialect B: the legacy Dragonfly preheat API, spoken by Harbor 2.1 to 2.11 (reference section 4).
+
+Only translation lives here. Harbor POSTs its preheat-image record (``type``, ``url``,
+``headers``, ``image``, ``tag``, ``digest``) and reads back ``{"ID": "<id>"}``; it then polls
+``GET /preheats/{id}`` for ``status``, ``startTime``, ``finishTime`` and ``errorMsg``.
+
+Harbor's Go client decodes these keys case-insensitively and treats a JSON ``null`` as
+"leave the zero value", so the parser here does the same. Its status mapping is unforgiving:
+only ``WAITING``, ``RUNNING``, ``SUCCESS`` and ``FAILED`` mean something, and an empty or
+other status leaves Harbor polling until its 30-minute timeout; every job state therefore
+maps to one of the four.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from gateway.dialects.dragonfly import rfc3339
+from gateway.jobs import InvalidRequest, JobSpec
+from gateway.store import JobRecord
+
+WAITING, RUNNING, SUCCESS, FAILED = "WAITING", "RUNNING", "SUCCESS", "FAILED"
+_ENCODER = msgspec.json.Encoder()
+
+
+def fold_keys(value: Any, where: str) -> dict[str, Any]:
+    """One JSON object level as Go's ``encoding/json`` sees it: keys matched case-insensitively, nulls skipped."""
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where} must be a JSON object")
+    return {str(key).lower(): item for key, item in value.items() if item is not None}
+
+
+def decode_json(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise InvalidRequest(f"request body is not valid JSON ({error})") from None
+
+
+def convert(value: dict[str, Any], struct: type[Any], where: str) -> Any:
+    try:
+        return msgspec.convert(value, struct)
+    except msgspec.ValidationError as error:
+        raise InvalidRequest(f"invalid {where}: {str(error).replace('`', '').replace('$.', '')}") from None
+
+
+def header_values(headers: Mapping[str, Any], where: str) -> dict[str, str]:
+    """Harbor's ``map[string]interface{}`` headers as strings (a list joins like repeated headers)."""
+    result: dict[str, str] = {}
+    for name, value in headers.items():
+        if isinstance(value, str):
+            result[str(name)] = value
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            result[str(name)] = ", ".join(value)
+        else:
+            raise InvalidRequest(f"{where}.{name} must be a string")
+    return result
+
+
+class PreheatImage(msgspec.Struct):
+    """Harbor's ``provider.PreheatImage`` (keys folded to lower case)."""
+
+    type: str = ""
+    url: str = ""
+    headers: dict[str, Any] = {}
+    image: str = ""
+    tag: str = ""
+    digest: str = ""
+    scope: str = ""
+
+
+def parse_create(body: bytes) -> JobSpec:
+    """A ``POST /preheats`` body into a job spec."""
+    record: PreheatImage = convert(fold_keys(decode_json(body), "the preheat record"), PreheatImage, "preheat record")
+    kind = {"image": "image", "cnai": "image", "file": "file"}.get(record.type)
+    if kind is None:
+        raise InvalidRequest(f"type {record.type!r} is not supported: Harbor sends 'image' (or 'cnai' for model artifacts)")
+    if not record.url:
+        raise InvalidRequest("url is empty: give the image's manifest URL, http(s)://HOST/v2/REPOSITORY/manifests/TAG")
+    return JobSpec(
+        type=kind,  # type: ignore[arg-type]
+        urls=[record.url],
+        tag=record.tag,
+        scope=record.scope,
+        headers=header_values(record.headers, "headers"),
+        source="legacy",
+    )
+
+
+def created_body(job: JobRecord) -> bytes:
+    """The create answer: the id as a string under ``ID``, as Harbor's ``dragonflyPreheatCreateResp`` wants."""
+    return _ENCODER.encode({"ID": str(job.id)})
+
+
+def status(job: JobRecord) -> str:
+    """One of the four statuses Harbor's legacy driver understands, never anything else."""
+    if job.state == "SUCCESS":
+        return SUCCESS
+    if job.state == "FAILURE":
+        return FAILED
+    started = any(task.started_at is not None or task.state != "PENDING" for task in job.tasks)
+    return RUNNING if started else WAITING
+
+
+def error_message(job: JobRecord) -> str:
+    """The failure text the Open API shows (every failed cluster's error, joined), never empty on failure."""
+    if job.state != "FAILURE":
+        return ""
+    text = job.error or "; ".join(task.error for task in job.tasks if task.state == "FAILURE" and task.error)
+    return text or f"preheat job {job.id} failed without a recorded reason; see the gateway log for job {job.id}"
+
+
+def status_body(job: JobRecord) -> bytes:
+    """``GET /preheats/{id}``: Dragonfly 1.x's preheat info, with finishTime omitted until the job ends."""
+    body: dict[str, Any] = {
+        "ID": str(job.id),
+        "status": status(job),
+        "startTime": rfc3339(job.created_at),
+        "errorMsg": error_message(job),
+    }
+    if job.finished:
+        body["finishTime"] = rfc3339(job.finished_at or job.updated_at)
+    return _ENCODER.encode(body)
