@@ -72,12 +72,15 @@ class Gateway:
         self.http = httpx.AsyncClient(
             follow_redirects=False,
             timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=128),
+            # Small on purpose: httpcore rescans every pooled connection (a select() each) on every
+            # request, with an idle count inside that loop, so its cost grows with the square of
+            # the pool. Work beyond the pool waits in cheap asyncio semaphores instead.
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             headers={"User-Agent": USER_AGENT},
         )
         self.dedupe = Deduper(window=config.runner.dedupe_window_seconds)
         policy = config.registries.policy()
-        self.oci = OciClient(self.http, policy, user_agent=USER_AGENT)
+        self.oci = OciClient(self.http, policy, user_agent=USER_AGENT, max_in_flight=48)
         context = AdapterContext(
             http=self.http,
             oci=self.oci,

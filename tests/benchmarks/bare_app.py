@@ -1,0 +1,26 @@
+"""A bare Starlette route returning fixed bytes: the ceiling the gateway's status route is measured against."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+BODY = open(sys.argv[2], "rb").read() if len(sys.argv) > 2 else b"{}"
+
+
+async def job(_request: Request) -> Response:
+    return Response(BODY, media_type="application/json")
+
+
+app = Starlette(routes=[Route("/oapi/v1/jobs/{id:int}", job)])
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools", log_level="warning",
+                access_log=False, server_header=False, backlog=2048)
+    os._exit(0)

@@ -1,0 +1,65 @@
+"""Status polling: the gateway's GET /oapi/v1/jobs/{id} for a finished job vs a bare Starlette route.
+
+Harbor polls every task every 10 s; a policy over a thousand tags means a thousand pollers.
+Both servers run the same uvicorn (uvloop + httptools, one process) and return the same
+bytes; wrk drives each in turn from the same machine. Run:
+
+    .venv/bin/python -m tests.benchmarks.bench_polling [--seconds 10] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from tests.benchmarks.common import peak_rss_mib, wait_http, wrk
+from tests.gateway_process import GatewayProcess, gateway_config
+from tests.registry import free_port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-polling-"))
+
+    gateway = GatewayProcess(work / "gw", gateway_config(work, allow=["*"])).start()
+    client = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {gateway.token}"})
+    # A file job to a closed port fails at once: a finished job, immutable from then on.
+    job_id = client.post("/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "image", "url": f"http://127.0.0.1:{free_port()}/v2/library/app/manifests/1.0"}}).json()["id"]
+    gateway.wait_job(job_id)
+    body = client.get(f"/oapi/v1/jobs/{job_id}").content
+    (work / "body.json").write_bytes(body)
+
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.bare_app", str(bare_port), str(work / "body.json")])
+    try:
+        wait_http(f"http://127.0.0.1:{bare_port}/oapi/v1/jobs/1")
+        headers = {"Authorization": f"Bearer {gateway.token}"}
+        wrk(f"{gateway.url}/oapi/v1/jobs/{job_id}", seconds=2, connections=args.connections, headers=headers)  # warm up
+        wrk(f"http://127.0.0.1:{bare_port}/oapi/v1/jobs/{job_id}", seconds=2, connections=args.connections)
+        rounds = []
+        for _ in range(2):  # interleaved, so a noisy neighbour hits both alike
+            bare_result = wrk(f"http://127.0.0.1:{bare_port}/oapi/v1/jobs/{job_id}", seconds=args.seconds, connections=args.connections)
+            gateway_result = wrk(f"{gateway.url}/oapi/v1/jobs/{job_id}", seconds=args.seconds, connections=args.connections, headers=headers)
+            rounds.append((bare_result, gateway_result))
+        print(f"GET /oapi/v1/jobs/{{id}} of a finished job, {len(body)} bytes, {args.connections} connections, {args.seconds}s per run")
+        for number, (bare_result, gateway_result) in enumerate(rounds, 1):
+            print(f"round {number}  bare starlette : {bare_result}")
+            print(f"round {number}  gateway        : {gateway_result}   ratio {gateway_result.requests_per_second / bare_result.requests_per_second:.2f}x")
+        best = max(rounds, key=lambda r: r[1].requests_per_second / r[0].requests_per_second)
+        print(f"gateway/bare throughput {best[1].requests_per_second / best[0].requests_per_second:.2f}x (goal >= 0.80); "
+              f"gateway p99 {best[1].p99_ms:.1f} ms (goal < 20); gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB")  # type: ignore[union-attr]
+    finally:
+        bare.terminate()
+        gateway.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Warming throughput: the gateway vs skopeo vs plain curl, into two cold pull-through caches.
+
+Each way starts from a fresh set of registries holding identical content (a token-protected
+origin and two distribution caches in proxy mode in front of it) and ends when every blob
+is on both caches' disks:
+
+- gateway: one Harbor-style task (``all_seed_peers``) into a mirror cluster of the two caches;
+- skopeo: ``skopeo copy`` of the image through each cache in parallel (what an operator would
+  script), to a throwaway directory;
+- floor: parallel ``curl`` of every blob through every cache to /dev/null.
+
+Run:  .venv/bin/python -m tests.benchmarks.bench_warming [--mib 200] [--layers 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.benchmarks.common import peak_rss_mib
+from tests.conftest import CACHE_PASSWORD, CACHE_USER, USERS
+from tests.gateway_process import GatewayProcess, gateway_config
+from tests.registry import PushedImage, Registry, TokenService, push_image, start_registry
+
+REPOSITORY, TAG = "library/big", "1.0"
+
+
+class Rig:
+    """A token service, an origin with the image, and two cold caches."""
+
+    def __init__(self, work: Path, layer_sizes: list[int]) -> None:
+        self.token = TokenService(USERS, work / "token", grants={CACHE_USER: {"pull"}})
+        self.origin = start_registry(work / "origin", token=self.token)
+        self.image: PushedImage = push_image(self.origin, REPOSITORY, TAG, layer_sizes, seed=7)
+        self.caches = [start_registry(work / f"cache{i}", proxy_remote=self.origin.url, proxy_username=CACHE_USER, proxy_password=CACHE_PASSWORD) for i in range(2)]
+
+    def wait_on_disk(self, timeout: float = 1200) -> None:
+        for cache in self.caches:
+            for digest in self.image.blob_digests:
+                if not cache.wait_for_blob(digest, timeout=timeout):
+                    raise RuntimeError(f"{digest} never reached {cache.url}")
+
+    def close(self) -> None:
+        for registry in [*self.caches, self.origin]:
+            registry.stop()
+        self.token.close()
+
+
+def by_gateway(rig: Rig, work: Path) -> tuple[float, float]:
+    cluster = {"id": 1, "name": "mirrors", "adapter": "mirror", "endpoints": [{"url": c.url} for c in rig.caches]}
+    gateway = GatewayProcess(work / "gateway", gateway_config(work, clusters=[cluster])).start()
+    try:
+        header = f"Bearer {rig.token.mint(REPOSITORY)}"
+        body = {"type": "preheat", "args": {"type": "image", "url": f"{rig.origin.url}/v2/{REPOSITORY}/manifests/{TAG}",
+                                            "headers": {"Authorization": header}, "scope": "all_seed_peers"}}
+        client = gateway.client()  # creates the token (a CLI run) before the clock starts
+        started = time.monotonic()
+        job_id = client.post("/oapi/v1/jobs", json=body).json()["id"]
+        job = gateway.wait_job(job_id, timeout=1800)
+        if job["state"] != "SUCCESS":
+            raise RuntimeError(job["result"]["job_states"][0]["error"])
+        rig.wait_on_disk()
+        return time.monotonic() - started, peak_rss_mib(gateway.process.pid)  # type: ignore[union-attr]
+    finally:
+        gateway.kill()
+
+
+def by_skopeo(rig: Rig, work: Path) -> tuple[float, float]:
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        raise SystemExit("skopeo is not installed: apt-get install skopeo")
+    started = time.monotonic()
+    copies = [subprocess.Popen([skopeo, "copy", "--src-tls-verify=false", "--quiet",
+                                f"docker://{cache.host}/{REPOSITORY}:{TAG}", f"dir:{work / f'skopeo{i}'}"])
+              for i, cache in enumerate(rig.caches)]
+    if any(copy.wait() for copy in copies):
+        raise RuntimeError("skopeo copy failed")
+    rig.wait_on_disk()
+    return time.monotonic() - started, float("nan")
+
+
+def by_curl(rig: Rig, work: Path) -> tuple[float, float]:
+    curl = shutil.which("curl") or sys.exit("curl is not installed")
+    started = time.monotonic()
+    fetches = [subprocess.Popen([curl, "-sf", "-o", "/dev/null", f"{cache.url}/v2/{REPOSITORY}/blobs/{digest}"])
+               for cache in rig.caches for digest in rig.image.blob_digests]
+    if any(fetch.wait() for fetch in fetches):
+        raise RuntimeError("curl failed")
+    rig.wait_on_disk()
+    return time.monotonic() - started, float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mib", type=int, default=200, help="image size in MiB")
+    parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--ways", default="gateway,skopeo,floor")
+    args = parser.parse_args()
+    layer = args.mib * 1024 * 1024 // args.layers
+    ways: dict[str, Callable[[Rig, Path], tuple[float, float]]] = {"gateway": by_gateway, "skopeo": by_skopeo, "floor": by_curl}
+    results: dict[str, tuple[float, float]] = {}
+    for name in args.ways.split(","):
+        work = Path(tempfile.mkdtemp(prefix=f"bench-warm-{name}-", dir="/var/tmp"))
+        rig = Rig(work, [layer] * args.layers)
+        try:
+            results[name] = ways[name](rig, work)
+        finally:
+            rig.close()
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"{name:8} {results[name][0]:7.2f} s" + (f"   peak RSS {results[name][1]:.0f} MiB" if results[name][1] == results[name][1] else ""), flush=True)
+    print(f"image {args.mib} MiB in {args.layers} layers, 2 cold caches")
+    if "gateway" in results:
+        seconds, rss = results["gateway"]
+        if "skopeo" in results:
+            print(f"gateway / skopeo = {seconds / results['skopeo'][0]:.2f}x (goal <= 0.80)")
+        if "floor" in results:
+            print(f"gateway / floor  = {seconds / results['floor'][0]:.2f}x (goal <= 1.20)")
+        print(f"gateway peak RSS = {rss:.0f} MiB (goal < 150)")
+
+
+if __name__ == "__main__":
+    main()
