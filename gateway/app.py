@@ -32,6 +32,7 @@ from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
 from gateway.config import Config
 from gateway import console
 from gateway.endpoints import kraken, legacy, openapi, probes
+from gateway.fastpath import FastStatusMiddleware
 from gateway.health import ClusterHealth
 from gateway.httputil import APIError, error_response
 from gateway.jobs import InvalidRequest, JobService
@@ -250,6 +251,7 @@ def create_app(config: Config) -> Starlette:
         routes=routes,
         middleware=[
             *([Middleware(PathPrefixMiddleware, root_path=config.server.root_path)] if config.server.root_path else []),
+            Middleware(FastStatusMiddleware, gateway=lambda: gateway),
             Middleware(RequestIdMiddleware),
             Middleware(HTTPMetricsMiddleware, metrics=gateway.metrics, routes=routes),
             Middleware(AuthMiddleware, authenticator=lambda: gateway.auth),

@@ -125,6 +125,14 @@ class TokenVerifier:
         return principal
 
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified within ``auth.token_cache_seconds``; no I/O."""
+        entry = self._verified.get(hash_token(token)) if self._cache_enabled else None
+        if entry is None or (entry[1] is not None and entry[1] <= time.time()):
+            return None
+        return entry[0]
+
+
 def bearer(headers: dict[str, str]) -> str | None:
     value = headers.get("authorization", "")
     scheme, _, credential = value.partition(" ")
@@ -311,6 +319,7 @@ class Authenticator:
         self.tokens = TokenVerifier(store, config.token_cache_seconds)
         self.jwt = JWTVerifier(config.jwt) if config.jwt is not None and config.mode != "none" else None
         self.custom_header = config.custom_header.lower() if config.custom_header else None
+        self._custom_header_bytes = self.custom_header.encode("latin-1") if self.custom_header else b"\0"
         self.failures: Counter[str] = Counter()
 
     @property
@@ -358,6 +367,33 @@ class Authenticator:
         if authorization:
             raise Unauthorized(f"unsupported Authorization scheme: send {self.accepted()}", "scheme")
         raise Unauthorized(f"missing credentials: send {self.accepted()}", "missing")
+
+    def quick(self, raw_headers: list[tuple[bytes, bytes]]) -> bool:
+        """True when the request's token was verified moments ago (no I/O, for the polling fast path).
+
+        Follows :meth:`authenticate`'s order (custom header, then Authorization); False means
+        "not known": the caller must take the normal path, which verifies for real.
+        """
+        if not self.enabled:
+            return True
+        if not self.config.tokens:
+            return False
+        headers = {name: value for name, value in raw_headers if name in (b"authorization", self._custom_header_bytes)}
+        try:
+            if self.custom_header and self._custom_header_bytes in headers:
+                token = headers[self._custom_header_bytes].decode("latin-1").strip()
+            else:
+                scheme, _, credential = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    token = credential.strip()
+                elif scheme.lower() == "basic" and self.config.basic:
+                    token = basic_secret(f"Basic {credential}")
+                else:
+                    return False
+        except Unauthorized:
+            return False
+        principal = self.tokens.cached(token) if token else None
+        return principal is not None and "job" in principal.scopes
 
     def forbidden_reason(self, principal: Principal) -> str:
         if principal.method == "jwt" and self.config.jwt is not None:
