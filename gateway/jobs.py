@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from adapters.files import DEFAULT_FILTERED_QUERY_PARAMS  # noqa: F401  (re-exported: dialects and tests use it here)
+from adapters.files import filter_url
 from adapters.oci import parse_manifest_url, parse_platform
 from adapters.urlpolicy import RefusedURL, URLPolicy, split_http_url
 from gateway.config import SCOPES, Cluster, Config
@@ -54,9 +55,20 @@ class JobSpec(msgspec.Struct, kw_only=True):
     extra: dict[str, Any] = {}
     """Arguments the gateway does not interpret, kept for adapters that forward upstream."""
 
+    def public_urls(self) -> list[str]:
+        """The URLs without signing parameters: a signed URL is a credential for its object."""
+        if self.type != "file":
+            return list(self.urls)
+        return [filter_url(url, self.filtered_query_params) for url in self.urls]
+
     def public(self) -> dict[str, Any]:
         """The spec with every secret blanked: what the store keeps in the clear and what is echoed."""
-        return msgspec.to_builtins(msgspec.structs.replace(self, headers={}, password=""))
+        return msgspec.to_builtins(msgspec.structs.replace(self, headers={}, password="", urls=self.public_urls()))
+
+    def secrets(self) -> dict[str, Any]:
+        """What :meth:`public` leaves out and a worker needs: sealed at rest, purged when the job ends."""
+        urls = self.urls if self.public_urls() != self.urls else []
+        return {"headers": self.headers, "password": self.password, "urls": urls}
 
 
 def parse_filtered_query_params(text: str) -> list[str]:
@@ -140,7 +152,7 @@ class JobService:
             cluster_ids=sorted(set(spec.cluster_ids)) if spec.cluster_ids else None,
             target_cluster_ids=targets,
             bio=spec.bio,
-            secret=self.box.seal({"headers": spec.headers, "password": spec.password}),
+            secret=self.box.seal(spec.secrets()),
             deadline=now + timeout,
             created_at=now,
         ))

@@ -246,13 +246,14 @@ class Runner:
         secrets: dict[str, Any] = self.box.open(claim.secret)
         headers = {str(k): str(v) for k, v in (secrets.get("headers") or {}).items()}
         password = str(secrets.get("password") or "")
+        urls = [str(url) for url in secrets.get("urls") or spec.urls]  # signed URLs are sealed
         credentials = Credentials(spec.username, password) if spec.username and password else None
         if credentials is None and spec.type == "image":
             credentials = self.config.credentials_for(urlsplit(spec.urls[0]).netloc)
         return PreheatRequest(
             job_id=claim.job_id,
             type=spec.type,
-            urls=tuple(spec.urls),
+            urls=tuple(urls),
             platform=spec.platform or adapter.cluster.platform or DEFAULT_PLATFORM,
             scope=spec.scope or DEFAULT_SCOPE,  # type: ignore[arg-type]
             headers=headers,

@@ -170,3 +170,18 @@ def test_a_mirror_cluster_refuses_files_while_a_local_cluster_takes_them(make_ga
     assert mirror["state"] == "FAILURE"
     assert mirror["error"].startswith("cluster eu-mirror (id 2): files cannot go through a registry mirror")
     assert "use a proxy or local cluster" in mirror["error"]
+
+
+def test_a_signed_urls_signature_is_sealed_never_echoed_or_stored_in_the_clear(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+    gateway = make_gateway(gateway_config(tmp_path))
+    signed = f"{files.url}/files/small.txt?X-Amz-Credential=AKIA-secret-credential&X-Amz-Signature=secret-signature&versionId=3"
+
+    job = run_job(gateway, {"type": "file", "url": signed})
+
+    assert job["state"] == "SUCCESS"
+    with gateway.client() as client:
+        listing = client.get("/oapi/v1/jobs").text
+    database = (Path(gateway.config["server"]["state_dir"]) / "gateway.db").read_bytes()
+    for secret in ("secret-signature", "AKIA-secret-credential"):
+        assert secret not in str(job) and secret not in listing and secret.encode() not in database
+    assert "versionId=3" in job["args"]["url"]
