@@ -152,7 +152,7 @@ class MirrorAdapter(Adapter):
             await asyncio.gather(*(run.warm_on_first(order, blob) for blob in blobs))
         else:
             await asyncio.gather(*(
-                run.warm_all_on(endpoint, blobs, manifest_errors.get(endpoint.config.url))
+                run.warm_all_on(endpoint, blobs, manifest_errors.get(endpoint.config.url), resolved=endpoint is resolver)
                 for endpoint in self.endpoints
             ))
         missing = [blob for blob in blobs if blob.digest not in run.reached]
@@ -207,18 +207,24 @@ class _Run:
         )
         return blobs
 
-    async def warm_all_on(self, endpoint: _Endpoint, blobs: list[Blob], manifest_error: str | None) -> None:
-        """``all_*`` scopes: the manifests and every blob through this endpoint."""
-        if manifest_error is None:
-            try:
-                await self._manifests_through(endpoint)
-            except PreheatError as error:
-                manifest_error = str(error)
+    async def warm_all_on(self, endpoint: _Endpoint, blobs: list[Blob], manifest_error: str | None, *, resolved: bool) -> None:
+        """``all_*`` scopes: the manifests and every blob through this endpoint.
+
+        Blobs are fetched by digest, so they need not wait for the manifests: both go at once.
+        An endpoint that already failed to serve the manifests is not tried again.
+        """
         if manifest_error is not None:
             for blob in blobs:
                 self._fail(endpoint, blob, manifest_error)
             return
-        await asyncio.gather(*(self.warm(endpoint, blob) for blob in blobs))
+
+        async def manifests() -> None:
+            try:
+                await self._manifests_through(endpoint)
+            except PreheatError as error:  # the blobs may still land: report the manifest on its own row
+                self.progress.failed(TaskRow(url=self.origin.manifest_url(), hostname=endpoint.hostname, ip=endpoint.ip, description=str(error)))
+
+        await asyncio.gather(*([] if resolved else [manifests()]), *(self.warm(endpoint, blob) for blob in blobs))
 
     async def warm_on_first(self, order: list[_Endpoint], blob: Blob) -> None:
         """``single_seed_peer``: one endpoint per blob, the next one when it fails."""
