@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
@@ -221,6 +222,25 @@ class Deduper:
             return size
         finally:
             self._inflight.pop(key, None)
+
+
+class Throttle:
+    """A token bucket shared by every transfer of one cluster: a bandwidth cap for WAN links."""
+
+    def __init__(self, bytes_per_second: float) -> None:
+        self.rate = bytes_per_second
+        self._allowance = bytes_per_second
+        self._last = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def consume(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more may pass (callers take turns, so the cap is shared fairly)."""
+        async with self._lock:
+            now = time.monotonic()
+            self._allowance = min(self.rate, self._allowance + (now - self._last) * self.rate) - nbytes
+            self._last = now
+            if self._allowance < 0:
+                await asyncio.sleep(-self._allowance / self.rate)
 
 
 async def bounded_gather(limit: int, jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:

@@ -31,6 +31,7 @@ from adapters.base import (
     PreheatRequest,
     Progress,
     TaskRow,
+    Throttle,
 )
 from adapters.oci import Blob, DiscardSink, ImageRef, RegistryAuth, parse_manifest_url
 from adapters.urlpolicy import RefusedURL, resolve, split_http_url
@@ -68,12 +69,16 @@ class MirrorOptions(msgspec.Struct, forbid_unknown_fields=True):
     endpoints: list[MirrorEndpoint]
     concurrency: int = 8
     """Blobs in flight per endpoint (Dragonfly's concurrent_task_count)."""
+    bandwidth_mib_per_second: float | None = None
+    """Cap on what this cluster reads, all endpoints together (for WAN links); none: unlimited."""
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise ValueError("endpoints is empty: list at least one cache")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.bandwidth_mib_per_second is not None and self.bandwidth_mib_per_second <= 0:
+            raise ValueError("bandwidth_mib_per_second must be positive (leave it out for no cap)")
 
 
 @dataclass
@@ -113,6 +118,7 @@ class MirrorAdapter(Adapter):
             )
             for endpoint in options.endpoints
         ]
+        self.throttle = Throttle(options.bandwidth_mib_per_second * 1048576) if options.bandwidth_mib_per_second else None
 
     async def check(self) -> Health:
         started = time.monotonic()
@@ -239,7 +245,8 @@ class _Run:
         async def fetch() -> int:
             async with endpoint.semaphore:  # only real fetches take a slot, not joiners
                 return await self.oci.fetch_blob(
-                    image, blob, endpoint.auth(), DiscardSink, query=query, on_bytes=self.progress.transferred
+                    image, blob, endpoint.auth(), DiscardSink, query=query, on_bytes=self.progress.transferred,
+                    throttle=self.adapter.throttle,
                 )
 
         try:

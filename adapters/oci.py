@@ -27,7 +27,7 @@ import cachetools
 import httpx
 import msgspec
 
-from adapters.base import Credentials, PreheatError
+from adapters.base import Credentials, PreheatError, Throttle
 from adapters.urlpolicy import RefusedURL, URLPolicy
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -320,14 +320,15 @@ class OciClient:
         query: str = "",
         on_bytes: Callable[[int], None] | None = None,
         url: str | None = None,
+        throttle: Throttle | None = None,
     ) -> int:
         """Stream one blob to the end through a sha256 check into a fresh sink per attempt."""
         url = url or ref.blob_url(blob.digest) + query
-        return await self.retrying(lambda: self._fetch_once(url, ref, blob, auth, open_sink, on_bytes))
+        return await self.retrying(lambda: self._fetch_once(url, ref, blob, auth, open_sink, on_bytes, throttle))
 
     async def _fetch_once(
         self, url: str, ref: ImageRef, blob: Blob, auth: RegistryAuth,
-        open_sink: Callable[[], BlobSink], on_bytes: Callable[[int], None] | None,
+        open_sink: Callable[[], BlobSink], on_bytes: Callable[[int], None] | None, throttle: Throttle | None,
     ) -> int:
         where = f"blob {blob.digest} of {ref.repository} from {ref.host}"
         sink = open_sink()
@@ -341,6 +342,8 @@ class OciClient:
                     size += len(chunk)
                     if on_bytes is not None:
                         on_bytes(len(chunk))
+                    if throttle is not None:
+                        await throttle.consume(len(chunk))
             got = "sha256:" + digest.hexdigest()
             if got != blob.digest:
                 raise RegistryError(f"{where} failed its digest check (got {got}, {size} bytes); the registry or a cache in between served corrupt data")

@@ -169,3 +169,16 @@ def test_duplicate_and_repeated_preheats_all_succeed_without_refetching(make_gat
 
     assert all(count == 1 for count in fetched_after_first_wave.values()), fetched_after_first_wave
     assert {d: cache.upstream_blob_fetches(d) for d in images.single.blob_digests} == fetched_after_first_wave
+
+
+def test_a_bandwidth_cap_slows_a_mirror_cluster_to_its_rate(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    total = sum(images.single.sizes.values())
+    cap = total / 1048576 / 3  # MiB/s at which the image takes about 3 s
+    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(make_cache(), bandwidth_mib_per_second=cap)]))
+    body = {"type": "preheat", "args": {"type": "image", "url": manifest_url(origin, "library/app", "1.0"), "headers": {"Authorization": harbor_token("library/app")}}}
+    started = time.monotonic()
+
+    job = gateway.wait_job(gateway.client().post("/oapi/v1/jobs", json=body).json()["id"])
+
+    assert job["state"] == "SUCCESS"
+    assert time.monotonic() - started > 1.8  # the first second's allowance is free; the rest waits
