@@ -19,12 +19,12 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
 from adapters.base import PreheatError
-from adapters.oci import BlobSink, _describe
+from adapters.oci import BlobSink, _describe, get_following_redirects
 from adapters.urlpolicy import RefusedURL, URLPolicy
 
 DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
@@ -38,7 +38,6 @@ DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
 )
 """Dragonfly's default ``filtered_query_params``: used when a request names none."""
 
-MAX_REDIRECTS = 5
 _NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "connection", "proxy-authorization", "te", "upgrade"})
 RETRY_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.5
@@ -130,45 +129,35 @@ async def _fetch_once(
     via: str,
 ) -> tuple[int, str]:
     where = f"file {ref.display_url}" + (f" through {via}" if via else "")
-    url, origin = ref.url, urlsplit(ref.url).netloc
-    for _ in range(MAX_REDIRECTS + 1):
-        # The caller's headers (a token, a cookie) are for the first host only.
-        sent = headers if urlsplit(url).netloc == origin else {}
+    # The caller's headers (a token, a cookie) are for the first host only.
+    try:
+        response = await get_following_redirects(client, policy, ref.url, {}, headers)
+    except httpx.TransportError as error:
+        raise FetchError(f"cannot fetch {where}: {_describe(error)}", transient=True) from None
+    except RefusedURL as error:
+        raise FetchError(f"redirect for {where} refused: {error}") from None
+    try:
+        if response.status_code != 200:
+            raise _status_error(response.status_code, where)
+        sink = open_sink()
         try:
-            response = await client.send(client.build_request("GET", url, headers=sent), stream=True)
+            digest, size = hashlib.sha256(), 0
+            async for chunk in response.aiter_bytes():
+                digest.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+            sink.commit()
         except httpx.TransportError as error:
-            raise FetchError(f"cannot fetch {where}: {_describe(error)}", transient=True) from None
-        if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
-            await response.aclose()
-            url = urljoin(url, response.headers["location"])
-            try:
-                await policy.check_redirect(url)
-            except RefusedURL as error:
-                raise FetchError(f"redirect for {where} refused: {error}") from None
-            continue
-        try:
-            if response.status_code != 200:
-                raise _status_error(response.status_code, where)
-            sink = open_sink()
-            try:
-                digest, size = hashlib.sha256(), 0
-                async for chunk in response.aiter_bytes():
-                    digest.update(chunk)
-                    sink.write(chunk)
-                    size += len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-                sink.commit()
-            except httpx.TransportError as error:
-                sink.discard()
-                raise FetchError(f"reading {where} broke off after {size} bytes: {_describe(error)}", transient=True) from None
-            except BaseException:
-                sink.discard()
-                raise
-            return size, "sha256:" + digest.hexdigest()
-        finally:
-            await response.aclose()
-    raise FetchError(f"too many redirects fetching {where}")
+            sink.discard()
+            raise FetchError(f"reading {where} broke off after {size} bytes: {_describe(error)}", transient=True) from None
+        except BaseException:
+            sink.discard()
+            raise
+        return size, "sha256:" + digest.hexdigest()
+    finally:
+        await response.aclose()
 
 
 def _status_error(status: int, where: str) -> FetchError:

@@ -13,6 +13,7 @@ already present is not fetched again (delete it to refresh it).
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 import tempfile
 from pathlib import Path
 
@@ -121,33 +122,15 @@ class LocalAdapter(Adapter):
 
     async def _warm(self, ref: ImageRef, blob: Blob, auth: RegistryAuth, progress: Progress) -> str:
         """Warm one blob; returns an error message, or "" when it is in the cache."""
-        row = TaskRow(url=ref.blob_url(blob.digest), hostname=self.context.hostname, ip=self.context.ip)
         final = self.blob_path(blob.digest)
 
-        key = ("local", str(self.root), blob.digest)
-
         async def fetch() -> int:
-            if _present(final, blob.size):
-                return 0
             return await self.context.oci.fetch_blob(
                 ref, blob, auth, lambda: _TempFileSink(final, self.root / "tmp"), on_bytes=progress.transferred
             )
 
-        message = ""
-        try:
-            await self.context.dedupe.run(key, fetch)
-            if not _present(final, blob.size):  # removed since it was last warmed: fetch again
-                self.context.dedupe.forget(key)
-                await self.context.dedupe.run(key, fetch)
-        except PreheatError as error:
-            message = str(error)
-        except OSError as error:
-            message = f"cannot write {final}: {error.strerror}"
-        if message:
-            progress.failed(TaskRow(row.url, row.hostname, row.ip, message))
-        else:
-            progress.succeeded(row)
-        return message
+        row = TaskRow(url=ref.blob_url(blob.digest), hostname=self.context.hostname, ip=self.context.ip)
+        return await self._into_cache(final, ("local", str(self.root), blob.digest), lambda: _present(final, blob.size), fetch, row, progress)
 
     async def _preheat_files(self, request: PreheatRequest, progress: Progress) -> None:
         refs = [file_ref(url, request.filtered_query_params, request.tag, request.application) for url in request.urls]
@@ -165,30 +148,38 @@ class LocalAdapter(Adapter):
     async def _warm_file(self, ref: FileRef, request: PreheatRequest, progress: Progress) -> str:
         """Warm one file; returns an error message, or "" when it is in the cache."""
         final = self.file_path(ref)
-        key = ("local-file", str(self.root), ref.key)
 
         async def fetch() -> int:
-            if final.is_file():
-                return 0
             size, _ = await stream_url(
                 self.context.http, self.context.policy, ref, lambda: _TempFileSink(final, self.root / "tmp"),
                 headers=request.headers, on_bytes=progress.transferred,
             )
             return size
 
+        row = TaskRow(url=ref.display_url, hostname=self.context.hostname, ip=self.context.ip)
+        return await self._into_cache(final, ("local-file", str(self.root), ref.key), final.is_file, fetch, row, progress)
+
+    async def _into_cache(
+        self, final: Path, key: tuple[str, ...], present: Callable[[], bool], fetch: Callable[[], Awaitable[int]],
+        row: TaskRow, progress: Progress,
+    ) -> str:
+        """Fetch into ``final`` once across jobs unless it is already there; report the row."""
+
+        async def fetch_if_absent() -> int:
+            return 0 if present() else await fetch()
+
         message = ""
         try:
-            await self.context.dedupe.run(key, fetch)
-            if not final.is_file():  # removed since it was last warmed: fetch again
+            await self.context.dedupe.run(key, fetch_if_absent)
+            if not present():  # removed since it was last warmed: fetch again
                 self.context.dedupe.forget(key)
-                await self.context.dedupe.run(key, fetch)
+                await self.context.dedupe.run(key, fetch_if_absent)
         except PreheatError as error:
             message = str(error)
         except OSError as error:
             message = f"cannot write {final}: {error.strerror}"
-        row = TaskRow(url=ref.display_url, hostname=self.context.hostname, ip=self.context.ip, description=message)
         if message:
-            progress.failed(row)
+            progress.failed(TaskRow(row.url, row.hostname, row.ip, message))
         else:
             progress.succeeded(row)
         return message

@@ -439,29 +439,13 @@ class OciClient:
         return token, expires_in
 
     async def _send(self, url: str, accept: str | None, authorization: str | None, what: str) -> httpx.Response:
-        """GET with redirects followed by hand: each target checked, credentials kept home."""
-        origin = urlsplit(url).netloc
-        for _ in range(MAX_REDIRECTS + 1):
-            headers = {"User-Agent": self.user_agent}
-            if accept:
-                headers["Accept"] = accept
-            if authorization and urlsplit(url).netloc == origin:
-                headers["Authorization"] = authorization
-            try:
-                request = self.http.build_request("GET", url, headers=headers)
-                response = await self.http.send(request, stream=True)
-            except httpx.TransportError as error:
-                raise RegistryError(f"cannot reach {urlsplit(url).netloc} for {what}: {_describe(error)}", transient=True) from None
-            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
-                await response.aclose()
-                url = urljoin(url, response.headers["location"])
-                try:
-                    await self.policy.check_redirect(url)
-                except RefusedURL as error:
-                    raise RegistryError(f"redirect for {what} refused: {error}") from None
-                continue
-            return response
-        raise RegistryError(f"too many redirects fetching {what}")
+        headers = {"User-Agent": self.user_agent, **({"Accept": accept} if accept else {})}
+        try:
+            return await get_following_redirects(self.http, self.policy, url, headers, {"Authorization": authorization} if authorization else {})
+        except httpx.TransportError as error:
+            raise RegistryError(f"cannot reach {urlsplit(url).netloc} for {what}: {_describe(error)}", transient=True) from None
+        except RefusedURL as error:
+            raise RegistryError(f"redirect for {what} refused: {error}") from None
 
     def _status_error(self, response: httpx.Response, what: str, auth: RegistryAuth, ref: ImageRef) -> RegistryError:
         status = response.status_code
@@ -495,6 +479,27 @@ class OciClient:
                 self.retries += 1
                 await asyncio.sleep(delay * (0.5 + random.random() / 2) if error.retry_after is None else delay)
         raise AssertionError("unreachable")
+
+
+async def get_following_redirects(
+    client: httpx.AsyncClient, policy: URLPolicy, url: str, headers: dict[str, str], credentials: dict[str, str],
+) -> httpx.Response:
+    """GET ``url`` (streamed), following redirects by hand: the one place redirects are followed.
+
+    Every target must pass ``policy.check_redirect``, and ``credentials`` (an Authorization
+    header, a caller's token) go only to the first URL's host, never to where it redirects
+    (object storage with a signed URL). Raises ``httpx.TransportError`` or ``RefusedURL``.
+    """
+    origin = urlsplit(url).netloc
+    for _ in range(MAX_REDIRECTS + 1):
+        sent = {**headers, **credentials} if urlsplit(url).netloc == origin else headers
+        response = await client.send(client.build_request("GET", url, headers=sent), stream=True)
+        if response.status_code not in (301, 302, 303, 307, 308) or "location" not in response.headers:
+            return response
+        await response.aclose()
+        url = urljoin(url, response.headers["location"])
+        await policy.check_redirect(url)
+    raise RefusedURL(f"more than {MAX_REDIRECTS} redirects")
 
 
 def select_platforms(index: Manifest, platform: str, ref: ImageRef) -> list[Descriptor]:
