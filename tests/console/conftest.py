@@ -41,7 +41,7 @@ def find_chromium() -> str:
     return CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # Playwright runs an event loop while alive: end it with the console tests
 def browser() -> Iterator[Any]:
     executable = require(find_chromium)
     from playwright.sync_api import sync_playwright

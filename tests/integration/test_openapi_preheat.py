@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import HarborToken, MakeCache, MakeGateway, OriginImages
 from tests.gateway_process import gateway_config
 from tests.harbor.driver import FAIL, SUCCESS, DragonflyDriver
-from tests.registry import Registry
+from tests.registry import Registry, wait_until
 
 
 def manifest_url(origin: Registry, repository: str, reference: str) -> str:
@@ -162,6 +162,8 @@ def test_duplicate_and_repeated_preheats_all_succeed_without_refetching(make_gat
     with gateway.client() as client:
         first_wave = [client.post("/oapi/v1/jobs", json=body).json()["id"] for _ in range(5)]
         assert all(gateway.wait_job(job_id)["state"] == "SUCCESS" for job_id in first_wave)
+        for digest in images.single.blob_digests:  # the cache logs a stored blob a moment after serving it
+            wait_until(lambda: cache.upstream_blob_fetches(digest) >= 1, message=f"the cache's log line for {digest}")
         fetched_after_first_wave = {d: cache.upstream_blob_fetches(d) for d in images.single.blob_digests}
 
         again = client.post("/oapi/v1/jobs", json=body).json()["id"]

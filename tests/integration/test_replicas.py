@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import HarborToken, MakeCache, MakeGateway, OriginImages, require
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.postgres import find_postgres, fresh_database
-from tests.registry import Registry
+from tests.registry import Registry, wait_until
 from tests.tcprelay import TcpRelay
 
 
@@ -76,5 +76,6 @@ def test_a_killed_replicas_task_is_finished_by_another(make_gateway: MakeGateway
     assert job["state"] == "SUCCESS", job
     for digest in images.single.blob_digests:
         assert cache.wait_for_blob(digest)
+        wait_until(lambda: cache.upstream_blob_fetches(digest) >= 1, message=f"the cache's log line for {digest}")
         assert cache.upstream_blob_fetches(digest) == 1, "warmed once: A never got past the frozen cache"
     relay.close()
