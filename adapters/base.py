@@ -151,6 +151,9 @@ class Adapter(abc.ABC):
     name: ClassVar[str]
     Options: ClassVar[type[msgspec.Struct]]
     supports: ClassVar[frozenset[PreheatType]] = frozenset({"image"})
+    """The preheat types this adapter warms; the gateway fails other types' cluster tasks before calling it."""
+    unsupported_hint: ClassVar[str] = "use a local, proxy or dragonfly cluster for those, naming it in scheduler_cluster_ids"
+    """What to tell a user whose job targets this adapter with a type it does not support."""
 
     def __init__(self, cluster: ClusterInfo, options: Any, context: AdapterContext) -> None:
         self.cluster = cluster

@@ -53,6 +53,8 @@ class KrakenOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 class KrakenAdapter(Adapter):
     name = "kraken"
+    unsupported_hint = ("Kraken preheats images only (it is told about pushed manifests): use a proxy or local cluster "
+                        "for files, naming it in scheduler_cluster_ids")
     Options = KrakenOptions
 
     def __init__(self, cluster: ClusterInfo, options: KrakenOptions, context: AdapterContext) -> None:
@@ -84,11 +86,6 @@ class KrakenAdapter(Adapter):
         return Health(True, _ms(started))
 
     async def preheat(self, request: PreheatRequest, progress: Progress) -> None:
-        if request.type != "image":
-            raise PreheatError(
-                "Kraken preheats images only (it is told about pushed manifests); use a proxy or local cluster for files: "
-                "name those clusters in scheduler_cluster_ids"
-            )
         try:
             origin = parse_manifest_url(request.urls[0])
         except ValueError as error:

@@ -34,7 +34,7 @@ from adapters.base import (
     Throttle,
 )
 from adapters.oci import Blob, DiscardSink, ImageRef, RegistryAuth, parse_manifest_url
-from adapters.urlpolicy import RefusedURL, resolve, split_http_url
+from adapters.upstream import check_base_url, check_env, host_ip
 
 PROBE_TIMEOUT_SECONDS = 5.0
 
@@ -51,18 +51,13 @@ class MirrorEndpoint(msgspec.Struct, forbid_unknown_fields=True):
     """Environment variable holding the cache's password (never inline)."""
 
     def __post_init__(self) -> None:
-        try:
-            split_http_url(self.url)
-        except RefusedURL as error:
-            raise ValueError(f"url: {error}") from None
-        self.url = self.url.rstrip("/")
+        self.url = check_base_url(self.url, key="url")
         if self.path_prefix and not self.path_prefix.endswith("/"):
             self.path_prefix += "/"
         self.path_prefix = self.path_prefix.lstrip("/")
-        if self.password_env and not os.environ.get(self.password_env):
-            raise ValueError(f"password_env: environment variable {self.password_env} is not set")
+        check_env(self.password_env, key="password_env")
         if self.password_env and not self.username:
-            raise ValueError("password_env is set but username is not")
+            raise ValueError("password_env: it is set but username is not")
 
 
 class MirrorOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,6 +100,7 @@ class _Endpoint:
 class MirrorAdapter(Adapter):
     name = "mirror"
     Options = MirrorOptions
+    unsupported_hint = "files cannot go through a registry mirror: use a proxy or local cluster for files, naming it in scheduler_cluster_ids"
 
     def __init__(self, cluster: ClusterInfo, options: MirrorOptions, context: AdapterContext) -> None:
         super().__init__(cluster, options, context)
@@ -139,11 +135,6 @@ class MirrorAdapter(Adapter):
         return ""
 
     async def preheat(self, request: PreheatRequest, progress: Progress) -> None:
-        if request.type != "image":
-            raise PreheatError(
-                "files cannot go through a registry mirror (this cluster's adapter, mirror, warms images only); "
-                "use a proxy or local cluster for files: name those clusters in scheduler_cluster_ids"
-            )
         try:
             origin = parse_manifest_url(request.urls[0])
         except ValueError as error:
@@ -171,11 +162,7 @@ class MirrorAdapter(Adapter):
     async def _resolve_ips(self) -> None:
         for endpoint in self.endpoints:
             if not endpoint.ip:
-                parts = urlsplit(endpoint.config.url)
-                try:
-                    endpoint.ip = (await resolve(parts.hostname or "", parts.port or 80))[0]
-                except (RefusedURL, IndexError):
-                    endpoint.ip = ""
+                endpoint.ip = await host_ip(endpoint.config.url)
 
 
 class _Run:

@@ -181,6 +181,9 @@ class Runner:
                 error = f"cluster {claim.cluster_id} is no longer configured on this gateway; the job cannot run there"
             elif claim.deadline <= time.time():
                 error = "timed out before any worker was free; raise args.timeout or runner.workers"
+            elif (kind := str(claim.args.get("type", "image"))) not in adapter.supports:
+                error = (f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): the {adapter.name} adapter does not "
+                         f"preheat {kind}s; {adapter.unsupported_hint}")
             else:
                 request = self._request(claim, adapter)
                 try:

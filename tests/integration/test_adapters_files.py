@@ -168,7 +168,7 @@ def test_a_mirror_cluster_refuses_files_while_a_local_cluster_takes_them(make_ga
     assert state_of(job, 1)["state"] == "SUCCESS"
     mirror = state_of(job, 2)
     assert mirror["state"] == "FAILURE"
-    assert mirror["error"].startswith("cluster eu-mirror (id 2): files cannot go through a registry mirror")
+    assert mirror["error"].startswith("cluster eu-mirror (id 2): the mirror adapter does not preheat files; files cannot go through a registry mirror")
     assert "use a proxy or local cluster" in mirror["error"]
 
 
