@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,21 @@ class Gateway:
         await self.store.close()
         if self._lock_file is not None:
             self._lock_file.close()
+
+    async def job_bytes(self, dialect: str, job_id: int, render: Callable[[JobRecord], bytes]) -> bytes | None:
+        """A job rendered by ``dialect`` (None if there is no such job); a finished job's bytes are
+        kept, and the polling fast path (``gateway.fastpath``) serves them from then on."""
+        key = (dialect, job_id)
+        cached = self.rendered.get(key)
+        if cached is not None:
+            return cached
+        job = await self.jobs.get(job_id)
+        if job is None:
+            return None
+        body = render(job)
+        if job.finished:
+            self.rendered[key] = body
+        return body
 
     def _created(self, job: JobRecord) -> None:
         self.metrics.jobs_created.labels(job.source).inc()

@@ -37,16 +37,9 @@ async def get_preheat(request: Request) -> Response:
     if not raw.isdigit() or len(raw) > MAX_ID_DIGITS:
         raise APIError(404, f"preheat task {raw[:40]!r} not found: ids are the numbers POST /preheats returned")
     job_id = int(raw)
-    key = ("legacy", job_id)
-    cached = gateway.rendered.get(key)
-    if cached is not None:
-        return json_response(cached)
-    job = await gateway.jobs.get(job_id)
-    if job is None:
+    body = await gateway.job_bytes("legacy", job_id, legacy.status_body)
+    if body is None:
         raise APIError(404, f"preheat task {job_id} not found")
-    body = legacy.status_body(job)
-    if job.finished:
-        gateway.rendered[key] = body
     return json_response(body)
 
 

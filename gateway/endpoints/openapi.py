@@ -42,16 +42,9 @@ async def create_job(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     gateway = gateway_of(request)
     job_id = job_id_of(request)
-    key = ("openapi", job_id)
-    cached = gateway.rendered.get(key)
-    if cached is not None:
-        return json_response(cached)
-    job = await gateway.jobs.get(job_id)
-    if job is None:
+    body = await gateway.job_bytes("openapi", job_id, lambda job: dragonfly.encode(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at)))
+    if body is None:
         raise APIError(404, f"job {job_id} not found")
-    body = dragonfly.encode(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at))
-    if job.finished:
-        gateway.rendered[key] = body
     return json_response(body)
 
 
