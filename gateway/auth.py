@@ -101,9 +101,6 @@ class TokenVerifier:
         )
         self._cache_enabled = cache_seconds > 0
 
-    def forget_all(self) -> None:
-        self._verified.clear()
-
     async def verify(self, token: str) -> Principal:
         digest = hash_token(token)
         cached = self._verified.get(digest) if self._cache_enabled else None

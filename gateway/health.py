@@ -37,7 +37,7 @@ class ClusterHealth:
     async def all(self) -> dict[int, dict[str, Any]]:
         ids = list(self.adapters)
         results = await asyncio.gather(*(self.get(i) for i in ids))
-        return dict(zip(ids, results))
+        return dict(zip(ids, results, strict=True))
 
     async def _probe(self, cluster_id: int) -> dict[str, Any]:
         started = time.monotonic()

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import msgspec
 
-from adapters.files import DEFAULT_FILTERED_QUERY_PARAMS  # noqa: F401  (re-exported: dialects and tests use it here)
 from adapters.files import filter_url
 from adapters.oci import parse_manifest_url, parse_platform
 from adapters.urlpolicy import RefusedURL, URLPolicy, split_http_url

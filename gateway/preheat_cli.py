@@ -161,7 +161,7 @@ def _print_table(job: dict[str, Any], out: TextIO) -> None:
     header = ("BLOB URL", "HOSTNAME", "IP", "CLUSTER", "STATE", "ERROR")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
 def add_parser(commands: Any) -> None:

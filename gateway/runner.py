@@ -84,10 +84,6 @@ class Runner:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
 
-    @property
-    def busy(self) -> int:
-        return len(self._running)
-
     def wake(self) -> None:
         self._wake.set()
 

@@ -18,9 +18,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from adapters.files import DEFAULT_FILTERED_QUERY_PARAMS
 from adapters.oci import parse_manifest_url
 from gateway.config import Cluster
-from gateway.jobs import DEFAULT_FILTERED_QUERY_PARAMS
 from gateway.store import JobRecord, TaskProgress, TaskRecord
 
 HIDDEN = "(hidden)"

@@ -23,6 +23,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from adapters.files import DEFAULT_FILTERED_QUERY_PARAMS
 from gateway.app_types import gateway_of
 from gateway.auth import Unauthorized
 from gateway.config import SCOPES
@@ -38,7 +39,7 @@ from gateway.console.session import (
 )
 from gateway.dialects import dragonfly
 from gateway.httputil import APIError, read_body
-from gateway.jobs import DEFAULT_FILTERED_QUERY_PARAMS, InvalidRequest
+from gateway.jobs import InvalidRequest
 from gateway.store import JobRecord
 
 HERE = Path(__file__).parent
