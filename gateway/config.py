@@ -250,7 +250,8 @@ class RegistriesConfig(_Section):
 
 class RunnerConfig(_Section):
     workers: int = 32
-    """Cluster tasks run at once by this replica."""
+    """Cluster tasks run at once by this replica. Tasks that wait on an upstream (``dragonfly``) need many;
+    on a small machine serving only ``local``/``mirror`` clusters, 8 keeps the API more responsive."""
     lease_seconds: float = 30.0
     """A claimed task is reclaimed by another replica this long after its last heartbeat."""
     default_timeout: str = "30m"

@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=3.0, help="seconds over which the tasks arrive")
     parser.add_argument("--poll", type=float, default=1.0)
     parser.add_argument("--base-mib", type=int, default=4, help="size of each of the four base layers")
+    parser.add_argument("--workers", type=int, default=32, help="the gateway's runner.workers")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-tags-", dir="/var/tmp"))
     token = TokenService(USERS, work / "token", grants={CACHE_USER: {"pull"}})
@@ -163,7 +164,7 @@ def main() -> None:
         print(f"pushed {args.tags} tags ({len(unique)} unique blobs) in {time.monotonic() - pushed:.0f}s", flush=True)
         caches = [start_registry(work / f"cache{i}", proxy_remote=origin.url, proxy_username=CACHE_USER, proxy_password=CACHE_PASSWORD) for i in range(2)]
         cluster = {"id": 1, "name": "mirrors", "adapter": "mirror", "endpoints": [{"url": c.url} for c in caches]}
-        gateway = GatewayProcess(work / "gateway", gateway_config(work, clusters=[cluster])).start()
+        gateway = GatewayProcess(work / "gateway", gateway_config(work, clusters=[cluster], runner={"workers": args.workers})).start()
         gateway.token  # created before the clock starts
 
         probe = CreateProbe(gateway, f"{origin.url}/v2/{REPOSITORY}/manifests/v0", token)
