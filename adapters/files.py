@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from adapters.base import PreheatError
-from adapters.oci import BlobSink, _describe, get_following_redirects
+from adapters.oci import BlobSink, BrokenStream, _describe, drain, get_following_redirects
 from adapters.urlpolicy import RefusedURL, URLPolicy
 
 DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
@@ -141,21 +141,15 @@ async def _fetch_once(
             raise _status_error(response.status_code, where)
         sink = open_sink()
         try:
-            digest, size = hashlib.sha256(), 0
-            async for chunk in response.aiter_bytes():
-                digest.update(chunk)
-                sink.write(chunk)
-                size += len(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
+            size, digest = await drain(response, sink, on_bytes=on_bytes)
             sink.commit()
-        except httpx.TransportError as error:
+        except BrokenStream as broken:
             sink.discard()
-            raise FetchError(f"reading {where} broke off after {size} bytes: {_describe(error)}", transient=True) from None
+            raise FetchError(f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True) from None
         except BaseException:
             sink.discard()
             raise
-        return size, "sha256:" + digest.hexdigest()
+        return size, digest
     finally:
         await response.aclose()
 

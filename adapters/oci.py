@@ -334,17 +334,10 @@ class OciClient:
         sink = open_sink()
         try:
             async with self.open(url, auth, ref, what=where) as response:
-                digest = hashlib.sha256()
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    digest.update(chunk)
-                    sink.write(chunk)
-                    size += len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-                    if throttle is not None:
-                        await throttle.consume(len(chunk))
-            got = "sha256:" + digest.hexdigest()
+                try:
+                    size, got = await drain(response, sink, on_bytes=on_bytes, throttle=throttle)
+                except BrokenStream as broken:
+                    raise RegistryError(f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True) from None
             if got != blob.digest:
                 raise RegistryError(f"{where} failed its digest check (got {got}, {size} bytes); the registry or a cache in between served corrupt data")
             sink.commit()
@@ -479,6 +472,38 @@ class OciClient:
                 self.retries += 1
                 await asyncio.sleep(delay * (0.5 + random.random() / 2) if error.retry_after is None else delay)
         raise AssertionError("unreachable")
+
+
+class BrokenStream(Exception):
+    """The connection failed mid-body; ``received`` bytes had arrived. Worth another attempt."""
+
+    def __init__(self, received: int, reason: str) -> None:
+        super().__init__(reason)
+        self.received = received
+        self.reason = reason
+
+
+async def drain(
+    response: httpx.Response, sink: BlobSink, *, on_bytes: Callable[[int], None] | None = None, throttle: Throttle | None = None,
+) -> tuple[int, str]:
+    """Read a body to the end into ``sink`` through sha256, in bounded chunks; returns (bytes, ``sha256:...``).
+
+    The one streaming loop for blobs and files. A transport failure mid-body becomes
+    :class:`BrokenStream`, which callers turn into their own retryable error.
+    """
+    digest, size = hashlib.sha256(), 0
+    try:
+        async for chunk in response.aiter_bytes():
+            digest.update(chunk)
+            sink.write(chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            if throttle is not None:
+                await throttle.consume(len(chunk))
+    except httpx.TransportError as error:
+        raise BrokenStream(size, _describe(error)) from None
+    return size, "sha256:" + digest.hexdigest()
 
 
 async def get_following_redirects(

@@ -13,8 +13,12 @@ from tests.registry import free_port
 
 
 class TcpRelay:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, cut_first_after: int | None = None) -> None:
+        """``cut_first_after``: close the first connection whose response passes that many bytes (once)."""
         self.target = (target_host, target_port)
+        self.cut_first_after = cut_first_after
+        self.cuts = 0
+        self._cut_lock = threading.Lock()
         self.port = free_port()
         self.connections = 0
         self._open = threading.Event()
@@ -50,23 +54,36 @@ class TcpRelay:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client, self.cut_first_after), daemon=True).start()
 
-    def _serve(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket, limit: int | None = None) -> None:
         self._open.wait()
         try:
             upstream = socket.create_connection(self.target, timeout=10)
         except OSError:
             client.close()
             return
-        for source, sink in ((client, upstream), (upstream, client)):
-            threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+        threading.Thread(target=_pipe, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=_pipe, args=(upstream, client, limit, self._cut), daemon=True).start()
+
+    def _cut(self) -> bool:
+        """Claim the one cut; False when another connection already took it."""
+        with self._cut_lock:
+            if self.cuts:
+                return False
+            self.cuts += 1
+            return True
 
 
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
+def _pipe(source: socket.socket, sink: socket.socket, limit: int | None = None, on_cut: object = None) -> None:
+    sent = 0
     try:
         while data := source.recv(65536):
+            if limit is not None and sent + len(data) > limit and callable(on_cut) and on_cut():
+                sink.sendall(data[: limit - sent])
+                break  # the connection dies mid-response, as a flaky network does
             sink.sendall(data)
+            sent += len(data)
     except OSError:
         pass
     finally:

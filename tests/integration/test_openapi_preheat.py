@@ -12,6 +12,7 @@ from tests.conftest import HarborToken, MakeCache, MakeGateway, OriginImages
 from tests.gateway_process import gateway_config
 from tests.harbor.driver import FAIL, SUCCESS, DragonflyDriver
 from tests.registry import Registry, wait_until
+from tests.tcprelay import TcpRelay
 
 
 def manifest_url(origin: Registry, repository: str, reference: str) -> str:
@@ -184,3 +185,18 @@ def test_a_bandwidth_cap_slows_a_mirror_cluster_to_its_rate(make_gateway: MakeGa
 
     assert job["state"] == "SUCCESS"
     assert time.monotonic() - started > 1.8  # the first second's allowance is free; the rest waits
+
+
+def test_a_connection_dropped_mid_blob_is_retried(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    cache = make_cache()
+    flaky = TcpRelay("127.0.0.1", cache.port, cut_first_after=150 * 1024)
+    try:
+        gateway = make_gateway(gateway_config(tmp_path, clusters=[{"id": 1, "name": "edge", "adapter": "mirror", "endpoints": [{"url": flaky.url}]}]))
+        body = {"type": "preheat", "args": {"type": "image", "url": manifest_url(origin, "library/app", "1.0"), "headers": {"Authorization": harbor_token("library/app")}}}
+
+        job = gateway.wait_job(gateway.client().post("/oapi/v1/jobs", json=body).json()["id"])
+
+        assert flaky.cuts == 1, "the first connection was cut mid-response"
+        assert job["state"] == "SUCCESS", job["result"]["job_states"][0]["error"]
+    finally:
+        flaky.close()
