@@ -30,8 +30,12 @@ class TcpRelay:
         self._thread.start()
 
     @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}"
 
     def pause(self) -> None:
         self._open.clear()

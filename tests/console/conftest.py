@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 from tests.conftest import ROBOT_PASSWORD, ROBOT_USER, MakeGateway, require
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.registry import MissingPrerequisite, Registry
+from tests.tcprelay import TcpRelay
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -54,79 +53,12 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-class TcpGate:
-    """A loopback TCP forwarder that holds every new connection until :meth:`release`.
-
-    Put in front of the origin registry, it keeps a preheat pending for as long as a test
-    needs to see it pending, then lets it finish: no sleeps, no timing luck.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._open = threading.Event()
-        self._closed = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    def release(self) -> None:
-        self._open.set()
-
-    def close(self) -> None:
-        self._closed.set()
-        self._open.set()
-        for sock in [self._listener, *self._sockets]:
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            self._sockets.append(client)
-            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
-
-    def _forward(self, client: socket.socket) -> None:
-        self._open.wait(120)
-        if self._closed.is_set():
-            client.close()
-            return
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-        except OSError:
-            client.close()
-            return
-        self._sockets.append(upstream)
-        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
-        _pump(client, upstream)
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while chunk := source.recv(65536):
-            sink.sendall(chunk)
-        sink.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-
-
 @pytest.fixture
-def gate(origin: Registry) -> Iterator[TcpGate]:
-    """The origin registry behind a gate that starts closed."""
-    held = TcpGate(origin.port)
+def gate(origin: Registry) -> Iterator[TcpRelay]:
+    """The origin registry behind a relay that starts paused: a preheat through it stays pending
+    for as long as a test needs to see it pending, then ``resume()`` lets it finish."""
+    held = TcpRelay("127.0.0.1", origin.port)
+    held.pause()
     try:
         yield held
     finally:
@@ -139,7 +71,7 @@ class ConsoleGateway:
 
     process: GatewayProcess
     origin: Registry
-    gate: TcpGate
+    gate: TcpRelay
 
     @property
     def console(self) -> str:
@@ -155,7 +87,7 @@ class ConsoleGateway:
 
 
 @pytest.fixture
-def console_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpGate, tmp_path: Path) -> ConsoleGateway:
+def console_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, tmp_path: Path) -> ConsoleGateway:
     """A gateway with the robot account configured for the origin: the console sends no Harbor token."""
     credentials = [
         {"host": host, "username": ROBOT_USER, "password_env": ROBOT_PASSWORD_ENV} for host in (origin.host, gate.host)

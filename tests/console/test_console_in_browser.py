@@ -60,7 +60,7 @@ def test_a_console_preheat_goes_from_pending_to_success_without_a_reload(
     person.shoot("preheats-pending")
 
     page.evaluate("window.stillTheSamePage = true")
-    console_gateway.gate.release()
+    console_gateway.gate.resume()
     expect(row.locator(".badge")).to_have_text("success", timeout=30_000)
     assert page.evaluate("window.stillTheSamePage === true"), "the list reloaded instead of refreshing the row"
     person.shoot("preheats-success")
@@ -90,7 +90,7 @@ def test_the_detail_page_follows_a_running_preheat_to_its_end(person: Person, co
     expect(page.get_by_role("button", name="Cancel preheat")).to_be_visible()
     person.shoot("detail-pending")
     page.evaluate("window.stillTheSamePage = true")
-    console_gateway.gate.release()
+    console_gateway.gate.resume()
 
     expect(page.locator("#job-state")).to_have_text("success", timeout=30_000)
     blobs = len(images.single.blob_digests)
