@@ -28,6 +28,7 @@ import msgspec
 
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Health, PreheatError, PreheatRequest, Progress, TaskRow
 from adapters.oci import _describe
+from adapters.transport import new_client
 from adapters.upstream import body_excerpt, check_base_url, check_env, parse_seconds
 
 NANOSECONDS = 1_000_000_000
@@ -100,12 +101,8 @@ class DragonflyAdapter(Adapter):
         self.manager = options.manager
         self.timeout = float(options.timeout)
         self.poll_interval = float(options.poll_interval)
-        self.http = httpx.AsyncClient(
-            verify=not options.insecure,
-            timeout=httpx.Timeout(self.timeout),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": context.user_agent},
+        self.http = new_client(
+            verify=not options.insecure, timeout=httpx.Timeout(self.timeout), trust_env=False, headers={"User-Agent": context.user_agent},
         )
 
     def _headers(self) -> dict[str, str]:

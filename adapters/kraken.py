@@ -28,6 +28,7 @@ import msgspec
 
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Health, PreheatError, PreheatRequest, Progress, TaskRow
 from adapters.oci import DOCKER_MANIFEST, DIGEST_RE, ImageRef, RegistryAuth, _describe, parse_manifest_url
+from adapters.transport import new_client
 from adapters.upstream import body_excerpt, check_base_url, check_env, host_ip, parse_seconds
 
 
@@ -60,11 +61,8 @@ class KrakenAdapter(Adapter):
     def __init__(self, cluster: ClusterInfo, options: KrakenOptions, context: AdapterContext) -> None:
         super().__init__(cluster, options, context)
         self.endpoint = options.endpoint
-        self.http = httpx.AsyncClient(
-            verify=not options.insecure,
-            timeout=httpx.Timeout(float(options.timeout)),
-            follow_redirects=False,
-            trust_env=False,
+        self.http = new_client(
+            verify=not options.insecure, timeout=httpx.Timeout(float(options.timeout)), trust_env=False,
             headers={"User-Agent": context.user_agent},
         )
 

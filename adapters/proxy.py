@@ -43,6 +43,7 @@ from adapters.base import (
 )
 from adapters.files import FetchError, FileRef, file_ref, stream_url
 from adapters.oci import Blob, DiscardSink, ImageRef, OciClient, RegistryAuth, parse_manifest_url
+from adapters.transport import new_client
 from adapters.upstream import check_base_url, check_env, host_ip, parse_seconds
 
 PROBE_TIMEOUT_SECONDS = 5.0
@@ -141,12 +142,10 @@ class ProxyAdapter(Adapter):
         for endpoint in endpoints:
             parts = urlsplit(endpoint.url)
             auth = (endpoint.username, os.environ.get(endpoint.password_env, "")) if endpoint.username else None
-            client = httpx.AsyncClient(
+            client = new_client(
                 proxy=httpx.Proxy(endpoint.url, auth=auth),
-                follow_redirects=False,
                 timeout=httpx.Timeout(float(options.timeout), connect=10.0),
                 limits=httpx.Limits(max_connections=options.concurrency * 2, max_keepalive_connections=options.concurrency),
-                trust_env=False,
                 headers={"User-Agent": context.user_agent},
             )
             self.proxies.append(_Proxy(

@@ -6,6 +6,7 @@ runner); :func:`create_app` builds the Starlette app whose lifespan starts and s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import importlib.metadata
@@ -28,6 +29,7 @@ from starlette.responses import Response
 from adapters import registry as adapter_registry
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Deduper
 from adapters.oci import OciClient
+from adapters.transport import new_client
 from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
 from gateway.config import Config
 from gateway import console
@@ -70,15 +72,7 @@ class Gateway:
             Path(config.store.secret_key_file) if config.store.secret_key_file else config.state_dir / "secret.key",
         )
         self.auth = Authenticator(config.auth, self.store)
-        self.http = httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            # Small on purpose: httpcore rescans every pooled connection (a select() each) on every
-            # request, with an idle count inside that loop, so its cost grows with the square of
-            # the pool. Work beyond the pool waits in cheap asyncio semaphores instead.
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            headers={"User-Agent": USER_AGENT},
-        )
+        self.http = new_client(timeout=httpx.Timeout(30.0, connect=10.0), headers={"User-Agent": USER_AGENT})
         self.dedupe = Deduper(window=config.runner.dedupe_window_seconds)
         policy = config.registries.policy()
         self.oci = OciClient(self.http, policy, user_agent=USER_AGENT, max_in_flight=48)
@@ -110,6 +104,7 @@ class Gateway:
         # Finished jobs never change (but for bio): their rendered bytes are served from here.
         self.rendered: cachetools.TTLCache[tuple[str, int], bytes] = cachetools.TTLCache(maxsize=20_000, ttl=300)
         self._lock_file: Any = None
+        self._lag_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.store.dialect == "sqlite":
@@ -120,9 +115,12 @@ class Gateway:
         elif self.config.auth.tokens and not await self.store.list_tokens():
             await self._print_first_token()
         await self.runner.start()
+        self._lag_watch = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
         log.info("serving %d cluster(s) from %s with store %s", len(self.adapters), self.config.source, self.store.dialect)
 
     async def stop(self) -> None:
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
         await self.runner.stop()
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import cachetools
-import httpx
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from adapters.transport import new_client
 from gateway.config import AuthConfig, JWTConfig
 from gateway.store import SqlStore
 
@@ -217,7 +217,7 @@ class JWTVerifier:
             self._attempted_at = now
             url = self.config.jwks_url or ""
             try:
-                async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+                async with new_client(timeout=5.0) as client:
                     response = await client.get(url, headers={"Accept": "application/json"})
                 if response.status_code != 200:
                     raise ValueError(f"HTTP {response.status_code}")

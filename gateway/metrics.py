@@ -7,6 +7,7 @@ auth layer keep themselves are read at scrape time rather than pushed on the hot
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -35,6 +36,15 @@ class Metrics:
         self.http_duration = Histogram(f"{PREFIX}_http_request_duration_seconds", "HTTP request latency.", ["route", "method", "status"], buckets=HTTP_BUCKETS, registry=r)
         self.store_duration = Histogram(f"{PREFIX}_store_duration_seconds", "Job store call latency.", ["operation"], buckets=HTTP_BUCKETS, registry=r)
         self.rate_limited = Counter(f"{PREFIX}_rate_limited_total", "Job creations refused by the rate limit.", registry=r)
+        self.loop_lag = Histogram(f"{PREFIX}_event_loop_lag_seconds", "How late a timer fires: high values mean the API waits behind "
+                                  "warming work (lower runner.workers).", buckets=HTTP_BUCKETS, registry=r)
+
+    async def watch_loop_lag(self, interval: float = 0.25) -> None:
+        """Measure, until cancelled, how late the event loop runs a timer: the delay every request also sees."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(0.0, time.perf_counter() - started - interval))
 
     def watch(self, collect: Callable[[], Iterable[Any]]) -> None:
         """Register values read at scrape time (counters kept elsewhere)."""

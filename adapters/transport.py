@@ -1,0 +1,140 @@
+"""httpx's API over aiohttp's connection pool and C parser: the one way this project speaks HTTP.
+
+Why not httpx's own transport: httpcore parses HTTP in pure Python, so streaming a blob
+through it costs about four times the CPU of aiohttp for the same bytes; on a small
+machine that CPU is taken from the caches being warmed and from the API's latency (README,
+Benchmarks). Everything above this module keeps httpx's types: requests, responses,
+timeouts and the exception tree (``ConnectError`` means "never sent", which the Dragonfly
+adapter relies on to retry a create safely).
+
+Why not the ``httpx-aiohttp`` package: it reports a refused connection as ``ConnectTimeout``,
+lets protocol errors through as aiohttp exceptions and reads bodies 16 KiB at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import httpx
+
+# aiohttp's exceptions, most specific first, and the httpx exception each one means.
+_ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
+    (aiohttp.ClientProxyConnectionError, httpx.ProxyError),
+    (aiohttp.ClientHttpProxyError, httpx.ProxyError),
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),
+    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
+    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+    (asyncio.TimeoutError, httpx.PoolTimeout),
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError, httpx.ReadError),
+    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+    (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
+    (aiohttp.ClientError, httpx.NetworkError),
+)
+
+READ_CHUNK = 1 << 20
+"""Largest piece a body is handed on in; aiohttp's buffer bounds what is actually held."""
+
+
+@contextmanager
+def _translated(request: httpx.Request) -> Iterator[None]:
+    try:
+        yield
+    except tuple(aiohttp_error for aiohttp_error, _ in _ERRORS) as error:
+        meant = next(httpx_error for aiohttp_error, httpx_error in _ERRORS if isinstance(error, aiohttp_error))
+        raise meant(str(error) or type(error).__name__, request=request) from error
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _translated(self._request):
+            async for chunk in self._response.content.iter_chunked(READ_CHUNK):
+                yield chunk
+
+    async def aclose(self) -> None:
+        self._response.release()  # back to the pool when read to the end, closed otherwise
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """One aiohttp session (created on first use, inside the running loop) behind httpx."""
+
+    def __init__(
+        self, *, limits: httpx.Limits, verify: bool = True, proxy: httpx.Proxy | None = None, trust_env: bool = False,
+    ) -> None:
+        self._limits = limits
+        self._ssl: ssl.SSLContext | bool = httpx.create_ssl_context(verify=verify) if verify else False
+        self._proxy = str(proxy.url) if proxy else None
+        self._proxy_auth = aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None
+        self._trust_env = trust_env  # HTTP(S)_PROXY and NO_PROXY from the environment
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._limits.max_connections or 0,
+            keepalive_timeout=self._limits.keepalive_expiry or 5.0,
+            ssl=self._ssl,
+        )
+        # auto_decompress off: httpx decodes, so a digest is always taken over the decoded bytes
+        return aiohttp.ClientSession(connector=connector, trust_env=self._trust_env, auto_decompress=False)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._session is None:
+            self._session = self._open()
+        timeout = request.extensions.get("timeout", {})
+        body = await request.aread()  # only small bodies are ever sent (JSON)
+        options: dict[str, Any] = {}
+        if self._proxy:
+            options.update(proxy=self._proxy, proxy_auth=self._proxy_auth)
+        with _translated(request):
+            response = await self._session.request(
+                request.method,
+                str(request.url),
+                headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw],
+                data=body or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=timeout.get("pool"), sock_connect=timeout.get("connect"), sock_read=timeout.get("read"),
+                ),
+                **options,
+            )
+        return httpx.Response(
+            status_code=response.status,
+            headers=list(response.raw_headers),
+            stream=_Body(response, request),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def new_client(
+    *,
+    timeout: httpx.Timeout | float,
+    limits: httpx.Limits = httpx.Limits(max_connections=64, max_keepalive_connections=32),
+    verify: bool = True,
+    proxy: httpx.Proxy | None = None,
+    trust_env: bool = True,
+    headers: dict[str, str] | None = None,
+) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` on :class:`AiohttpTransport`; redirects are never followed here."""
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits, verify=verify, proxy=proxy, trust_env=trust_env and proxy is None),
+        trust_env=False,  # the transport reads the proxy environment itself
+        follow_redirects=False,
+        timeout=timeout,
+        headers=headers,
+    )

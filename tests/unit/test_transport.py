@@ -1,0 +1,117 @@
+"""The aiohttp transport keeps httpx's contract: its exceptions, its headers, streamed bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from adapters.oci import _describe
+from adapters.transport import new_client
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[str]:
+    """A raw TCP server on loopback: each test writes exactly the bytes it needs."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+async def read_head(reader: asyncio.StreamReader) -> list[str]:
+    return (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_refused_connection_is_a_connect_error_described_as_such() -> None:
+    async with new_client(timeout=5) as client:
+        with pytest.raises(httpx.ConnectError) as raised:
+            await client.get(f"http://127.0.0.1:{free_port()}/v2/")
+    assert _describe(raised.value) == "connection refused"
+
+
+async def test_a_silent_server_is_a_read_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await asyncio.sleep(5)
+
+    async with serve(silent) as url, new_client(timeout=httpx.Timeout(0.3)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(url)
+
+
+async def test_garbage_instead_of_http_is_a_protocol_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with serve(garbage) as url, new_client(timeout=5) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(url)
+
+
+async def test_a_body_cut_short_is_a_read_error_while_streaming() -> None:
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        writer.close()
+
+    async with serve(short) as url, new_client(timeout=5) as client:
+        async with client.stream("GET", url) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx.ReadError):
+                await response.aread()
+
+
+async def test_headers_keep_their_case_and_bodies_stream_in_pieces() -> None:
+    seen: list[str] = []
+    body = b"0123456789" * 300_000
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.extend(await read_head(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Thing: yes\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    async with serve(echo) as url, new_client(timeout=5, headers={"User-Agent": "harbor-preheat-gateway/test"}) as client:
+        async with client.stream("GET", url, headers={"X-Origin-Token": "t0k"}) as response:
+            pieces = [piece async for piece in response.aiter_bytes()]
+    assert b"".join(pieces) == body and len(pieces) > 1
+    assert response.headers["x-thing"] == "yes"
+    assert "X-Origin-Token: t0k" in seen and "User-Agent: harbor-preheat-gateway/test" in seen
+
+
+async def test_redirects_are_handed_back_not_followed() -> None:
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with serve(redirect) as url, new_client(timeout=5) as client:
+        response = await client.get(url)
+    assert response.status_code == 307 and response.headers["location"] == "http://169.254.169.254/"
