@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +40,10 @@ _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
     (aiohttp.ClientError, httpx.NetworkError),
 )
 
+_CAUGHT = tuple(aiohttp_error for aiohttp_error, _ in _ERRORS)
+
+DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+
 READ_CHUNK = 1 << 20
 """Largest piece a body is handed on in; aiohttp's buffer bounds what is actually held."""
 
@@ -47,7 +52,7 @@ READ_CHUNK = 1 << 20
 def _translated(request: httpx.Request) -> Iterator[None]:
     try:
         yield
-    except tuple(aiohttp_error for aiohttp_error, _ in _ERRORS) as error:
+    except _CAUGHT as error:
         meant = next(httpx_error for aiohttp_error, httpx_error in _ERRORS if isinstance(error, aiohttp_error))
         raise meant(str(error) or type(error).__name__, request=request) from error
 
@@ -76,7 +81,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._ssl: ssl.SSLContext | bool = httpx.create_ssl_context(verify=verify) if verify else False
         self._proxy = str(proxy.url) if proxy else None
         self._proxy_auth = aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None
-        self._trust_env = trust_env  # HTTP(S)_PROXY and NO_PROXY from the environment
+        # HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, read once: aiohttp's own trust_env re-reads the
+        # environment and ~/.netrc in a thread on every request.
+        self._env_proxies = urllib.request.getproxies_environment() if trust_env and proxy is None else {}
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -86,7 +93,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             ssl=self._ssl,
         )
         # auto_decompress off: httpx decodes, so a digest is always taken over the decoded bytes
-        return aiohttp.ClientSession(connector=connector, trust_env=self._trust_env, auto_decompress=False)
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False)
+
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        if self._proxy or not self._env_proxies:
+            return self._proxy
+        proxy = self._env_proxies.get(url.scheme) or self._env_proxies.get("all")
+        if proxy and urllib.request.proxy_bypass_environment(url.host, self._env_proxies):
+            return None
+        return proxy
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
@@ -94,8 +109,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         body = await request.aread()  # only small bodies are ever sent (JSON)
         options: dict[str, Any] = {}
-        if self._proxy:
-            options.update(proxy=self._proxy, proxy_auth=self._proxy_auth)
+        if proxy := self._proxy_for(request.url):
+            options.update(proxy=proxy, proxy_auth=self._proxy_auth)
         with _translated(request):
             response = await self._session.request(
                 request.method,
@@ -124,7 +139,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 def new_client(
     *,
     timeout: httpx.Timeout | float,
-    limits: httpx.Limits = httpx.Limits(max_connections=64, max_keepalive_connections=32),
+    limits: httpx.Limits = DEFAULT_LIMITS,
     verify: bool = True,
     proxy: httpx.Proxy | None = None,
     trust_env: bool = True,
@@ -132,7 +147,7 @@ def new_client(
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` on :class:`AiohttpTransport`; redirects are never followed here."""
     return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, verify=verify, proxy=proxy, trust_env=trust_env and proxy is None),
+        transport=AiohttpTransport(limits=limits, verify=verify, proxy=proxy, trust_env=trust_env),
         trust_env=False,  # the transport reads the proxy environment itself
         follow_redirects=False,
         timeout=timeout,

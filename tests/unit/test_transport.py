@@ -12,6 +12,7 @@ import pytest
 
 from adapters.oci import _describe
 from adapters.transport import new_client
+from tests.fakes.forward_proxy import ForwardProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +116,21 @@ async def test_redirects_are_handed_back_not_followed() -> None:
     async with serve(redirect) as url, new_client(timeout=5) as client:
         response = await client.get(url)
     assert response.status_code == 307 and response.headers["location"] == "http://169.254.169.254/"
+
+
+async def test_proxies_from_the_environment_are_used_unless_no_proxy_names_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    with ForwardProxy() as proxy:
+        async with serve(ok) as url:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            async with new_client(timeout=5) as client:
+                assert (await client.get(f"{url}/through")).text == "ok"
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            async with new_client(timeout=5) as client:
+                assert (await client.get(f"{url}/direct")).text == "ok"
+    assert proxy.count("/through") == 1 and proxy.count("/direct") == 0
