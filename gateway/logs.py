@@ -84,7 +84,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "aiosqlite"):
+    for noisy in ("httpx", "aiohttp"):  # httpx logs every request URL at INFO, signed ones included
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
