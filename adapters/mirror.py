@@ -34,7 +34,7 @@ from adapters.base import (
     Throttle,
 )
 from adapters.oci import Blob, DiscardSink, ImageRef, RegistryAuth, parse_manifest_url
-from adapters.upstream import check_base_url, check_env, host_ip
+from adapters.upstream import check_base_url, check_login, host_ip
 
 PROBE_TIMEOUT_SECONDS = 5.0
 
@@ -55,9 +55,7 @@ class MirrorEndpoint(msgspec.Struct, forbid_unknown_fields=True):
         if self.path_prefix and not self.path_prefix.endswith("/"):
             self.path_prefix += "/"
         self.path_prefix = self.path_prefix.lstrip("/")
-        check_env(self.password_env, key="password_env")
-        if self.password_env and not self.username:
-            raise ValueError("password_env: it is set but username is not")
+        check_login(self.username, self.password_env)
 
 
 class MirrorOptions(msgspec.Struct, forbid_unknown_fields=True):

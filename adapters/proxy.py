@@ -44,7 +44,7 @@ from adapters.base import (
 from adapters.files import FetchError, FileRef, file_ref, stream_url
 from adapters.oci import Blob, DiscardSink, ImageRef, OciClient, RegistryAuth, parse_manifest_url
 from adapters.transport import new_client
-from adapters.upstream import check_base_url, check_env, host_ip, parse_seconds
+from adapters.upstream import check_base_url, check_login, host_ip, parse_seconds
 
 PROBE_TIMEOUT_SECONDS = 5.0
 
@@ -58,9 +58,7 @@ class ProxyEndpoint(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         self.url = check_base_url(self.url, key="url")
-        check_env(self.password_env, key="password_env")
-        if self.password_env and not self.username:
-            raise ValueError("password_env: it is set but username is not")
+        check_login(self.username, self.password_env)
 
 
 class ProxyOptions(msgspec.Struct, forbid_unknown_fields=True):

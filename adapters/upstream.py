@@ -1,4 +1,4 @@
-"""Small helpers shared by the adapters that talk to an upstream service (dragonfly, kraken, proxy).
+"""Small helpers shared by the adapters that talk to an upstream service (dragonfly, kraken, mirror, proxy).
 
 Kept here rather than in ``gateway`` because adapters never import the gateway.
 """
@@ -44,6 +44,13 @@ def check_env(name: str | None, *, key: str) -> None:
     """A secret named by ``*_env`` must be set when the config is loaded, not when a job runs."""
     if name and not os.environ.get(name):
         raise ValueError(f"{key}: environment variable {name} is not set")
+
+
+def check_login(username: str | None, password_env: str | None) -> None:
+    """An endpoint's ``username`` and ``password_env`` (mirror caches, proxies): the password set, never alone."""
+    check_env(password_env, key="password_env")
+    if password_env and not username:
+        raise ValueError("password_env: it is set but username is not")
 
 
 async def host_ip(url: str) -> str:
