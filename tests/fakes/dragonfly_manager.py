@@ -31,14 +31,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.fakes._server import LoopbackServer, QuietHandler
+from tests.fakes._server import FakeService, QuietHandler
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class FakeDragonflyManager:
+class FakeDragonflyManager(FakeService):
     def __init__(self, token: str | None = "df-token", *, mode: str = "succeed", pending_seconds: float = 0.0,
                  unknown_state: str = "RUNNING") -> None:
         self.token = token
@@ -52,20 +52,7 @@ class FakeDragonflyManager:
         self.polls: dict[int, int] = {}
         self._jobs: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._server = LoopbackServer(_Handler, self)
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    def close(self) -> None:
-        self._server.close()
-
-    def __enter__(self) -> FakeDragonflyManager:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self._serve(_Handler)
 
     # --- the manager's behaviour -----------------------------------------------------------
 

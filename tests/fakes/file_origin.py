@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 from urllib.parse import urlsplit
 
-from tests.fakes._server import LoopbackServer, QuietHandler
+from tests.fakes._server import FakeService, QuietHandler
 
 
-class FileOrigin:
+class FileOrigin(FakeService):
     def __init__(self, files: dict[str, bytes] | None = None, *, token: str = "origin-secret") -> None:
         self.files: dict[str, bytes] = dict(files or {})
         self.redirects: dict[str, str] = {}
@@ -21,24 +21,11 @@ class FileOrigin:
         self.requests: list[tuple[str, dict[str, str]]] = []
         """Every request: its path with query, and its headers."""
         self._lock = threading.Lock()
-        self._server = LoopbackServer(_Handler, self)
-
-    @property
-    def url(self) -> str:
-        return self._server.url
+        self._serve(_Handler)
 
     def count(self, fragment: str) -> int:
         with self._lock:
             return sum(1 for path, _ in self.requests if fragment in path)
-
-    def close(self) -> None:
-        self._server.close()
-
-    def __enter__(self) -> FileOrigin:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class _Handler(QuietHandler):

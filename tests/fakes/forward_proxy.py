@@ -17,7 +17,7 @@ import http.client
 import threading
 from urllib.parse import urlsplit
 
-from tests.fakes._server import LoopbackServer, QuietHandler
+from tests.fakes._server import FakeService, QuietHandler
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -26,22 +26,14 @@ HOP_BY_HOP = frozenset({
 CHUNK = 64 * 1024
 
 
-class ForwardProxy:
+class ForwardProxy(FakeService):
     def __init__(self, *, credentials: tuple[str, str] | None = None, corrupt: bool = False, port: int = 0) -> None:
         self.credentials = credentials
         self.corrupt = corrupt
         self.requests: list[str] = []
         self.refused: int = 0
         self._lock = threading.Lock()
-        self._server = LoopbackServer(_Handler, self, port)
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    @property
-    def port(self) -> int:
-        return self._server.port
+        self._serve(_Handler, port)
 
     def count(self, fragment: str = "") -> int:
         """How many relayed requests had ``fragment`` in their URL."""
@@ -51,15 +43,6 @@ class ForwardProxy:
     def record(self, url: str) -> None:
         with self._lock:
             self.requests.append(url)
-
-    def close(self) -> None:
-        self._server.close()
-
-    def __enter__(self) -> ForwardProxy:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class _Handler(QuietHandler):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.fakes._server import LoopbackServer, QuietHandler
+from tests.fakes._server import FakeService, QuietHandler
 
 
-class FakeKrakenProxy:
+class FakeKrakenProxy(FakeService):
     def __init__(self, *, required_auth: str | None = None, status: int = 200) -> None:
         self.required_auth = required_auth
         self.status = status
@@ -21,24 +21,7 @@ class FakeKrakenProxy:
         """Every accepted notification body, as received."""
         self.headers: list[dict[str, str]] = []
         """The headers of every notification request, accepted or not."""
-        self._server = LoopbackServer(_Handler, self)
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    @property
-    def port(self) -> int:
-        return self._server.port
-
-    def close(self) -> None:
-        self._server.close()
-
-    def __enter__(self) -> FakeKrakenProxy:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self._serve(_Handler)
 
 
 class _Handler(QuietHandler):
