@@ -39,6 +39,20 @@ async def read_head(reader: asyncio.StreamReader) -> list[str]:
     return (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
 
 
+def answering(raw: bytes, heads: list[str] | None = None) -> Handler:
+    """A handler that reads the request head (kept in ``heads``), writes ``raw`` and hangs up."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        if heads is not None:
+            heads.extend(head)
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    return answer
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,25 +77,15 @@ async def test_a_silent_server_is_a_read_timeout() -> None:
 
 
 async def test_garbage_instead_of_http_is_a_protocol_error() -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    async with serve(garbage) as url, new_client(timeout=5) as client:
+    async with serve(answering(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")) as url, new_client(timeout=5) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(url)
 
 
 async def test_a_body_cut_short_is_a_read_error_while_streaming() -> None:
-    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
-        await writer.drain()
-        writer.close()
+    ten_of_a_thousand = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
 
-    async with serve(short) as url, new_client(timeout=5) as client:
+    async with serve(answering(ten_of_a_thousand)) as url, new_client(timeout=5) as client:
         async with client.stream("GET", url) as response:
             assert response.status_code == 200
             with pytest.raises(httpx.ReadError):
@@ -91,14 +95,9 @@ async def test_a_body_cut_short_is_a_read_error_while_streaming() -> None:
 async def test_headers_keep_their_case_and_bodies_stream_in_pieces() -> None:
     seen: list[str] = []
     body = b"0123456789" * 300_000
+    response_bytes = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Thing: yes\r\n\r\n" % len(body) + body
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.extend(await read_head(reader))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Thing: yes\r\n\r\n" % len(body) + body)
-        await writer.drain()
-        writer.close()
-
-    async with serve(echo) as url, new_client(timeout=5, headers={"User-Agent": "harbor-preheat-gateway/test"}) as client:
+    async with serve(answering(response_bytes, seen)) as url, new_client(timeout=5, headers={"User-Agent": "harbor-preheat-gateway/test"}) as client:
         async with client.stream("GET", url, headers={"X-Origin-Token": "t0k"}) as response:
             pieces = [piece async for piece in response.aiter_bytes()]
     assert b"".join(pieces) == body and len(pieces) > 1
@@ -107,26 +106,16 @@ async def test_headers_keep_their_case_and_bodies_stream_in_pieces() -> None:
 
 
 async def test_redirects_are_handed_back_not_followed() -> None:
-    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
+    to_metadata = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n"
 
-    async with serve(redirect) as url, new_client(timeout=5) as client:
+    async with serve(answering(to_metadata)) as url, new_client(timeout=5) as client:
         response = await client.get(url)
     assert response.status_code == 307 and response.headers["location"] == "http://169.254.169.254/"
 
 
 async def test_proxies_from_the_environment_are_used_unless_no_proxy_names_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        await writer.drain()
-        writer.close()
-
     with ForwardProxy() as proxy:
-        async with serve(ok) as url:
+        async with serve(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")) as url:
             monkeypatch.setenv("HTTP_PROXY", proxy.url)
             async with new_client(timeout=5) as client:
                 assert (await client.get(f"{url}/through")).text == "ok"
