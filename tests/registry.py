@@ -469,6 +469,10 @@ class Registry:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 20.0) -> Registry:
         """Start (or restart on the same port and storage) and wait until ``/v2/`` answers."""
         if self.running:

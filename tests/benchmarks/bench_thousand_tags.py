@@ -8,7 +8,13 @@ exactly once), wall time from first create to last SUCCESS, and the gateway's pe
 Tasks poll every 10 s, as Harbor does (``--poll`` to change it); the wall time is read from
 the jobs' own ``updated_at``, so it does not depend on when the last poll happened.
 
-Run:  .venv/bin/python -m tests.benchmarks.bench_thousand_tags [--tags 1000] [--spread 3]
+The create latency is taken by a second Harbor (``create_probe``, its own process), since the
+load generator's own figures include its queueing. Also reported: who used the two cores, and
+how long the gateway's event-loop thread waited for one. ``--own-core`` gives the gateway and
+the probe core 1 and everything else core 0, the way production puts Harbor and the
+registries on other machines.
+
+Run:  .venv/bin/python -m tests.benchmarks.bench_thousand_tags [--tags 1000] [--spread 3] [--own-core]
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
+import resource
 import statistics
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +38,7 @@ from pathlib import Path
 import httpx
 
 from adapters.transport import new_client
-from tests.benchmarks.common import peak_rss_mib
+from tests.benchmarks.common import cpu_seconds, peak_rss_mib, pin
 from tests.conftest import CACHE_PASSWORD, CACHE_USER, USERS
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.registry import (
@@ -47,12 +55,15 @@ from tests.registry import (
 REPOSITORY = "library/service"
 
 
-def push_tags(origin: object, token: TokenService, count: int, base_sizes: list[int]) -> set[str]:
-    """Push base layers once, then per tag a config, a small layer and a manifest. Returns unique blob digests."""
+def push_tags(origin: object, token: TokenService, count: int, base_sizes: list[int]) -> tuple[set[str], str]:
+    """Push base layers once, then per tag a config, a small layer and a manifest.
+
+    Returns the unique blob digests and the digest of tag v0's manifest.
+    """
     auth = f"Bearer {token.mint(REPOSITORY, ('pull', 'push'), expires_in=3600)}"
     base = [push_blob(origin, REPOSITORY, b"".join(random_blob_chunks(size, seed=900 + i)), auth_header=auth) for i, size in enumerate(base_sizes)]  # type: ignore[arg-type]
 
-    def one(tag: int) -> set[str]:
+    def one(tag: int) -> tuple[set[str], str]:
         layer = push_blob(origin, REPOSITORY, f"tag {tag} ".encode() * 200, auth_header=auth)  # type: ignore[arg-type]
         config = push_blob(origin, REPOSITORY, json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode(), auth_header=auth)  # type: ignore[arg-type]
         manifest = {
@@ -60,14 +71,16 @@ def push_tags(origin: object, token: TokenService, count: int, base_sizes: list[
             "config": {"mediaType": DOCKER_CONFIG_MEDIA_TYPE, "digest": config[0], "size": config[1]},
             "layers": [{"mediaType": DOCKER_LAYER_MEDIA_TYPE, "digest": d, "size": s} for d, s in [*base, layer]],
         }
-        _put_manifest(origin, REPOSITORY, f"v{tag}", json.dumps(manifest).encode(), DOCKER_MANIFEST_MEDIA_TYPE, auth)  # type: ignore[arg-type]
-        return {layer[0], config[0]}
+        digest = _put_manifest(origin, REPOSITORY, f"v{tag}", json.dumps(manifest).encode(), DOCKER_MANIFEST_MEDIA_TYPE, auth)  # type: ignore[arg-type]
+        return {layer[0], config[0]}, digest
 
     unique = {digest for digest, _ in base}
     with ThreadPoolExecutor(8) as pool:
-        for digests in pool.map(one, range(count)):
+        manifests = []
+        for digests, manifest_digest in pool.map(one, range(count)):
             unique |= digests
-    return unique
+            manifests.append(manifest_digest)
+    return unique, manifests[0]
 
 
 async def get(client: httpx.AsyncClient, path: str) -> httpx.Response:
@@ -117,27 +130,21 @@ async def run_policy(gateway: GatewayProcess, origin_url: str, token: TokenServi
 
 
 class CreateProbe:
-    """Creates a job every 50 ms with curl from its own process: the latency a separate Harbor sees."""
+    """A second Harbor in its own process (``create_probe``): a create every 100 ms on a kept-alive connection."""
 
-    def __init__(self, gateway: GatewayProcess, url: str, token: TokenService) -> None:
-        body = json.dumps({"type": "preheat", "args": {"type": "image", "url": url, "headers": {"Authorization": f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"}}})
-        self.command = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}\n", "-H", f"Authorization: Bearer {gateway.token}",
-                        "-H", "Content-Type: application/json", "-d", body, f"{gateway.url}/oapi/v1/jobs"]
-        self.latencies: list[tuple[float, float]] = []  # (when, seconds)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            status, seconds = subprocess.run(self.command, capture_output=True, text=True).stdout.split()
-            if status == "200":
-                self.latencies.append((time.time(), float(seconds)))
+    def __init__(self, gateway: GatewayProcess, url: str, token: TokenService, workdir: Path) -> None:
+        body = workdir / "probe-body.json"
+        body.write_text(json.dumps({"type": "preheat", "args": {"type": "image", "url": url, "headers": {"Authorization": f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"}}}))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.benchmarks.create_probe", f"{gateway.url}/oapi/v1/jobs", gateway.token, str(body), "0.1"],
+            stdout=subprocess.PIPE, text=True,
+        )
 
     def stop(self) -> list[tuple[float, float]]:
-        self._stop.set()
-        self._thread.join()
-        return self.latencies
+        """(when, seconds) of every successful create."""
+        self.process.terminate()
+        output, _ = self.process.communicate(timeout=30)
+        return [(float(when), float(seconds)) for when, seconds in (line.split() for line in output.splitlines())]
 
 
 def percentiles(latencies: list[float]) -> str:
@@ -169,6 +176,40 @@ def loop_lag(metrics: str) -> str:
     return f"mean {mean * 1000:.1f} ms, p99 <= {p99 * 1000:.0f} ms ({total:.0f} samples)"
 
 
+class CpuShares:
+    """Who used the machine's cores during the run: the gateway, the registries, this process, the probe."""
+
+    def __init__(self, gateway_pid: int, registry_pids: dict[str, int]) -> None:
+        self.gateway_pid, self.registry_pids = gateway_pid, registry_pids
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        loop_ran, loop_waited = self._loop_thread()
+        return {
+            "machine": cpu_seconds(), "wall": time.monotonic(), "gateway": cpu_seconds(self.gateway_pid),
+            **{name: cpu_seconds(pid) for name, pid in self.registry_pids.items()},
+            "load generator and token service": own.ru_utime + own.ru_stime,
+            "probe": children.ru_utime + children.ru_stime,
+            "loop ran": loop_ran, "loop waited": loop_waited,
+        }
+
+    def _loop_thread(self) -> tuple[float, float]:
+        """Seconds the gateway's main thread (its event loop) ran, and waited runnable for a core."""
+        ran, waited, _slices = Path(f"/proc/{self.gateway_pid}/schedstat").read_text().split()
+        return int(ran) / 1e9, int(waited) / 1e9
+
+    def report(self) -> str:
+        end = self._now()
+        used = {name: end[name] - self.start[name] for name in end}
+        capacity = used.pop("wall") * (os.cpu_count() or 1)
+        machine = used.pop("machine")
+        loop_ran, loop_waited = used.pop("loop ran"), used.pop("loop waited")
+        parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in used.items())
+        return (f"CPU used over the run: machine {machine:.0f} of {capacity:.0f} core-seconds; {parts}. "
+                f"The gateway's event-loop thread ran {loop_ran:.0f} s and waited {loop_waited:.0f} s for a free core")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tags", type=int, default=1000)
@@ -176,7 +217,14 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between a task's polls (Harbor: 10)")
     parser.add_argument("--base-mib", type=int, default=4, help="size of each of the four base layers")
     parser.add_argument("--workers", type=int, default=32, help="the gateway's runner.workers")
+    parser.add_argument("--own-core", action="store_true",
+                        help="give the gateway (and the probe) one core and everything else the other, as if Harbor and "
+                             "the registries were other machines")
     args = parser.parse_args()
+    if args.own_core:
+        if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+            raise SystemExit("--own-core needs cores 0 and 1")
+        pin(os.getpid(), {0})  # the registries, the token service and the load generator inherit core 0
     work = Path(tempfile.mkdtemp(prefix="bench-tags-", dir="/var/tmp"))
     token = TokenService(USERS, work / "token", grants={CACHE_USER: {"pull"}})
     origin = start_registry(work / "origin", token=token)
@@ -184,17 +232,25 @@ def main() -> None:
     gateway = None
     try:
         pushed = time.monotonic()
-        unique = push_tags(origin, token, args.tags, [args.base_mib << 20] * 4)
+        unique, first_manifest = push_tags(origin, token, args.tags, [args.base_mib << 20] * 4)
         print(f"pushed {args.tags} tags ({len(unique)} unique blobs) in {time.monotonic() - pushed:.0f}s", flush=True)
         caches = [start_registry(work / f"cache{i}", proxy_remote=origin.url, proxy_username=CACHE_USER, proxy_password=CACHE_PASSWORD) for i in range(2)]
         cluster = {"id": 1, "name": "mirrors", "adapter": "mirror", "endpoints": [{"url": c.url} for c in caches]}
         gateway = GatewayProcess(work / "gateway", gateway_config(work, clusters=[cluster], runner={"workers": args.workers})).start()
+        if args.own_core:
+            pin(gateway.process.pid, {1})  # type: ignore[union-attr]
         gateway.token  # created before the clock starts
 
-        probe = CreateProbe(gateway, f"{origin.url}/v2/{REPOSITORY}/manifests/v0", token)
+        cpu = CpuShares(gateway.process.pid, {"origin": origin.pid, "cache 1": caches[0].pid, "cache 2": caches[1].pid})  # type: ignore[union-attr]
+        # The probe's own jobs name v0 by digest: a cache answers those from its disk without
+        # asking the origin again, so the instrument adds as little registry work as it can.
+        probe = CreateProbe(gateway, f"{origin.url}/v2/{REPOSITORY}/manifests/{first_manifest}", token, work)
+        if args.own_core:
+            pin(probe.process.pid, {1})
         arrivals_end = time.time() + args.spread + 2
         outcomes, creates, wall = asyncio.run(run_policy(gateway, origin.url, token, args.tags, args.spread, args.poll))
         probed = probe.stop()
+        shares = cpu.report()
 
         metrics = httpx.get(f"{gateway.url}/metrics").text
         fetched = float(re.search(r'preheat_gateway_blob_fetches_total\{outcome="fetched"\} ([\d.e+]+)', metrics).group(1))  # type: ignore[union-attr]
@@ -204,7 +260,7 @@ def main() -> None:
         print(f"tasks: {args.tags}, outcomes: { {o: outcomes.count(o) for o in set(outcomes)} }")
         print(f"create latency seen by the load generator (one Python process, includes its own queueing): "
               f"p50 {statistics.median(creates) * 1000:.1f} ms, p99 {creates[int(len(creates) * 0.99) - 1] * 1000:.1f} ms")
-        print(f"create latency seen by a curl probe (one create every 50 ms, goal p99 < 50 ms): whole run {percentiles([s for _, s in probed])}; "
+        print(f"create latency seen by a second Harbor (create_probe: one create every 100 ms, kept-alive connection, goal p99 < 50 ms): whole run {percentiles([s for _, s in probed])}; "
               f"while the tasks arrive {percentiles([s for t, s in probed if t < arrivals_end])}; "
               f"afterwards {percentiles([s for t, s in probed if t >= arrivals_end])}")
         print(f"gateway blob fetches / (unique blobs x caches) = {fetched:.0f} / {expected} = {fetched / expected:.2f} (goal 1.00)")
@@ -213,6 +269,7 @@ def main() -> None:
         print(f"server side: POST /oapi/v1/jobs mean {server['post']:.1f} ms; store mean per call (ms): "
               + ", ".join(f"{op} {server[op]:.1f}" for op in ("create_job", "claim_tasks", "save_progress", "finish_task", "get_job")))
         print(f"gateway event loop lag (a timer's delay; every request waits it too): {loop_lag(metrics)}")
+        print(shares)
         print(f"wall time first create -> last job's end: {wall:.0f} s; gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB")  # type: ignore[union-attr]
     finally:
         if gateway is not None:
