@@ -136,8 +136,8 @@ class CreateProbe:
         body = workdir / "probe-body.json"
         body.write_text(json.dumps({"type": "preheat", "args": {"type": "image", "url": url, "headers": {"Authorization": f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"}}}))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.benchmarks.create_probe", f"{gateway.url}/oapi/v1/jobs", gateway.token, str(body), "0.1"],
-            stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "tests.benchmarks.create_probe", f"{gateway.url}/oapi/v1/jobs", str(body), "0.1"],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PROBE_TOKEN": gateway.token},
         )
 
     def stop(self) -> list[tuple[float, float]]:

@@ -2,14 +2,16 @@
 
 Harbor's Go client keeps its connection to the provider alive, so this does too (one
 ``http.client`` connection, re-opened only if the gateway closes it). The process prints one
-``unix-time seconds`` line per successful create on stdout and stops on SIGTERM.
+``unix-time seconds`` line per successful create on stdout and stops on SIGTERM. The token
+comes in ``PROBE_TOKEN``, not on the command line, where ``ps`` would show it.
 
-Run by ``bench_thousand_tags``:  python -m tests.benchmarks.create_probe URL TOKEN BODY_FILE [INTERVAL]
+Run by ``bench_thousand_tags``:  PROBE_TOKEN=... python -m tests.benchmarks.create_probe URL BODY_FILE [INTERVAL]
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import sys
 import time
@@ -18,11 +20,11 @@ from urllib.parse import urlsplit
 
 
 def main() -> None:
-    url, token, body_file = sys.argv[1:4]
-    interval = float(sys.argv[4]) if len(sys.argv) > 4 else 0.1
+    url, body_file = sys.argv[1:3]
+    interval = float(sys.argv[3]) if len(sys.argv) > 3 else 0.1
     body = Path(body_file).read_bytes()
     target = urlsplit(url)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {os.environ['PROBE_TOKEN']}", "Content-Type": "application/json"}
     stopping = False
 
     def stop(*_: object) -> None:
@@ -39,6 +41,7 @@ def main() -> None:
             response.read()
         except (OSError, http.client.HTTPException):
             connection.close()  # reconnects on the next request
+            time.sleep(interval)
             continue
         seconds = time.perf_counter() - started
         if response.status == 200:
