@@ -35,6 +35,10 @@ class ClusterHealth:
         return {cluster_id: body for cluster_id, (_, body) in self._cache.items()}
 
     async def all(self) -> dict[int, dict[str, Any]]:
+        now = time.monotonic()
+        fresh = {i: entry[1] for i in self.adapters if (entry := self._cache.get(i)) is not None and now - entry[0] < self.ttl}
+        if len(fresh) == len(self.adapters):  # the common case under load: no task per cluster and call
+            return fresh
         ids = list(self.adapters)
         results = await asyncio.gather(*(self.get(i) for i in ids))
         return dict(zip(ids, results, strict=True))

@@ -7,8 +7,8 @@ PENDING/SUCCESS/FAILURE, ``result.job_states[].results[]``), with every secret b
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -116,7 +116,7 @@ def parse_patch(body: bytes) -> str:
 def rfc3339(timestamp: float | None) -> str:
     if timestamp is None:
         return "0001-01-01T00:00:00Z"  # Go's zero time, which Harbor decodes
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def _args(job: JobRecord) -> dict[str, Any]:

@@ -187,9 +187,9 @@ class SqlStore:
     async def create_job(self, new: NewJob) -> JobRecord:
         async with self.driver.transaction() as tx:
             row = await tx.fetchone(
-                """INSERT INTO jobs (task_id, type, state, source, args, cluster_ids, bio, secret, deadline, created_at, updated_at)
+                f"""INSERT INTO jobs (task_id, type, state, source, args, cluster_ids, bio, secret, deadline, created_at, updated_at)
                    VALUES (:task_id, :type, 'PENDING', :source, :args, :cluster_ids, :bio, :secret, :deadline, :now, :now)
-                   RETURNING id""",
+                   RETURNING {_JOB_COLUMNS}""",
                 {
                     "task_id": new.task_id, "type": new.type, "source": new.source,
                     "args": _json.encode(new.args).decode(),
@@ -198,17 +198,17 @@ class SqlStore:
                 },
             )
             assert row is not None
-            job_id = int(row[0])
+            tasks = []
             for cluster_id in new.target_cluster_ids:
-                await tx.execute(
-                    "INSERT INTO tasks (job_id, cluster_id, state, updated_at) VALUES (:job, :cluster, 'PENDING', :now)",
-                    {"job": job_id, "cluster": cluster_id, "now": new.created_at},
+                task = await tx.fetchone(
+                    f"INSERT INTO tasks (job_id, cluster_id, state, updated_at) VALUES (:job, :cluster, 'PENDING', :now) RETURNING {_TASK_COLUMNS}",
+                    {"job": row[0], "cluster": cluster_id, "now": new.created_at},
                 )
+                assert task is not None
+                tasks.append(_task(task))
             if self.driver.dialect == "postgresql":  # wake idle replicas once this commits
                 await tx.execute(f"SELECT pg_notify('{WORK_CHANNEL}', '')")
-        job = await self.get_job(job_id)
-        assert job is not None
-        return job
+        return _job(row, sorted(tasks, key=lambda task: task.cluster_id))  # as get_job orders them
 
     @_timed
     async def get_job(self, job_id: int) -> JobRecord | None:
