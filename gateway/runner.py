@@ -155,6 +155,7 @@ class Runner:
                     if running.recorder.dirty and not running.task.done():
                         running.recorder.dirty = False
                         await self.store.save_progress(task_id, self.owner, running.recorder.progress, running.recorder.result)
+                        await asyncio.sleep(0)  # an embedded store never suspends: let waiting requests in between saves
                 if time.monotonic() - last_renewal >= self.config.runner.lease_seconds / 3:
                     last_renewal = time.monotonic()
                     held_ids = [i for i, r in self._running.items() if not r.task.done()]
