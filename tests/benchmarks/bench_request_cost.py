@@ -84,7 +84,17 @@ async def cost_us(request: Callable[[], Any], count: int) -> float:
 
 
 async def main(count: int, rounds: int) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-cost-", dir="/var/tmp"))
+    with tempfile.TemporaryDirectory(prefix="bench-cost-", dir="/var/tmp") as work:
+        figures = await measure(Path(work), count, rounds)
+    floor = statistics.median(figures["bare Starlette route (floor)"])
+    print(f"{count} requests per route and round, {rounds} interleaved rounds; median per request:")
+    for name, values in figures.items():
+        median = statistics.median(values)
+        print(f"  {name:40s} {median:7.0f} us   {median / floor:5.1f}x the bare route")
+
+
+async def measure(work: Path, count: int, rounds: int) -> dict[str, list[float]]:
+    """Microseconds per request of each route, one figure per round."""
     config = build_config({
         "server": {"state_dir": str(work), "create_rate_per_second": 0},
         "registries": {"allow": ["127.0.0.1"]},
@@ -104,6 +114,7 @@ async def main(count: int, rounds: int) -> None:
 
     await create()
     pending_id = (await gateway.store.list_jobs(limit=1))[0][0].id
+    bare = bare_app()
     routes: dict[str, Callable[[], Any]] = {
         "bare Starlette route (floor)": lambda: call(bare, "GET", "/healthy"),
         "GET /livez (middlewares only)": lambda: call(app, "GET", "/livez"),
@@ -111,19 +122,16 @@ async def main(count: int, rounds: int) -> None:
         "POST /oapi/v1/jobs (Harbor create)": create,
         "GET /oapi/v1/jobs/{id} (pending)": lambda: call(app, "GET", f"/oapi/v1/jobs/{pending_id}", headers=auth),
     }
-    bare = bare_app()
-    for request in routes.values():  # warm caches, the token cache and the health cache
-        await cost_us(request, 50)
-    figures: dict[str, list[float]] = {name: [] for name in routes}
-    for _ in range(rounds):  # interleaved, so the machine's noise falls on every route alike
-        for name, request in routes.items():
-            figures[name].append(await cost_us(request, count))
-    await gateway.store.close()
-    floor = statistics.median(figures["bare Starlette route (floor)"])
-    print(f"{count} requests per route and round, {rounds} interleaved rounds; median per request:")
-    for name, values in figures.items():
-        median = statistics.median(values)
-        print(f"  {name:40s} {median:7.0f} us   {median / floor:5.1f}x the bare route")
+    try:
+        for request in routes.values():  # warm caches, the token cache and the health cache
+            await cost_us(request, 50)
+        figures: dict[str, list[float]] = {name: [] for name in routes}
+        for _ in range(rounds):  # interleaved, so the machine's noise falls on every route alike
+            for name, request in routes.items():
+                figures[name].append(await cost_us(request, count))
+        return figures
+    finally:
+        await gateway.store.close()
 
 
 if __name__ == "__main__":
