@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from prometheus_client import Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class FastStatusMiddleware:
     def __init__(self, app: ASGIApp, gateway: Callable[[], Gateway]) -> None:
         self.app = app
         self.gateway = gateway
+        self._timers: dict[str, Histogram] = {}  # the labelled histogram per route, looked up once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -48,6 +50,9 @@ class FastStatusMiddleware:
                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                     ]})
                     await send({"type": "http.response.body", "body": body})
-                    gateway.metrics.http_duration.labels(target[1], "GET", "200").observe(time.perf_counter() - started)
+                    timer = self._timers.get(target[1])
+                    if timer is None:
+                        timer = self._timers[target[1]] = gateway.metrics.http_duration.labels(target[1], "GET", "200")
+                    timer.observe(time.perf_counter() - started)
                     return
         await self.app(scope, receive, send)
