@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -13,44 +11,14 @@ import pytest
 from adapters.oci import _describe
 from adapters.transport import new_client
 from tests.fakes.forward_proxy import ForwardProxy
+from tests.fakes.raw_http import answering, read_head, serve
 
 pytestmark = pytest.mark.anyio
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[str]:
-    """A raw TCP server on loopback: each test writes exactly the bytes it needs."""
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-
-
-async def read_head(reader: asyncio.StreamReader) -> list[str]:
-    return (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-
-
-def answering(raw: bytes, heads: list[str] | None = None) -> Handler:
-    """A handler that reads the request head (kept in ``heads``), writes ``raw`` and hangs up."""
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await read_head(reader)
-        if heads is not None:
-            heads.extend(head)
-        writer.write(raw)
-        await writer.drain()
-        writer.close()
-
-    return answer
 
 
 def free_port() -> int:
