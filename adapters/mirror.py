@@ -3,7 +3,7 @@ projects, Zot, Spegel, dfdaemon's registry mirror).
 
 A cache is warmed the way a node would warm it: by pulling through it. The gateway reads
 ``GET {url}/v2/{path_prefix}{repository}/manifests/{reference}`` and then every blob to the
-end (digest-checked), appending ``?ns={origin host}`` for caches that use containerd's
+end (digest-checked, or length-checked with ``verify: size``), appending ``?ns={origin host}`` for caches that use containerd's
 convention. The cache fetches from the origin with its own credentials and keeps a copy.
 
 Scopes: ``single_seed_peer`` (default) warms each blob on one endpoint, moving to the next
@@ -33,7 +33,14 @@ from adapters.base import (
     TaskRow,
     Throttle,
 )
-from adapters.oci import Blob, DiscardSink, ImageRef, RegistryAuth, parse_manifest_url
+from adapters.oci import (
+    Blob,
+    DiscardSink,
+    ImageRef,
+    RegistryAuth,
+    Verify,
+    parse_manifest_url,
+)
 from adapters.upstream import check_base_url, check_login, host_ip
 
 PROBE_TIMEOUT_SECONDS = 5.0
@@ -64,6 +71,11 @@ class MirrorOptions(msgspec.Struct, forbid_unknown_fields=True):
     """Blobs in flight per endpoint (Dragonfly's concurrent_task_count)."""
     bandwidth_mib_per_second: float | None = None
     """Cap on what this cluster reads, all endpoints together (for WAN links); none: unlimited."""
+    verify: Verify = "digest"
+    """How the gateway checks each blob a cache serves: ``digest`` (sha256 of every byte) or
+    ``size`` (its length only). ``size`` spares the gateway a hash of every byte per cache, for
+    caches that check digests themselves when they store a blob (distribution, Harbor's proxy
+    cache, Zot); a cache that stored corrupt bytes of the right length then goes unnoticed."""
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -231,11 +243,12 @@ class _Run:
             async with endpoint.semaphore:  # only real fetches take a slot, not joiners
                 return await self.oci.fetch_blob(
                     image, blob, endpoint.auth(), DiscardSink, query=query, on_bytes=self.progress.transferred,
-                    throttle=self.adapter.throttle,
+                    throttle=self.adapter.throttle, verify=verify,
                 )
 
-        try:
-            await self.dedupe.run(("mirror", image.base, image.repository, query, blob.digest), fetch)
+        verify = self.adapter.options.verify
+        try:  # a digest-checked warm does not join one that only counted bytes
+            await self.dedupe.run(("mirror", image.base, image.repository, query, blob.digest, verify), fetch)
         except PreheatError as error:
             self._fail(endpoint, blob, str(error))
             return False

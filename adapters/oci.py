@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import cachetools
@@ -41,6 +41,7 @@ MAX_REDIRECTS = 5
 RETRY_ATTEMPTS = 4
 RETRY_BASE_SECONDS = 0.5
 RETRY_AFTER_CAP_SECONDS = 30.0
+Verify = Literal["digest", "size"]
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = rf"{_COMPONENT}(?:/{_COMPONENT})*"
@@ -320,25 +321,29 @@ class OciClient:
         on_bytes: Callable[[int], None] | None = None,
         url: str | None = None,
         throttle: Throttle | None = None,
+        verify: Verify = "digest",
     ) -> int:
-        """Stream one blob to the end through a sha256 check into a fresh sink per attempt."""
+        """Stream one blob to the end into a fresh sink per attempt, checked by ``verify``:
+        its sha256 (``digest``) or only its length (``size``, for a cache that checks digests itself)."""
         url = url or ref.blob_url(blob.digest) + query
-        return await self.retrying(lambda: self._fetch_once(url, ref, blob, auth, open_sink, on_bytes, throttle))
+        return await self.retrying(lambda: self._fetch_once(url, ref, blob, auth, open_sink, on_bytes, throttle, verify))
 
     async def _fetch_once(
         self, url: str, ref: ImageRef, blob: Blob, auth: RegistryAuth,
-        open_sink: Callable[[], BlobSink], on_bytes: Callable[[int], None] | None, throttle: Throttle | None,
+        open_sink: Callable[[], BlobSink], on_bytes: Callable[[int], None] | None, throttle: Throttle | None, verify: Verify,
     ) -> int:
         where = f"blob {blob.digest} of {ref.repository} from {ref.host}"
         sink = open_sink()
         try:
             async with self.open(url, auth, ref, what=where) as response:
                 try:
-                    size, got = await drain(response, sink, on_bytes=on_bytes, throttle=throttle)
+                    size, got = await drain(response, sink, on_bytes=on_bytes, throttle=throttle, hashing=verify == "digest")
                 except BrokenStream as broken:
                     raise RegistryError(f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True) from None
-            if got != blob.digest:
+            if verify == "digest" and got != blob.digest:
                 raise RegistryError(f"{where} failed its digest check (got {got}, {size} bytes); the registry or a cache in between served corrupt data")
+            if verify == "size" and size != blob.size:
+                raise RegistryError(f"{where} was {size} bytes where the manifest says {blob.size}; the registry or a cache in between served the wrong data")
             sink.commit()
             return size
         except BaseException:
@@ -484,8 +489,10 @@ class BrokenStream(Exception):
 
 async def drain(
     response: httpx.Response, sink: BlobSink, *, on_bytes: Callable[[int], None] | None = None, throttle: Throttle | None = None,
+    hashing: bool = True,
 ) -> tuple[int, str]:
-    """Read a body to the end into ``sink`` through sha256, in bounded chunks; returns (bytes, ``sha256:...``).
+    """Read a body to the end into ``sink`` through sha256, in bounded chunks; returns (bytes, ``sha256:...``),
+    or (bytes, ``""``) when ``hashing`` is off.
 
     The one streaming loop for blobs and files. A transport failure mid-body becomes
     :class:`BrokenStream`, which callers turn into their own retryable error.
@@ -493,7 +500,8 @@ async def drain(
     digest, size = hashlib.sha256(), 0
     try:
         async for chunk in response.aiter_bytes():
-            digest.update(chunk)
+            if hashing:
+                digest.update(chunk)
             sink.write(chunk)
             size += len(chunk)
             if on_bytes is not None:
@@ -502,7 +510,7 @@ async def drain(
                 await throttle.consume(len(chunk))
     except httpx.TransportError as error:
         raise BrokenStream(size, _describe(error)) from None
-    return size, "sha256:" + digest.hexdigest()
+    return size, ("sha256:" + digest.hexdigest() if hashing else "")
 
 
 async def get_following_redirects(

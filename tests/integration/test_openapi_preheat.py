@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HarborToken, MakeCache, MakeGateway, OriginImages
-from tests.gateway_process import gateway_config
+from tests.gateway_process import gateway_config, run_cli
 from tests.harbor.driver import FAIL, SUCCESS, DragonflyDriver
 from tests.registry import Registry, wait_until
 from tests.tcprelay import TcpRelay
@@ -68,6 +68,29 @@ def test_all_seed_peers_warms_every_cache_of_a_mirror_cluster(make_gateway: Make
     for cache in caches:
         for digest in images.single.blob_digests:
             assert cache.wait_for_blob(digest), f"{digest} never reached {cache.url}"
+
+
+def test_verify_size_warms_every_cache_counting_bytes_instead_of_hashing_them(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+    caches = [make_cache(), make_cache()]
+    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(*caches, verify="size")]))
+    harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
+
+    status = harbor.run_task(manifest_url(origin, "library/app", "1.0"), {"Authorization": harbor_token("library/app")}, scope="all_seed_peers")
+
+    assert status.status == SUCCESS, status.error
+    for cache in caches:
+        for digest in images.single.blob_digests:
+            assert cache.wait_for_blob(digest), f"{digest} never reached {cache.url}"
+
+
+def test_an_unknown_verify_mode_is_refused_with_its_path(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("clusters:\n  - {id: 1, name: m, adapter: mirror, endpoints: [{url: 'http://127.0.0.1:5000'}], verify: md5}\n")
+
+    result = run_cli("check-config", str(config), check=False)
+
+    assert result.returncode == 2
+    assert "clusters[0].verify: invalid enum value 'md5'" in result.stdout
 
 
 def test_single_seed_peer_warms_each_blob_on_one_cache(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:

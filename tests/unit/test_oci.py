@@ -1,11 +1,30 @@
-"""Manifest URLs, references and platform choice (adapters/oci.py)."""
+"""Manifest URLs, references, platform choice and how a blob is checked (adapters/oci.py)."""
 
 from __future__ import annotations
+
+import hashlib
 
 import msgspec
 import pytest
 
-from adapters.oci import INDEX_TYPES, OCI_INDEX, ImageRef, Manifest, RegistryError, _ManifestDoc, parse_manifest_url, select_platforms
+from adapters.oci import (
+    INDEX_TYPES,
+    OCI_INDEX,
+    Blob,
+    DiscardSink,
+    ImageRef,
+    Manifest,
+    OciClient,
+    RegistryAuth,
+    RegistryError,
+    Verify,
+    _ManifestDoc,
+    parse_manifest_url,
+    select_platforms,
+)
+from adapters.transport import new_client
+from adapters.urlpolicy import URLPolicy
+from tests.fakes.raw_http import answering, serve
 
 
 def test_manifest_urls_split_into_registry_repository_and_reference() -> None:
@@ -43,3 +62,40 @@ def test_a_platform_picks_one_entry_and_all_picks_every_runnable_one() -> None:
 def test_a_missing_platform_says_which_ones_exist() -> None:
     with pytest.raises(RegistryError, match=r"no matching manifest for platform linux/s390x in app:1 \(it has linux/amd64\)"):
         select_platforms(index({"os": "linux", "architecture": "amd64"}), "linux/s390x", REF)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+BLOB = b"layer bytes " * 100
+BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+def blob_answer(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def fetch(base_url: str, verify: Verify) -> int:
+    async with new_client(timeout=5) as http:
+        client = OciClient(http, URLPolicy(allow=("127.0.0.1",)))
+        ref = parse_manifest_url(f"{base_url}/v2/library/app/manifests/1.0")
+        return await client.fetch_blob(ref, Blob(BLOB_DIGEST, len(BLOB), ""), RegistryAuth(), DiscardSink, verify=verify)
+
+
+@pytest.mark.anyio
+async def test_a_digest_check_catches_corrupt_bytes_that_a_size_check_lets_through() -> None:
+    corrupt = b"L" + BLOB[1:]
+    async with serve(answering(blob_answer(corrupt))) as url:
+        with pytest.raises(RegistryError, match="failed its digest check"):
+            await fetch(url, "digest")
+        assert await fetch(url, "size") == len(BLOB)
+
+
+@pytest.mark.anyio
+async def test_a_size_check_catches_a_blob_of_the_wrong_length() -> None:
+    async with serve(answering(blob_answer(BLOB[:-1]))) as url:
+        with pytest.raises(RegistryError, match=f"was {len(BLOB) - 1} bytes where the manifest says {len(BLOB)}"):
+            await fetch(url, "size")
+
