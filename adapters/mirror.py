@@ -3,8 +3,9 @@ projects, Zot, Spegel, dfdaemon's registry mirror).
 
 A cache is warmed the way a node would warm it: by pulling through it. The gateway reads
 ``GET {url}/v2/{path_prefix}{repository}/manifests/{reference}`` and then every blob to the
-end (digest-checked, or length-checked with ``verify: size``), appending ``?ns={origin host}`` for caches that use containerd's
-convention. The cache fetches from the origin with its own credentials and keeps a copy.
+end (digest-checked, or length-checked with ``verify: size``), appending ``?ns={origin host}``
+for caches that use containerd's convention. The cache fetches from the origin with its own
+credentials and keeps a copy.
 
 Scopes: ``single_seed_peer`` (default) warms each blob on one endpoint, moving to the next
 endpoint when one fails; ``all_seed_peers`` and ``all_peers`` warm every endpoint. The task
@@ -238,6 +239,7 @@ class _Run:
     async def warm(self, endpoint: _Endpoint, blob: Blob) -> bool:
         image = endpoint.image(self.origin)
         query = endpoint.query(self.origin)
+        verify = self.adapter.options.verify
 
         async def fetch() -> int:
             async with endpoint.semaphore:  # only real fetches take a slot, not joiners
@@ -246,7 +248,6 @@ class _Run:
                     throttle=self.adapter.throttle, verify=verify,
                 )
 
-        verify = self.adapter.options.verify
         try:  # a digest-checked warm does not join one that only counted bytes
             await self.dedupe.run(("mirror", image.base, image.repository, query, blob.digest, verify), fetch)
         except PreheatError as error:
