@@ -19,10 +19,14 @@ class ClusterHealth:
         self._cache: dict[int, tuple[float, dict[str, Any]]] = {}
         self._inflight: dict[int, asyncio.Task[dict[str, Any]]] = {}
 
-    async def get(self, cluster_id: int) -> dict[str, Any]:
+    def _fresh(self, cluster_id: int) -> dict[str, Any] | None:
+        """The cached result while it is younger than ``ttl``, else None."""
         cached = self._cache.get(cluster_id)
-        if cached is not None and time.monotonic() - cached[0] < self.ttl:
-            return cached[1]
+        return cached[1] if cached is not None and time.monotonic() - cached[0] < self.ttl else None
+
+    async def get(self, cluster_id: int) -> dict[str, Any]:
+        if (fresh := self._fresh(cluster_id)) is not None:
+            return fresh
         task = self._inflight.get(cluster_id)
         if task is None:
             task = asyncio.create_task(self._probe(cluster_id))
@@ -35,8 +39,7 @@ class ClusterHealth:
         return {cluster_id: body for cluster_id, (_, body) in self._cache.items()}
 
     async def all(self) -> dict[int, dict[str, Any]]:
-        now = time.monotonic()
-        fresh = {i: entry[1] for i in self.adapters if (entry := self._cache.get(i)) is not None and now - entry[0] < self.ttl}
+        fresh = {i: body for i in self.adapters if (body := self._fresh(i)) is not None}
         if len(fresh) == len(self.adapters):  # the common case under load: no task per cluster and call
             return fresh
         ids = list(self.adapters)
