@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import msgspec.inspect
 import yaml
 
 from adapters import registry as adapter_registry
@@ -338,13 +339,17 @@ _SECTIONS: dict[str, type[_Section]] = {
 }
 
 
-def _describe(error: msgspec.ValidationError, prefix: str) -> str:
-    """Turn msgspec's ``Expected `int`, got `str` - at `$.id``` into ``clusters[2].id: expected int, got str``."""
+def _describe(error: msgspec.ValidationError, prefix: str, struct: type[Any]) -> str:
+    """Turn msgspec's ``Expected `int`, got `str` - at `$.id``` into ``clusters[2].id: expected int, got str``,
+    and name the allowed values when a value is not one of them."""
     text = str(error)
     message, _, where = text.rpartition(" - at `")
     if not message:
         message, where = text, "$`"
-    path = prefix + where.rstrip("`")[1:]
+    where = where.rstrip("`")
+    if choices := _choices(struct, where):
+        message += f" (allowed: {', '.join(map(str, choices))})"
+    path = prefix + where[1:]
     if match := re.match(r"Object contains unknown field `(.+)`", message):
         path, message = f"{path}.{match[1]}", "unknown key"
     elif match := re.match(r"Object missing required field `(.+)`", message):
@@ -357,6 +362,33 @@ def _describe(error: msgspec.ValidationError, prefix: str) -> str:
     return f"{path.lstrip('.')}: {message}"
 
 
+def _choices(struct: type[Any], where: str) -> tuple[Any, ...]:
+    """The values the ``Literal`` at msgspec's error path (``$.endpoints[0].verify``) allows; () if none."""
+    info: Any = msgspec.inspect.type_info(struct)
+    for field in re.findall(r"\.(\w+)|\[\d+\]", where):  # "" for a list index
+        info = _without_none(info)
+        if field:
+            fields = {f.encode_name: f.type for f in getattr(info, "fields", ())}
+            if field not in fields:
+                return ()
+            info = fields[field]
+        elif hasattr(info, "item_type"):
+            info = info.item_type
+        else:
+            return ()
+    info = _without_none(info)
+    return info.values if isinstance(info, msgspec.inspect.LiteralType) else ()
+
+
+def _without_none(info: Any) -> Any:
+    """``X | None`` as ``X`` (the type a value that is present must have)."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        rest = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(rest) == 1:
+            return rest[0]
+    return info
+
+
 def _convert_reporting_all(raw: Any, struct: type[Any], where: str, errors: list[str]) -> Any:
     """Decode ``raw``; msgspec stops at the first problem, so drop each unknown key and go on."""
     raw = dict(raw) if isinstance(raw, dict) else raw
@@ -364,7 +396,7 @@ def _convert_reporting_all(raw: Any, struct: type[Any], where: str, errors: list
         try:
             return msgspec.convert(raw, struct)
         except msgspec.ValidationError as error:
-            errors.append(_describe(error, where))
+            errors.append(_describe(error, where, struct))
             unknown = re.match(r"Object contains unknown field `(.+?)`(?: - at `\$`)?$", str(error))
             if not unknown or not isinstance(raw, dict):
                 return None
@@ -427,7 +459,7 @@ def _build_clusters(raw_clusters: Any, errors: list[str]) -> list[Cluster]:
         try:
             config = msgspec.convert({k: v for k, v in raw.items() if k in common}, ClusterConfig)
         except msgspec.ValidationError as error:
-            errors.append(_describe(error, where))
+            errors.append(_describe(error, where, ClusterConfig))
             continue
         if config.id in seen_ids:
             errors.append(f"{where}.id: {config.id} is already used by {seen_ids[config.id]}")

@@ -173,6 +173,7 @@ def test_without_an_explicit_mode_none_a_request_without_credentials_is_refused(
     ({"custom_header": "Authorization"}, "auth.custom_header: 'Authorization' is reserved"),
     ({"custom_header": "X Api Key"}, "auth.custom_header: 'X Api Key' is not an HTTP header name"),
     ({"tokens": False}, "say mode: none explicitly"),
+    ({"mode": "sometimes"}, "auth.mode: invalid enum value 'sometimes' (allowed: none, required)"),
 ])
 def test_auth_config_mistakes_are_reported_by_path(auth: dict[str, object], words: str, tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"

@@ -90,7 +90,7 @@ def test_an_unknown_verify_mode_is_refused_with_its_path(tmp_path: Path) -> None
     result = run_cli("check-config", str(config), check=False)
 
     assert result.returncode == 2
-    assert "clusters[0].verify: invalid enum value 'md5'" in result.stdout
+    assert "clusters[0].verify: invalid enum value 'md5' (allowed: digest, size)" in result.stdout
 
 
 def test_single_seed_peer_warms_each_blob_on_one_cache(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:

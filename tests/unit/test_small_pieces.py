@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from adapters.base import Deduper
-from gateway.config import parse_duration
+from gateway.config import ConfigError, build_config, parse_duration
 from gateway.dialects.dragonfly import parse_create
 from gateway.httputil import json_depth
 from gateway.jobs import InvalidRequest
@@ -23,6 +23,17 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_a_bad_duration_says_what_a_good_one_looks_like() -> None:
     with pytest.raises(ValueError, match="like 30s, 15m, 12h or 90d"):
         parse_duration("soon")
+
+
+def test_a_value_outside_a_fixed_set_is_reported_with_the_allowed_ones() -> None:
+    mirror = {"id": 1, "name": "m", "adapter": "mirror", "endpoints": [{"url": "http://127.0.0.1:5000"}]}
+    with pytest.raises(ConfigError) as raised:
+        build_config({"auth": {"mode": "sometimes"}, "clusters": [{**mirror, "verify": 7}]}, source="test")
+
+    assert raised.value.errors == [
+        "auth.mode: invalid enum value 'sometimes' (allowed: none, required)",
+        "clusters[0].verify: expected str, got int (allowed: digest, size)",
+    ]
 
 
 def test_the_same_warm_runs_once_while_in_flight_and_is_reused_within_the_window() -> None:
