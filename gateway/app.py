@@ -35,6 +35,7 @@ from gateway.config import Config
 from gateway import console
 from gateway.endpoints import kraken, legacy, openapi, probes
 from gateway.fastpath import FastStatusMiddleware
+from gateway.gcpolicy import CollectorPolicy
 from gateway.health import ClusterHealth
 from gateway.httputil import APIError, error_response
 from gateway.jobs import InvalidRequest, JobService
@@ -105,6 +106,7 @@ class Gateway:
         self.rendered: cachetools.TTLCache[tuple[str, int], bytes] = cachetools.TTLCache(maxsize=20_000, ttl=300)
         self._lock_file: Any = None
         self._lag_watch: asyncio.Task[None] | None = None
+        self._collector = CollectorPolicy(self.metrics.gc_pauses)
 
     async def start(self) -> None:
         if self.store.dialect == "sqlite":
@@ -116,9 +118,11 @@ class Gateway:
             await self._print_first_token()
         await self.runner.start()
         self._lag_watch = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
+        self._collector.settle()
         log.info("serving %d cluster(s) from %s with store %s", len(self.adapters), self.config.source, self.store.dialect)
 
     async def stop(self) -> None:
+        self._collector.restore()
         if self._lag_watch is not None:
             self._lag_watch.cancel()
         await self.runner.stop()

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 PREFIX = "preheat_gateway"
 TASK_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
 class Metrics:
@@ -38,6 +39,8 @@ class Metrics:
         self.rate_limited = Counter(f"{PREFIX}_rate_limited_total", "Job creations refused by the rate limit.", registry=r)
         self.loop_lag = Histogram(f"{PREFIX}_event_loop_lag_seconds", "How late a timer fires: high values mean the API waits behind "
                                   "warming work (lower runner.workers).", buckets=HTTP_BUCKETS, registry=r)
+        self.gc_pauses = Histogram(f"{PREFIX}_gc_pause_seconds", "How long each garbage collection stopped the event loop, by "
+                                   "generation (2: a full collection).", ["generation"], buckets=GC_BUCKETS, registry=r)
 
     async def watch_loop_lag(self, interval: float = 0.25) -> None:
         """Measure, until cancelled, how late the event loop runs a timer: the delay every request also sees."""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
 from adapters.base import Deduper
 from gateway.config import ConfigError, build_config, parse_duration
 from gateway.dialects.dragonfly import parse_create
+from gateway.gcpolicy import YOUNG_GENERATION_THRESHOLD, CollectorPolicy
 from gateway.httputil import json_depth
 from gateway.jobs import InvalidRequest
 from gateway.logs import RedactingFilter, redact
@@ -112,3 +115,23 @@ def test_public_args_never_carry_secrets() -> None:
 def test_unsupported_job_types_are_named() -> None:
     with pytest.raises(InvalidRequest, match="job type 'sync_peers'"):
         parse_create(b'{"type":"sync_peers","args":{"url":"x"}}')
+
+
+def test_after_start_up_the_collector_skips_what_exists_collects_young_objects_less_often_and_is_timed() -> None:
+    registry = CollectorRegistry()
+    pauses = Histogram("pauses", "", ["generation"], registry=registry)
+    policy, before = CollectorPolicy(pauses), gc.get_threshold()
+
+    policy.settle()
+    try:
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, *before[1:])
+        gc.collect(0)
+        assert registry.get_sample_value("pauses_count", {"generation": "0"}) == 1
+        assert registry.get_sample_value("pauses_count", {"generation": "2"}) == 0  # the one at start-up is not counted
+    finally:
+        policy.restore()
+
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    gc.collect(0)
+    assert registry.get_sample_value("pauses_count", {"generation": "0"}) == 1
