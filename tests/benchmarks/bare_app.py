@@ -1,4 +1,8 @@
-"""A bare Starlette route returning fixed bytes: the ceiling the gateway's status route is measured against."""
+"""Bare Starlette routes returning fixed bytes: the ceiling the gateway's routes are measured against.
+
+``GET /oapi/v1/jobs/{id}`` stands beside the status route (``bench_polling``); ``POST /oapi/v1/jobs``
+beside the create route (``bench_thousand_tags``), answering without doing any work.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ async def job(_request: Request) -> Response:
     return Response(BODY, media_type="application/json")
 
 
-app = Starlette(routes=[Route("/oapi/v1/jobs/{id:int}", job)])
+app = Starlette(routes=[Route("/oapi/v1/jobs/{id:int}", job), Route("/oapi/v1/jobs", job, methods=["POST"])])
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools", log_level="warning",

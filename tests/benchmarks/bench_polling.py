@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 
-from tests.benchmarks.common import peak_rss_mib, wait_http, wrk
+from tests.benchmarks.common import BareApp, peak_rss_mib, wrk
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.registry import free_port
 
@@ -40,14 +38,12 @@ def main() -> None:
     body = client.get(f"/oapi/v1/jobs/{job_id}").content
     (work / "body.json").write_bytes(body)
 
-    bare_port = free_port()
-    bare = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.bare_app", str(bare_port), str(work / "body.json")])
+    bare = BareApp(work / "body.json")
     try:
-        wait_http(f"http://127.0.0.1:{bare_port}/oapi/v1/jobs/1")
         headers = {"Authorization": f"Bearer {gateway.token}"}
         wrk(f"{gateway.url}/oapi/v1/jobs/{job_id}", seconds=2, connections=args.connections, headers=headers)  # warm up
-        wrk(f"http://127.0.0.1:{bare_port}/oapi/v1/jobs/{job_id}", seconds=2, connections=args.connections)
-        bare_url, gateway_url = f"http://127.0.0.1:{bare_port}/oapi/v1/jobs/{job_id}", f"{gateway.url}/oapi/v1/jobs/{job_id}"
+        wrk(f"{bare.url}/oapi/v1/jobs/{job_id}", seconds=2, connections=args.connections)
+        bare_url, gateway_url = f"{bare.url}/oapi/v1/jobs/{job_id}", f"{gateway.url}/oapi/v1/jobs/{job_id}"
         rounds = []
         for number in range(args.rounds):  # interleaved, the order alternating, so a noisy neighbour hits both alike
             results = {}
@@ -66,7 +62,7 @@ def main() -> None:
               f"the bare route's worst {max(b.p99_ms for b, _ in rounds):.1f} ms); "
               f"gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB")  # type: ignore[union-attr]
     finally:
-        bare.terminate()
+        bare.stop()
         gateway.kill()
 
 

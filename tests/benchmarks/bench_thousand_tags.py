@@ -9,10 +9,12 @@ Tasks poll every 10 s, as Harbor does (``--poll`` to change it); the wall time i
 the jobs' own ``updated_at``, so it does not depend on when the last poll happened.
 
 The create latency is taken by a second Harbor (``create_probe``, its own process), since the
-load generator's own figures include its queueing. Also reported: who used the two cores, and
-how long the gateway's event-loop thread waited for one. ``--own-core`` gives the gateway and
-the probe core 1 and everything else core 0, the way production puts Harbor and the
-registries on other machines.
+load generator's own figures include its queueing. A twin probe times a bare Starlette route
+(``bare_app``: the same POST answered with fixed bytes, no work) on the same machine at the
+same moments: what any Python service would see there. Also reported: who used the two
+cores, and how long the gateway's event-loop thread waited for one. ``--own-core`` gives the
+gateway, the bare route and both probes core 1 and everything else core 0, the way
+production puts Harbor and the registries on other machines.
 
 Run:  .venv/bin/python -m tests.benchmarks.bench_thousand_tags [--tags 1000] [--spread 3] [--own-core]
 """
@@ -31,14 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 from adapters.transport import new_client
-from tests.benchmarks.common import cpu_seconds, peak_rss_mib, pin
+from tests.benchmarks.common import BareApp, cpu_seconds, peak_rss_mib, pin
 from tests.conftest import CACHE_PASSWORD, CACHE_USER, USERS
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.registry import (
@@ -132,12 +134,10 @@ async def run_policy(gateway: GatewayProcess, origin_url: str, token: TokenServi
 class CreateProbe:
     """A second Harbor in its own process (``create_probe``): a create every 100 ms on a kept-alive connection."""
 
-    def __init__(self, gateway: GatewayProcess, url: str, token: TokenService, workdir: Path) -> None:
-        body = workdir / "probe-body.json"
-        body.write_text(json.dumps({"type": "preheat", "args": {"type": "image", "url": url, "headers": {"Authorization": f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"}}}))
+    def __init__(self, jobs_url: str, gateway_token: str, body: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.benchmarks.create_probe", f"{gateway.url}/oapi/v1/jobs", str(body), "0.1"],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PROBE_TOKEN": gateway.token},
+            [sys.executable, "-m", "tests.benchmarks.create_probe", jobs_url, str(body), "0.1"],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PROBE_TOKEN": gateway_token},
         )
 
     def stop(self) -> list[tuple[float, float]]:
@@ -145,6 +145,18 @@ class CreateProbe:
         self.process.terminate()
         output, _ = self.process.communicate(timeout=30)
         return [(float(when), float(seconds)) for when, seconds in (line.split() for line in output.splitlines())]
+
+
+def _job_sized_body(path: Path) -> Path:
+    """What the bare route answers a create with: a pending job the size of the gateway's answer."""
+    now = datetime.now().astimezone().isoformat(timespec="seconds")
+    path.write_text(json.dumps({
+        "id": 1, "task_id": "group_" + "0" * 36, "bio": "", "type": "preheat", "state": "PENDING",
+        "args": {"type": "image", "url": f"http://127.0.0.1:5000/v2/{REPOSITORY}/manifests/v0", "tag": "", "filtered_query_params": "",
+                 "scope": "all_seed_peers", "concurrent_count": 0, "platform": "", "timeout": 0},
+        "result": None, "user_id": 0, "scheduler_clusters": [{"id": 1}], "created_at": now, "updated_at": now,
+    }))
+    return path
 
 
 def percentiles(latencies: list[float]) -> str:
@@ -174,6 +186,18 @@ def loop_lag(metrics: str) -> str:
     mean = float(re.search(r"event_loop_lag_seconds_sum ([\d.e+-]+)", metrics).group(1)) / max(total, 1)  # type: ignore[union-attr]
     p99 = next(le for le, count in buckets if count >= 0.99 * total)
     return f"mean {mean * 1000:.1f} ms, p99 <= {p99 * 1000:.0f} ms ({total:.0f} samples)"
+
+
+def gc_pauses(metrics: str) -> str:
+    """The gateway's garbage collections over its life, by generation, from its pause histogram."""
+    parts = []
+    for generation, name in (("0", "young"), ("1", "middle"), ("2", "full")):
+        count = float(re.search(rf'gc_pause_seconds_count\{{generation="{generation}"\}} ([\d.e+]+)', metrics).group(1))  # type: ignore[union-attr]
+        total = float(re.search(rf'gc_pause_seconds_sum\{{generation="{generation}"\}} ([\d.e+-]+)', metrics).group(1))  # type: ignore[union-attr]
+        buckets = re.findall(rf'gc_pause_seconds_bucket\{{generation="{generation}",le="([^"]+)"\}} ([\d.e+]+)', metrics)
+        longest = next(le for le, seen in buckets if float(seen) >= count)
+        parts.append(f"{name} {count:.0f} taking {total * 1000:.0f} ms, the longest <= {longest} s")
+    return "; ".join(parts)
 
 
 class CpuShares:
@@ -229,7 +253,7 @@ def main() -> None:
     token = TokenService(USERS, work / "token", grants={CACHE_USER: {"pull"}})
     origin = start_registry(work / "origin", token=token)
     caches = []
-    gateway = None
+    gateway = bare = None
     try:
         pushed = time.monotonic()
         unique, first_manifest = push_tags(origin, token, args.tags, [args.base_mib << 20] * 4)
@@ -237,19 +261,26 @@ def main() -> None:
         caches = [start_registry(work / f"cache{i}", proxy_remote=origin.url, proxy_username=CACHE_USER, proxy_password=CACHE_PASSWORD) for i in range(2)]
         cluster = {"id": 1, "name": "mirrors", "adapter": "mirror", "endpoints": [{"url": c.url} for c in caches]}
         gateway = GatewayProcess(work / "gateway", gateway_config(work, clusters=[cluster], runner={"workers": args.workers})).start()
+        bare = BareApp(_job_sized_body(work / "bare-body.json"))
         if args.own_core:
             pin(gateway.process.pid, {1})  # type: ignore[union-attr]
+            pin(bare.process.pid, {1})
         gateway.token  # created before the clock starts
 
         cpu = CpuShares(gateway.process.pid, {"origin": origin.pid, "cache 1": caches[0].pid, "cache 2": caches[1].pid})  # type: ignore[union-attr]
         # The probe's own jobs name v0 by digest: a cache answers those from its disk without
         # asking the origin again, so the instrument adds as little registry work as it can.
-        probe = CreateProbe(gateway, f"{origin.url}/v2/{REPOSITORY}/manifests/{first_manifest}", token, work)
+        body = work / "probe-body.json"
+        body.write_text(json.dumps({"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/{REPOSITORY}/manifests/{first_manifest}",
+                                                                "headers": {"Authorization": f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"}}}))
+        probe = CreateProbe(f"{gateway.url}/oapi/v1/jobs", gateway.token, body)
+        bare_probe = CreateProbe(f"{bare.url}/oapi/v1/jobs", gateway.token, body)
         if args.own_core:
             pin(probe.process.pid, {1})
+            pin(bare_probe.process.pid, {1})
         arrivals_end = time.time() + args.spread + 2
         outcomes, creates, wall = asyncio.run(run_policy(gateway, origin.url, token, args.tags, args.spread, args.poll))
-        probed = probe.stop()
+        probed, bare_probed = probe.stop(), bare_probe.stop()
         shares = cpu.report()
 
         metrics = httpx.get(f"{gateway.url}/metrics").text
@@ -260,20 +291,24 @@ def main() -> None:
         print(f"tasks: {args.tags}, outcomes: { {o: outcomes.count(o) for o in set(outcomes)} }")
         print(f"create latency seen by the load generator (one Python process, includes its own queueing): "
               f"p50 {statistics.median(creates) * 1000:.1f} ms, p99 {creates[int(len(creates) * 0.99) - 1] * 1000:.1f} ms")
-        print(f"create latency seen by a second Harbor (create_probe: one create every 100 ms, kept-alive connection, goal p99 < 50 ms): whole run {percentiles([s for _, s in probed])}; "
-              f"while the tasks arrive {percentiles([s for t, s in probed if t < arrivals_end])}; "
-              f"afterwards {percentiles([s for t, s in probed if t >= arrivals_end])}")
+        for name, samples in (("the gateway's create (goal p99 < 50 ms)", probed), ("a bare Starlette route, same machine, same moments", bare_probed)):
+            print(f"create latency seen by a second Harbor (create_probe: one create every 100 ms, kept-alive connection) on {name}: "
+                  f"whole run {percentiles([s for _, s in samples])}; while the tasks arrive {percentiles([s for t, s in samples if t < arrivals_end])}; "
+                  f"afterwards {percentiles([s for t, s in samples if t >= arrivals_end])}")
         print(f"gateway blob fetches / (unique blobs x caches) = {fetched:.0f} / {expected} = {fetched / expected:.2f} (goal 1.00)")
         print(f"blobs the caches fetched from the origin and stored / (unique blobs x caches) = {stored} / {expected} = {stored / expected:.2f}")
         server = server_view(metrics)
         print(f"server side: POST /oapi/v1/jobs mean {server['post']:.1f} ms; store mean per call (ms): "
               + ", ".join(f"{op} {server[op]:.1f}" for op in ("create_job", "claim_tasks", "save_progress", "finish_task", "get_job")))
         print(f"gateway event loop lag (a timer's delay; every request waits it too): {loop_lag(metrics)}")
+        print(f"gateway garbage collections (each stops the event loop): {gc_pauses(metrics)}")
         print(shares)
         print(f"wall time first create -> last job's end: {wall:.0f} s; gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB")  # type: ignore[union-attr]
     finally:
         if gateway is not None:
             gateway.kill()
+        if bare is not None:
+            bare.stop()
         for registry in [*caches, origin]:
             registry.stop()
         token.close()

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,3 +79,23 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} never answered")
+
+
+class BareApp:
+    """``bare_app`` (bare Starlette routes answering ``body``) in a uvicorn process of its own, on loopback."""
+
+    def __init__(self, body: Path) -> None:
+        from tests.registry import free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.bare_app", str(port), str(body)])
+        try:
+            wait_http(f"{self.url}/oapi/v1/jobs/1")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
