@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
 
 import httpx
 import pytest
@@ -91,3 +93,19 @@ async def test_proxies_from_the_environment_are_used_unless_no_proxy_names_the_h
             async with new_client(timeout=5) as client:
                 assert (await client.get(f"{url}/direct")).text == "ok"
     assert proxy.count("/through") == 1 and proxy.count("/direct") == 0
+
+
+async def test_a_closed_response_is_freed_at_once_without_the_cycle_collector() -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with serve(answering(ok)) as url, new_client(timeout=5) as client:
+        gc.collect()
+        gc.disable()
+        try:
+            read = await client.get(url)
+            async with client.stream("GET", url) as streamed:
+                await streamed.aread()
+            gone = [weakref.ref(read), weakref.ref(streamed)]
+            del read, streamed
+            assert [ref() for ref in gone] == [None, None]
+        finally:
+            gc.enable()
