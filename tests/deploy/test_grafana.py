@@ -18,7 +18,7 @@ COUNTERS = {
 GAUGES = {"preheat_gateway_jobs", "preheat_gateway_cluster_up"}
 HISTOGRAMS = {
     "preheat_gateway_task_duration_seconds", "preheat_gateway_http_request_duration_seconds",
-    "preheat_gateway_store_duration_seconds",
+    "preheat_gateway_store_duration_seconds", "preheat_gateway_event_loop_lag_seconds", "preheat_gateway_gc_pause_seconds",
 }
 SERIES = COUNTERS | GAUGES | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "count", "sum")}
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "le"}
