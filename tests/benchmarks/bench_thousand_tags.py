@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.transport import new_client
 from tests.benchmarks.common import BareApp, cpu_seconds, peak_rss_mib, pin
@@ -166,38 +167,53 @@ def percentiles(latencies: list[float]) -> str:
     return f"p50 {statistics.median(ordered) * 1000:.1f} ms, p99 {ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000:.1f} ms ({len(ordered)} creates)"
 
 
-def server_view(metrics: str) -> dict[str, float]:
-    """Mean latencies (ms) the gateway measured itself, from its Prometheus histograms."""
-    def mean(pattern: str) -> float:
-        sums = [float(v) for v in re.findall(pattern.format(kind="sum") + r" ([\d.e+-]+)", metrics)]
-        counts = [float(v) for v in re.findall(pattern.format(kind="count") + r" ([\d.e+-]+)", metrics)]
-        return 1000 * sum(sums) / max(1.0, sum(counts))
+class Scrape:
+    """The gateway's ``/metrics``, read once with prometheus_client's own parser."""
 
-    view = {"post": mean(r'preheat_gateway_http_request_duration_seconds_{kind}\{{method="POST",route="/oapi/v1/jobs",status="200"\}}')}
+    def __init__(self, text: str) -> None:
+        self.samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels``."""
+        return sum(s.value for s in self.samples if s.name == name and labels.items() <= s.labels.items())
+
+    def mean_ms(self, histogram: str, **labels: str) -> float:
+        return 1000 * self.total(f"{histogram}_sum", **labels) / max(1.0, self.total(f"{histogram}_count", **labels))
+
+    def bucket_holding(self, histogram: str, share: float, **labels: str) -> float:
+        """The upper bound of the first bucket that holds ``share`` of the observations."""
+        cumulative: dict[float, float] = {}
+        for sample in self.samples:
+            if sample.name == f"{histogram}_bucket" and labels.items() <= sample.labels.items():
+                bound = float(sample.labels["le"])
+                cumulative[bound] = cumulative.get(bound, 0.0) + sample.value
+        wanted = share * self.total(f"{histogram}_count", **labels)
+        return next(bound for bound in sorted(cumulative) if cumulative[bound] >= wanted)
+
+
+def server_view(scrape: Scrape) -> dict[str, float]:
+    """Mean latencies (ms) the gateway measured itself, from its Prometheus histograms."""
+    view = {"post": scrape.mean_ms("preheat_gateway_http_request_duration_seconds", method="POST", route="/oapi/v1/jobs", status="200")}
     for op in ("create_job", "claim_tasks", "save_progress", "finish_task", "get_job"):
-        view[op] = mean(rf'preheat_gateway_store_duration_seconds_{{kind}}\{{{{operation="{op}"\}}}}')
+        view[op] = scrape.mean_ms("preheat_gateway_store_duration_seconds", operation=op)
     return view
 
 
-def loop_lag(metrics: str) -> str:
+def loop_lag(scrape: Scrape) -> str:
     """Mean and the bucket holding p99 of the gateway's event loop lag histogram."""
-    buckets = [(float(le), float(count)) for le, count in re.findall(r'event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)', metrics)]
-    total = float(re.search(r"event_loop_lag_seconds_count ([\d.e+]+)", metrics).group(1))  # type: ignore[union-attr]
-    mean = float(re.search(r"event_loop_lag_seconds_sum ([\d.e+-]+)", metrics).group(1)) / max(total, 1)  # type: ignore[union-attr]
-    p99 = next(le for le, count in buckets if count >= 0.99 * total)
-    return f"mean {mean * 1000:.1f} ms, p99 <= {p99 * 1000:.0f} ms ({total:.0f} samples)"
+    name = "preheat_gateway_event_loop_lag_seconds"
+    p99 = scrape.bucket_holding(name, 0.99)
+    return f"mean {scrape.mean_ms(name):.1f} ms, p99 <= {p99 * 1000:.0f} ms ({scrape.total(f'{name}_count'):.0f} samples)"
 
 
-def gc_pauses(metrics: str) -> str:
+def gc_pauses(scrape: Scrape) -> str:
     """The gateway's garbage collections over its life, by generation, from its pause histogram."""
-    parts = []
-    for generation, name in (("0", "young"), ("1", "middle"), ("2", "full")):
-        count = float(re.search(rf'gc_pause_seconds_count\{{generation="{generation}"\}} ([\d.e+]+)', metrics).group(1))  # type: ignore[union-attr]
-        total = float(re.search(rf'gc_pause_seconds_sum\{{generation="{generation}"\}} ([\d.e+-]+)', metrics).group(1))  # type: ignore[union-attr]
-        buckets = re.findall(rf'gc_pause_seconds_bucket\{{generation="{generation}",le="([^"]+)"\}} ([\d.e+]+)', metrics)
-        longest = next(le for le, seen in buckets if float(seen) >= count)
-        parts.append(f"{name} {count:.0f} taking {total * 1000:.0f} ms, the longest <= {longest} s")
-    return "; ".join(parts)
+    name = "preheat_gateway_gc_pause_seconds"
+    return "; ".join(
+        f"{kind} {scrape.total(f'{name}_count', generation=g):.0f} taking {scrape.total(f'{name}_sum', generation=g) * 1000:.0f} ms, "
+        f"the longest <= {scrape.bucket_holding(name, 1.0, generation=g):g} s"
+        for g, kind in (("0", "young"), ("1", "middle"), ("2", "full"))
+    )
 
 
 class CpuShares:
@@ -283,8 +299,8 @@ def main() -> None:
         probed, bare_probed = probe.stop(), bare_probe.stop()
         shares = cpu.report()
 
-        metrics = httpx.get(f"{gateway.url}/metrics").text
-        fetched = float(re.search(r'preheat_gateway_blob_fetches_total\{outcome="fetched"\} ([\d.e+]+)', metrics).group(1))  # type: ignore[union-attr]
+        scrape = Scrape(httpx.get(f"{gateway.url}/metrics").text)
+        fetched = scrape.total("preheat_gateway_blob_fetches_total", outcome="fetched")
         stored = sum(cache.upstream_blob_fetches() for cache in caches)
         expected = len(unique) * len(caches)
         creates.sort()
@@ -297,11 +313,11 @@ def main() -> None:
                   f"afterwards {percentiles([s for t, s in samples if t >= arrivals_end])}")
         print(f"gateway blob fetches / (unique blobs x caches) = {fetched:.0f} / {expected} = {fetched / expected:.2f} (goal 1.00)")
         print(f"blobs the caches fetched from the origin and stored / (unique blobs x caches) = {stored} / {expected} = {stored / expected:.2f}")
-        server = server_view(metrics)
+        server = server_view(scrape)
         print(f"server side: POST /oapi/v1/jobs mean {server['post']:.1f} ms; store mean per call (ms): "
               + ", ".join(f"{op} {server[op]:.1f}" for op in ("create_job", "claim_tasks", "save_progress", "finish_task", "get_job")))
-        print(f"gateway event loop lag (a timer's delay; every request waits it too): {loop_lag(metrics)}")
-        print(f"gateway garbage collections (each stops the event loop): {gc_pauses(metrics)}")
+        print(f"gateway event loop lag (a timer's delay; every request waits it too): {loop_lag(scrape)}")
+        print(f"gateway garbage collections (each stops the event loop): {gc_pauses(scrape)}")
         print(shares)
         print(f"wall time first create -> last job's end: {wall:.0f} s; gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB")  # type: ignore[union-attr]
     finally:
