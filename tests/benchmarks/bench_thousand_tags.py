@@ -8,25 +8,27 @@ exactly once), wall time from first create to last SUCCESS, and the gateway's pe
 Tasks poll every 10 s, as Harbor does (``--poll`` to change it); the wall time is read from
 the jobs' own ``updated_at``, so it does not depend on when the last poll happened.
 
-The create latency is taken by a second Harbor (``create_probe``, its own process), since the
-load generator's own figures include its queueing. A twin probe times a bare Starlette route
+The tasks run in a few load-generator processes (``harbor_tasks``) on one schedule: a single
+Python process falls behind under a thousand tasks and sends them in clumps (up to 90 creates
+within 50 ms where the schedule had 30), which Harbor's Go job service would not. How clumped
+the creates really left is reported beside the schedule. The create latency is also taken by a
+second Harbor (``create_probe``, its own process), since the generators' figures include
+their own queueing. A twin probe times a bare Starlette route
 (``bare_app``: the same POST answered with fixed bytes, no work) on the same machine at the
 same moments: what any Python service would see there. Also reported: who used the two
 cores, and how long the gateway's event-loop thread waited for one. ``--own-core`` gives the
 gateway, the bare route and both probes core 1 and everything else core 0, the way
 production puts Harbor and the registries on other machines.
 
-Run:  .venv/bin/python -m tests.benchmarks.bench_thousand_tags [--tags 1000] [--spread 3] [--own-core]
+Run:  .venv/bin/python -m tests.benchmarks.bench_thousand_tags [--tags 1000] [--spread 3] [--generators 4] [--own-core]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
-import re
 import resource
 import statistics
 import subprocess
@@ -36,11 +38,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.transport import new_client
 from tests.benchmarks.common import BareApp, cpu_seconds, peak_rss_mib, pin
 from tests.conftest import CACHE_PASSWORD, CACHE_USER, USERS
 from tests.gateway_process import GatewayProcess, gateway_config
@@ -86,50 +88,46 @@ def push_tags(origin: object, token: TokenService, count: int, base_sizes: list[
     return unique, manifests[0]
 
 
-async def get(client: httpx.AsyncClient, path: str) -> httpx.Response:
-    """A GET, retried once on a connection the server closed meanwhile (as Go's client does)."""
-    try:
-        return await client.get(path)
-    except httpx.TransportError:
-        return await client.get(path)
-
-
-async def harbor_task(client: httpx.AsyncClient, url: str, header: str, delay: float, creates: list[float], poll: float) -> tuple[str, float]:
-    """Health check, create, poll: one task of Harbor's preheat execution."""
-    await asyncio.sleep(delay)
-    if (await get(client, "/healthy")).status_code != 200:
-        return "UNHEALTHY", 0.0
-    body = {"type": "preheat", "args": {"type": "image", "url": url, "tag": "", "filtered_query_params": "", "headers": {"Authorization": header},
-                                        "scope": "all_seed_peers", "concurrent_count": 0, "timeout": 0}, "scheduler_cluster_ids": None}
-    started = time.perf_counter()
-    response = await client.post("/oapi/v1/jobs", json=body)
-    creates.append(time.perf_counter() - started)
-    if response.status_code != 200:
-        return f"CREATE {response.status_code}", 0.0
-    job_id = response.json()["id"]
-    while True:
-        await asyncio.sleep(poll)
-        job = (await get(client, f"/oapi/v1/jobs/{job_id}")).json()
-        if job["state"] != "PENDING":
-            return job["state"], datetime.fromisoformat(job["updated_at"]).timestamp()
-
-
-async def run_policy(gateway: GatewayProcess, origin_url: str, token: TokenService, tags: int, spread: float, poll: float) -> tuple[list[str], list[float], float]:
-    """Run the tasks; returns their outcomes, the create latencies and the wall time to the last job's end."""
+def run_policy(gateway: GatewayProcess, origin_url: str, token: TokenService, tags: int, spread: float, poll: float,
+               generators: int, work: Path) -> Policy:
+    """Run the tasks in ``generators`` processes (``harbor_tasks``) on one schedule, starting 2 s from now."""
     header = f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"
-    creates: list[float] = []
-    # Harbor's Go client keeps a connection per task; httpcore's pool scheduler is quadratic in
-    # its size, so the load generator uses the gateway's own aiohttp-backed client.
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    client = new_client(timeout=30, limits=limits, trust_env=False, headers={"Authorization": f"Bearer {gateway.token}"})
-    client.base_url = httpx.URL(gateway.url)
-    async with client:
-        started = time.time()
-        results = await asyncio.gather(*(
-            harbor_task(client, f"{origin_url}/v2/{REPOSITORY}/manifests/v{tag}", header, random.uniform(0, spread), creates, poll)
-            for tag in range(tags)
-        ))
-        return [state for state, _ in results], creates, max(ended for _, ended in results) - started
+    begin = time.time() + 2.0  # the generators import and connect meanwhile
+    planned = [(f"{origin_url}/v2/{REPOSITORY}/manifests/v{tag}", begin + random.uniform(0, spread)) for tag in range(tags)]
+    processes = []
+    for share in range(generators):
+        plan = work / f"harbor-tasks-{share}.json"
+        plan.write_text(json.dumps({"gateway": gateway.url, "poll": poll, "header": header, "tasks": planned[share::generators]}))
+        with plan.open() as stdin:
+            processes.append(subprocess.Popen([sys.executable, "-m", "tests.benchmarks.harbor_tasks"], stdin=stdin, stdout=subprocess.PIPE,
+                                              text=True, env={**os.environ, "HARBOR_TOKEN": gateway.token}))
+    outcomes = [outcome for process in processes for outcome in json.loads(process.communicate()[0])]
+    return Policy(begin, [start for _, start in planned], outcomes)
+
+
+class Policy:
+    """What the Harbor tasks saw: per task its state, when its create left, how long it took, when its job ended."""
+
+    def __init__(self, begin: float, planned: list[float], outcomes: list[list[Any]]) -> None:
+        self.begin, self.planned = begin, planned
+        self.states = [state for state, _, _, _ in outcomes]
+        self.sent = [sent for _, sent, _, _ in outcomes if sent]
+        self.creates = sorted(seconds for _, sent, seconds, _ in outcomes if sent)
+        self.wall = max(ended for _, _, _, ended in outcomes) - begin
+
+    def clumps(self, window: float = 0.05) -> str:
+        """The most creates planned, and sent, within any ``window`` seconds: a load generator that
+        falls behind sends its overdue tasks together."""
+        return f"at most {most_within(self.planned, window)} planned and {most_within(self.sent, window)} sent within any {window * 1000:.0f} ms"
+
+
+def most_within(times: list[float], window: float) -> int:
+    ordered, most, first = sorted(times), 0, 0
+    for last, moment in enumerate(ordered):
+        while moment - ordered[first] > window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 class CreateProbe:
@@ -217,7 +215,7 @@ def gc_pauses(scrape: Scrape) -> str:
 
 
 class CpuShares:
-    """Who used the machine's cores during the run: the gateway, the registries, this process, the probe."""
+    """Who used the machine's cores during the run: the gateway, the registries, the token service, the load."""
 
     def __init__(self, gateway_pid: int, registry_pids: dict[str, int]) -> None:
         self.gateway_pid, self.registry_pids = gateway_pid, registry_pids
@@ -229,8 +227,8 @@ class CpuShares:
         return {
             "machine": cpu_seconds(), "wall": time.monotonic(), "gateway": cpu_seconds(self.gateway_pid),
             **{name: cpu_seconds(pid) for name, pid in self.registry_pids.items()},
-            "load generator and token service": own.ru_utime + own.ru_stime,
-            "probe": children.ru_utime + children.ru_stime,
+            "token service": own.ru_utime + own.ru_stime,
+            "load generators and probes": children.ru_utime + children.ru_stime,
             "loop ran": loop_ran, "loop waited": loop_waited,
         }
 
@@ -257,6 +255,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between a task's polls (Harbor: 10)")
     parser.add_argument("--base-mib", type=int, default=4, help="size of each of the four base layers")
     parser.add_argument("--workers", type=int, default=32, help="the gateway's runner.workers")
+    parser.add_argument("--generators", type=int, default=4, help="load-generator processes the tasks are split over")
     parser.add_argument("--own-core", action="store_true",
                         help="give the gateway (and the probe) one core and everything else the other, as if Harbor and "
                              "the registries were other machines")
@@ -294,8 +293,8 @@ def main() -> None:
         if args.own_core:
             pin(probe.process.pid, {1})
             pin(bare_probe.process.pid, {1})
-        arrivals_end = time.time() + args.spread + 2
-        outcomes, creates, wall = asyncio.run(run_policy(gateway, origin.url, token, args.tags, args.spread, args.poll))
+        policy = run_policy(gateway, origin.url, token, args.tags, args.spread, args.poll, args.generators, work)
+        arrivals_end = policy.begin + args.spread + 2
         probed, bare_probed = probe.stop(), bare_probe.stop()
         shares = cpu.report()
 
@@ -303,10 +302,10 @@ def main() -> None:
         fetched = scrape.total("preheat_gateway_blob_fetches_total", outcome="fetched")
         stored = sum(cache.upstream_blob_fetches() for cache in caches)
         expected = len(unique) * len(caches)
-        creates.sort()
-        print(f"tasks: {args.tags}, outcomes: { {o: outcomes.count(o) for o in set(outcomes)} }")
-        print(f"create latency seen by the load generator (one Python process, includes its own queueing): "
-              f"p50 {statistics.median(creates) * 1000:.1f} ms, p99 {creates[int(len(creates) * 0.99) - 1] * 1000:.1f} ms")
+        print(f"tasks: {args.tags}, outcomes: { {o: policy.states.count(o) for o in set(policy.states)} }; "
+              f"arrivals: {policy.clumps()}")
+        print(f"create latency of the tasks themselves ({args.generators} load-generator processes, so including their own queueing): "
+              f"{percentiles(policy.creates)}")
         for name, samples in (("the gateway's create (goal p99 < 50 ms)", probed), ("a bare Starlette route, same machine, same moments", bare_probed)):
             print(f"create latency seen by a second Harbor (create_probe: one create every 100 ms, kept-alive connection) on {name}: "
                   f"whole run {percentiles([s for _, s in samples])}; while the tasks arrive {percentiles([s for t, s in samples if t < arrivals_end])}; "
@@ -319,7 +318,7 @@ def main() -> None:
         print(f"gateway event loop lag (a timer's delay; every request waits it too): {loop_lag(scrape)}")
         print(f"gateway garbage collections (each stops the event loop): {gc_pauses(scrape)}")
         print(shares)
-        print(f"wall time first create -> last job's end: {wall:.0f} s; gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB")  # type: ignore[union-attr]
+        print(f"wall time first create -> last job's end: {policy.wall:.0f} s; gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB")  # type: ignore[union-attr]
     finally:
         if gateway is not None:
             gateway.kill()
