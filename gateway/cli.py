@@ -33,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.logs import configure_logging
+    from gateway.onesend import OneSendHttpProtocol
 
     config = _load(args.config)
     host = args.host or config.server.host
@@ -47,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
         loop="uvloop",
-        http="httptools",
+        http=OneSendHttpProtocol,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -1,5 +1,8 @@
 """Bare Starlette routes returning fixed bytes: the ceiling the gateway's routes are measured against.
 
+They are served as the gateway is (uvloop, its one-send httptools protocol), so that only the
+routes differ.
+
 ``GET /oapi/v1/jobs/{id}`` stands beside the status route (``bench_polling``); ``POST /oapi/v1/jobs``
 beside the create route (``bench_thousand_tags``), answering without doing any work.
 """
@@ -15,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.onesend import OneSendHttpProtocol
+
 BODY = open(sys.argv[2], "rb").read() if len(sys.argv) > 2 else b"{}"
 
 
@@ -25,6 +30,6 @@ async def job(_request: Request) -> Response:
 app = Starlette(routes=[Route("/oapi/v1/jobs/{id:int}", job), Route("/oapi/v1/jobs", job, methods=["POST"])])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools", log_level="warning",
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http=OneSendHttpProtocol, log_level="warning",
                 access_log=False, server_header=False, backlog=2048)
     os._exit(0)
