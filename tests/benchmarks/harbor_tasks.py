@@ -9,7 +9,8 @@ so the processes keep one schedule between them.
 
 Input: a JSON plan on stdin (``gateway``, ``poll``, ``header`` for the registry and
 ``tasks``: ``[url, start time]``); the gateway token in ``HARBOR_TOKEN``. Output: one JSON
-line, per task ``[state, sent, create seconds, ended]`` (``sent`` when its create left,
+line, per task ``[state, late, sent, create seconds, ended]`` (``late``: how many seconds after
+its planned start the task woke, this process's own lag; ``sent`` when its create left,
 ``ended`` the job's own ``updated_at``, both unix times).
 
 Run by ``bench_thousand_tags``:  HARBOR_TOKEN=... python -m tests.benchmarks.harbor_tasks < plan.json
@@ -30,7 +31,7 @@ import uvloop
 
 from adapters.transport import new_client
 
-TaskOutcome = tuple[str, float, float, float]
+TaskOutcome = tuple[str, float, float, float, float]
 
 
 async def get(client: httpx.AsyncClient, path: str) -> httpx.Response:
@@ -44,21 +45,22 @@ async def get(client: httpx.AsyncClient, path: str) -> httpx.Response:
 async def harbor_task(client: httpx.AsyncClient, url: str, header: str, start: float, poll: float) -> TaskOutcome:
     """Health check, create, poll: one task of Harbor's preheat execution."""
     await asyncio.sleep(max(0.0, start - time.time()))
+    late = time.time() - start
     if (await get(client, "/healthy")).status_code != 200:
-        return "UNHEALTHY", 0.0, 0.0, 0.0
+        return "UNHEALTHY", late, 0.0, 0.0, 0.0
     body = {"type": "preheat", "args": {"type": "image", "url": url, "tag": "", "filtered_query_params": "", "headers": {"Authorization": header},
                                         "scope": "all_seed_peers", "concurrent_count": 0, "timeout": 0}, "scheduler_cluster_ids": None}
     sent, started = time.time(), time.perf_counter()
     response = await client.post("/oapi/v1/jobs", json=body)
     seconds = time.perf_counter() - started
     if response.status_code != 200:
-        return f"CREATE {response.status_code}", sent, seconds, 0.0
+        return f"CREATE {response.status_code}", late, sent, seconds, 0.0
     job_id = response.json()["id"]
     while True:
         await asyncio.sleep(poll)
         job = (await get(client, f"/oapi/v1/jobs/{job_id}")).json()
         if job["state"] != "PENDING":
-            return job["state"], sent, seconds, datetime.fromisoformat(job["updated_at"]).timestamp()
+            return job["state"], late, sent, seconds, datetime.fromisoformat(job["updated_at"]).timestamp()
 
 
 async def run(plan: dict[str, Any]) -> list[TaskOutcome]:
