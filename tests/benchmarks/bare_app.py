@@ -1,7 +1,8 @@
 """Bare Starlette routes returning fixed bytes: the ceiling the gateway's routes are measured against.
 
 They are served as the gateway is (uvloop, its one-send httptools protocol), so that only the
-routes differ.
+routes differ; ``stock`` as a third argument serves them with uvicorn's own httptools protocol,
+which writes a response's head and body in two sends (``bench_polling`` shows the difference).
 
 ``GET /oapi/v1/jobs/{id}`` stands beside the status route (``bench_polling``); ``POST /oapi/v1/jobs``
 beside the create route (``bench_thousand_tags``), answering without doing any work.
@@ -30,6 +31,7 @@ async def job(_request: Request) -> Response:
 app = Starlette(routes=[Route("/oapi/v1/jobs/{id:int}", job), Route("/oapi/v1/jobs", job, methods=["POST"])])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http=OneSendHttpProtocol, log_level="warning",
+    protocol = "httptools" if sys.argv[3:] == ["stock"] else OneSendHttpProtocol
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http=protocol, log_level="warning",
                 access_log=False, server_header=False, backlog=2048)
     os._exit(0)

@@ -82,14 +82,15 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 class BareApp:
-    """``bare_app`` (bare Starlette routes answering ``body``) in a uvicorn process of its own, on loopback."""
+    """``bare_app`` (bare Starlette routes answering ``body``) in a uvicorn process of its own, on loopback;
+    ``stock`` serves them with uvicorn's own httptools protocol instead of the gateway's."""
 
-    def __init__(self, body: Path) -> None:
+    def __init__(self, body: Path, *, stock: bool = False) -> None:
         from tests.registry import free_port
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.bare_app", str(port), str(body)])
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.bare_app", str(port), str(body), *(["stock"] if stock else [])])
         try:
             wait_http(f"{self.url}/oapi/v1/jobs/1")
         except BaseException:
