@@ -15,12 +15,15 @@ Run:  .venv/bin/python -m tests.benchmarks.bench_warming [--mib 200] [--layers 5
 (lengths counted instead of every byte hashed, for caches that check digests themselves).
 
 With ``--rounds N`` the ways run interleaved N times and their medians are compared: one
-way's single run can land on a noisy moment of a shared machine.
+way's single run can land on a noisy moment of a shared machine. Each run also shows how busy
+the machine was meanwhile and, for the gateway, its own CPU time: where the registries leave
+no core idle, every second the gateway computes comes out of theirs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -29,9 +32,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 
-from tests.benchmarks.common import peak_rss_mib
+from tests.benchmarks.common import cpu_seconds, peak_rss_mib
 from tests.conftest import CACHE_PASSWORD, CACHE_USER, USERS
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.registry import PushedImage, TokenService, push_image, start_registry
@@ -60,7 +64,33 @@ class Rig:
         self.token.close()
 
 
-def by_gateway(rig: Rig, work: Path, verify: str = "digest") -> tuple[float, float]:
+class Timed(NamedTuple):
+    """One way's run: wall seconds, the machine's busy core-seconds meanwhile, the gateway's own CPU and peak RSS."""
+
+    seconds: float
+    busy: float
+    gateway_cpu: float = float("nan")
+    peak_rss: float = float("nan")
+
+    def __str__(self) -> str:
+        text = f"{self.seconds:7.2f} s   machine busy {self.busy:5.1f} of {self.seconds * (os.cpu_count() or 1):5.1f} core-seconds"
+        if self.gateway_cpu == self.gateway_cpu:  # not NaN
+            text += f"   gateway CPU {self.gateway_cpu:5.1f} s   peak RSS {self.peak_rss:.0f} MiB"
+        return text
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.started, self.busy = time.monotonic(), cpu_seconds()
+
+    def stop(self, gateway_pid: int | None = None, gateway_cpu_before: float = 0.0) -> Timed:
+        seconds, busy = time.monotonic() - self.started, cpu_seconds() - self.busy
+        if gateway_pid is None:
+            return Timed(seconds, busy)
+        return Timed(seconds, busy, cpu_seconds(gateway_pid) - gateway_cpu_before, peak_rss_mib(gateway_pid))
+
+
+def by_gateway(rig: Rig, work: Path, verify: str = "digest") -> Timed:
     cluster = {"id": 1, "name": "mirrors", "adapter": "mirror", "endpoints": [{"url": c.url} for c in rig.caches], "verify": verify}
     gateway = GatewayProcess(work / "gateway", gateway_config(work, clusters=[cluster])).start()
     try:
@@ -68,40 +98,41 @@ def by_gateway(rig: Rig, work: Path, verify: str = "digest") -> tuple[float, flo
         body = {"type": "preheat", "args": {"type": "image", "url": f"{rig.origin.url}/v2/{REPOSITORY}/manifests/{TAG}",
                                             "headers": {"Authorization": header}, "scope": "all_seed_peers"}}
         client = gateway.client()  # creates the token (a CLI run) before the clock starts
-        started = time.monotonic()
+        pid = gateway.process.pid  # type: ignore[union-attr]
+        idle_cpu, clock = cpu_seconds(pid), Clock()
         job_id = client.post("/oapi/v1/jobs", json=body).json()["id"]
         job = gateway.wait_job(job_id, timeout=1800)
         if job["state"] != "SUCCESS":
             raise RuntimeError(job["result"]["job_states"][0]["error"])
         rig.wait_on_disk()
-        return time.monotonic() - started, peak_rss_mib(gateway.process.pid)  # type: ignore[union-attr]
+        return clock.stop(pid, idle_cpu)
     finally:
         gateway.kill()
 
 
-def by_skopeo(rig: Rig, work: Path) -> tuple[float, float]:
+def by_skopeo(rig: Rig, work: Path) -> Timed:
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         raise SystemExit("skopeo is not installed: apt-get install skopeo")
-    started = time.monotonic()
+    clock = Clock()
     copies = [subprocess.Popen([skopeo, "copy", "--src-tls-verify=false", "--quiet",
                                 f"docker://{cache.host}/{REPOSITORY}:{TAG}", f"dir:{work / f'skopeo{i}'}"])
               for i, cache in enumerate(rig.caches)]
     if any(copy.wait() for copy in copies):
         raise RuntimeError("skopeo copy failed")
     rig.wait_on_disk()
-    return time.monotonic() - started, float("nan")
+    return clock.stop()
 
 
-def by_curl(rig: Rig, work: Path) -> tuple[float, float]:
+def by_curl(rig: Rig, work: Path) -> Timed:
     curl = shutil.which("curl") or sys.exit("curl is not installed")
-    started = time.monotonic()
+    clock = Clock()
     fetches = [subprocess.Popen([curl, "-sf", "-o", "/dev/null", f"{cache.url}/v2/{REPOSITORY}/blobs/{digest}"])
                for cache in rig.caches for digest in rig.image.blob_digests]
     if any(fetch.wait() for fetch in fetches):
         raise RuntimeError("curl failed")
     rig.wait_on_disk()
-    return time.monotonic() - started, float("nan")
+    return clock.stop()
 
 
 def main() -> None:
@@ -113,7 +144,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="run every way this many times, interleaved; medians are compared")
     args = parser.parse_args()
     layer = args.mib * 1024 * 1024 // args.layers
-    ways: dict[str, Callable[[Rig, Path], tuple[float, float]]] = {
+    ways: dict[str, Callable[[Rig, Path], Timed]] = {
         "gateway": by_gateway, "gateway-size": lambda rig, work: by_gateway(rig, work, "size"), "skopeo": by_skopeo, "floor": by_curl,
     }
     rss: dict[str, list[float]] = {}
@@ -123,14 +154,14 @@ def main() -> None:
             work = Path(tempfile.mkdtemp(prefix=f"bench-warm-{name}-", dir="/var/tmp"))
             rig = Rig(work, [layer] * args.layers)
             try:
-                took, peak = ways[name](rig, work)
+                timed = ways[name](rig, work)
             finally:
                 rig.close()
                 shutil.rmtree(work, ignore_errors=True)
-            seconds.setdefault(name, []).append(took)
+            seconds.setdefault(name, []).append(timed.seconds)
             if name.startswith("gateway"):
-                rss.setdefault(name, []).append(peak)
-            print(f"round {round_}  {name:12} {took:7.2f} s" + (f"   peak RSS {peak:.0f} MiB" if name in rss else ""), flush=True)
+                rss.setdefault(name, []).append(timed.peak_rss)
+            print(f"round {round_}  {name:12} {timed}", flush=True)
     median = {name: statistics.median(values) for name, values in seconds.items()}
     print(f"image {args.mib} MiB in {args.layers} layers, 2 cold caches, {args.rounds} round(s); medians: "
           + ", ".join(f"{name} {value:.2f} s" for name, value in median.items()))
