@@ -101,7 +101,7 @@ def by_gateway(rig: Rig, work: Path, verify: str = "digest") -> Timed:
         pid = gateway.process.pid  # type: ignore[union-attr]
         idle_cpu, clock = cpu_seconds(pid), Clock()
         job_id = client.post("/oapi/v1/jobs", json=body).json()["id"]
-        job = gateway.wait_job(job_id, timeout=1800)
+        job = gateway.wait_job(job_id, timeout=1800, every=0.02)  # as often as the caches' disks are looked at, or more
         if job["state"] != "SUCCESS":
             raise RuntimeError(job["result"]["job_states"][0]["error"])
         rig.wait_on_disk()
