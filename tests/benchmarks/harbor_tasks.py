@@ -67,7 +67,7 @@ async def run(plan: dict[str, Any]) -> list[TaskOutcome]:
     tasks = plan["tasks"]
     # Harbor's Go client keeps a connection per task; httpcore's pool scheduler is quadratic in
     # its size, so the tasks share the gateway's own aiohttp-backed client.
-    limits = httpx.Limits(max_connections=len(tasks), max_keepalive_connections=len(tasks))
+    limits = httpx.Limits(max_connections=max(1, len(tasks)), max_keepalive_connections=max(1, len(tasks)))
     client = new_client(timeout=30, limits=limits, trust_env=False, headers={"Authorization": f"Bearer {os.environ['HARBOR_TOKEN']}"})
     client.base_url = httpx.URL(plan["gateway"])
     async with client:
