@@ -3,7 +3,7 @@
 uvicorn writes the status line and headers when the app sends ``http.response.start`` and
 the body when it sends ``http.response.body``: two ``send()`` calls per response. On
 loopback each one runs the receiver's network stack and wakes it; under load the woken
-client then takes the core from the gateway between head and body, and every request it
+client can take the core from the gateway between head and body, and every request it
 serves afterwards waits for the core to come back. Holding the head until the body arrives
 (almost always in the same turn of the event loop) halves the sends and the wake-ups.
 
