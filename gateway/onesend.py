@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 class OneSendTransport:
     """A transport that holds a response head until the next write, or the loop's next turn."""
 
-    __slots__ = ("_transport", "_loop", "_held")
+    __slots__ = ("_held", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
@@ -38,6 +38,9 @@ class OneSendTransport:
             self._loop.call_soon(self.flush)
         else:
             self._transport.write(data)
+
+    def writelines(self, pieces: Any) -> None:
+        self.write(b"".join(pieces))  # behind a held head, not past it
 
     def flush(self) -> None:
         held, self._held = self._held, b""

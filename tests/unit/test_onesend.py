@@ -60,6 +60,13 @@ async def test_a_head_and_its_body_leave_in_one_write() -> None:
     assert under.writes == [HEAD + b"{}"]
 
 
+async def test_a_body_written_in_pieces_follows_its_head() -> None:
+    transport, under = one_send()
+    transport.write(HEAD)
+    transport.writelines([b"{", b"}"])
+    assert under.writes == [HEAD + b"{}"]
+
+
 async def test_a_head_whose_body_is_late_leaves_on_the_next_turn_of_the_loop() -> None:
     transport, under = one_send()
     transport.write(HEAD)
