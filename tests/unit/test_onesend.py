@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.onesend import OneSendHttpProtocol, OneSendTransport
+from tests.registry import _SigningIdentity
 
 pytestmark = pytest.mark.anyio
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
@@ -113,9 +117,11 @@ async def plain(_request: Request) -> Response:
 
 
 @asynccontextmanager
-async def served() -> AsyncIterator[int]:
+async def served(tls: tuple[Path, Path] | None = None) -> AsyncIterator[int]:
     app = Starlette(routes=[Route("/plain", plain), Route("/slow", slow_stream)])
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, http=OneSendHttpProtocol, log_config=None, lifespan="off")
+    certfile, keyfile = tls or (None, None)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, http=OneSendHttpProtocol, log_config=None, lifespan="off",
+                            ssl_certfile=certfile, ssl_keyfile=keyfile)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -147,4 +153,20 @@ async def test_a_streamed_response_shows_its_head_before_its_first_chunk() -> No
         assert time.monotonic() - started < 0.4, "the head waited for the body"
         assert b"transfer-encoding: chunked" in head
         assert await reader.readuntil(b"0\r\n\r\n") == b"4\r\nlate\r\n0\r\n\r\n"
+        writer.close()
+
+
+async def test_over_tls_too(tmp_path: Path) -> None:
+    identity = _SigningIdentity.generate("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(identity.certificate_pem)
+    keyfile.write_bytes(identity.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    trusting = ssl.create_default_context(cafile=str(certfile))
+    trusting.check_hostname = False  # the certificate names no address; trusting it is the point
+    async with served((certfile, keyfile)) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusting)
+        for path, body in ((b"/plain", b'"OK"'), (b"/slow", b"4\r\nlate\r\n0\r\n\r\n")):
+            writer.write(b"GET " + path + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert await reader.readexactly(len(body)) == body
         writer.close()
