@@ -49,7 +49,8 @@ def main() -> None:
             wrk(url, seconds=2, connections=args.connections, headers=sent)
         rounds: list[dict[str, WrkResult]] = []
         for number in range(args.rounds):  # interleaved, the order rotating, so a noisy neighbour hits all alike
-            order = list(targets)[number % 3:] + list(targets)[:number % 3]
+            names = list(targets)
+            order = names[number % len(names):] + names[:number % len(names)]
             rounds.append({name: wrk(targets[name][0], seconds=args.seconds, connections=args.connections, headers=targets[name][1]) for name in order})
         print(f"GET /oapi/v1/jobs/{{id}} of a finished job, {len(body)} bytes, {args.connections} connections, {args.seconds}s per run")
         ratios = [r["gateway"].requests_per_second / r["bare"].requests_per_second for r in rounds]

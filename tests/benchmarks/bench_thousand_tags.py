@@ -111,7 +111,8 @@ def run_policy(gateway: GatewayProcess, origin_url: str, token: TokenService, ta
 
 
 class Policy:
-    """What the Harbor tasks saw: per task its state, when its create left, how long it took, when its job ended."""
+    """What the Harbor tasks saw: per task its state, how late it woke, when its create left, how long that took,
+    when its job ended."""
 
     def __init__(self, begin: float, planned: list[float], outcomes: list[list[Any]]) -> None:
         self.begin, self.planned = begin, planned
@@ -121,9 +122,9 @@ class Policy:
         self.creates = [seconds for _, _, sent, seconds, _ in outcomes if sent]
         self.wall = max(ended for _, _, _, _, ended in outcomes) - begin
 
-    def clumps(self, window: float = 0.05) -> str:
-        """The most creates planned, and sent, within any ``window`` seconds: a load generator that
-        falls behind sends its overdue tasks together."""
+    def arrivals(self, window: float = 0.05) -> str:
+        """The most creates planned, and sent, within any ``window`` seconds (a load generator that
+        falls behind sends its overdue tasks together), and how late the generators woke the tasks."""
         return (f"at most {most_within(self.planned, window)} planned and {most_within(self.sent, window)} sent within any "
                 f"{window * 1000:.0f} ms; the generators woke the tasks late by {percentiles(self.late, 'tasks')}: their own lag")
 
@@ -310,7 +311,7 @@ def main() -> None:
         stored = sum(cache.upstream_blob_fetches() for cache in caches)
         expected = len(unique) * len(caches)
         print(f"tasks: {args.tags}, outcomes: { {o: policy.states.count(o) for o in set(policy.states)} }; "
-              f"arrivals: {policy.clumps()}")
+              f"arrivals: {policy.arrivals()}")
         print(f"create latency of the tasks themselves ({args.generators} load-generator processes, so including their own queueing): "
               f"{percentiles(policy.creates)}")
         for name, samples in (("the gateway's create (goal p99 < 50 ms)", probed), ("a bare Starlette route, same machine, same moments", bare_probed)):

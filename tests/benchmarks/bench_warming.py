@@ -69,25 +69,29 @@ class Timed(NamedTuple):
 
     seconds: float
     busy: float
-    gateway_cpu: float = float("nan")
-    peak_rss: float = float("nan")
+    gateway_cpu: float | None = None
+    peak_rss: float | None = None
 
     def __str__(self) -> str:
         text = f"{self.seconds:7.2f} s   machine busy {self.busy:5.1f} of {self.seconds * (os.cpu_count() or 1):5.1f} core-seconds"
-        if self.gateway_cpu == self.gateway_cpu:  # not NaN
+        if self.gateway_cpu is not None:
             text += f"   gateway CPU {self.gateway_cpu:5.1f} s   peak RSS {self.peak_rss:.0f} MiB"
         return text
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.started, self.busy = time.monotonic(), cpu_seconds()
+    """Started when a way starts; ``gateway_pid``, if given, also has its CPU time and peak RSS read."""
 
-    def stop(self, gateway_pid: int | None = None, gateway_cpu_before: float = 0.0) -> Timed:
+    def __init__(self, gateway_pid: int | None = None) -> None:
+        self.gateway_pid = gateway_pid
+        self.started, self.busy = time.monotonic(), cpu_seconds()
+        self.gateway_cpu = cpu_seconds(gateway_pid) if gateway_pid is not None else 0.0
+
+    def stop(self) -> Timed:
         seconds, busy = time.monotonic() - self.started, cpu_seconds() - self.busy
-        if gateway_pid is None:
+        if self.gateway_pid is None:
             return Timed(seconds, busy)
-        return Timed(seconds, busy, cpu_seconds(gateway_pid) - gateway_cpu_before, peak_rss_mib(gateway_pid))
+        return Timed(seconds, busy, cpu_seconds(self.gateway_pid) - self.gateway_cpu, peak_rss_mib(self.gateway_pid))
 
 
 def by_gateway(rig: Rig, work: Path, verify: str = "digest") -> Timed:
@@ -98,14 +102,13 @@ def by_gateway(rig: Rig, work: Path, verify: str = "digest") -> Timed:
         body = {"type": "preheat", "args": {"type": "image", "url": f"{rig.origin.url}/v2/{REPOSITORY}/manifests/{TAG}",
                                             "headers": {"Authorization": header}, "scope": "all_seed_peers"}}
         client = gateway.client()  # creates the token (a CLI run) before the clock starts
-        pid = gateway.process.pid  # type: ignore[union-attr]
-        idle_cpu, clock = cpu_seconds(pid), Clock()
+        clock = Clock(gateway.process.pid)  # type: ignore[union-attr]
         job_id = client.post("/oapi/v1/jobs", json=body).json()["id"]
         job = gateway.wait_job(job_id, timeout=1800, every=0.02)  # as often as the caches' disks are looked at, or more
         if job["state"] != "SUCCESS":
             raise RuntimeError(job["result"]["job_states"][0]["error"])
         rig.wait_on_disk()
-        return clock.stop(pid, idle_cpu)
+        return clock.stop()
     finally:
         gateway.kill()
 
@@ -159,7 +162,7 @@ def main() -> None:
                 rig.close()
                 shutil.rmtree(work, ignore_errors=True)
             seconds.setdefault(name, []).append(timed.seconds)
-            if name.startswith("gateway"):
+            if timed.peak_rss is not None:  # the gateway's ways
                 rss.setdefault(name, []).append(timed.peak_rss)
             print(f"round {round_}  {name:12} {timed}", flush=True)
     median = {name: statistics.median(values) for name, values in seconds.items()}
