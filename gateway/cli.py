@@ -31,10 +31,12 @@ def _load(arg: str | None) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.allocator import tune_for_streaming
     from gateway.app import create_app
     from gateway.logs import configure_logging
     from gateway.onesend import OneSendHttpProtocol
 
+    tune_for_streaming()
     config = _load(args.config)
     host = args.host or config.server.host
     port = args.port or config.server.port
