@@ -141,7 +141,9 @@ async def _fetch_once(
             raise _status_error(response.status_code, where)
         sink = open_sink()
         try:
-            size, digest = await drain(response, sink, on_bytes=on_bytes)
+            sha256 = hashlib.sha256()
+            size = await drain(response, sink, on_bytes=on_bytes, hashes=[sha256])
+            digest = "sha256:" + sha256.hexdigest()
             sink.commit()
         except BrokenStream as broken:
             sink.discard()

@@ -73,10 +73,11 @@ class MirrorOptions(msgspec.Struct, forbid_unknown_fields=True):
     bandwidth_mib_per_second: float | None = None
     """Cap on what this cluster reads, all endpoints together (for WAN links); none: unlimited."""
     verify: Verify = "digest"
-    """How the gateway checks each blob a cache serves: ``digest`` (sha256 of every byte) or
-    ``size`` (its length only). ``size`` spares the gateway a hash of every byte per cache, for
-    caches that check digests themselves when they store a blob (distribution, Harbor's proxy
-    cache, Zot); a cache that stored corrupt bytes of the right length then goes unnoticed."""
+    """How the gateway checks each blob a cache serves: ``digest`` (the sha256 of one copy of each
+    blob, and every other copy compared with that one by a fast fingerprint) or ``size`` (its
+    length only). ``size`` spares the gateway even the sha256, for caches that check digests
+    themselves when they store a blob (distribution, Harbor's proxy cache, Zot); a cache that
+    stored corrupt bytes of the right length then goes unnoticed."""
 
     def __post_init__(self) -> None:
         if not self.endpoints:

@@ -5,7 +5,8 @@ the end and digest-checked": manifest resolution (OCI index and Docker list down
 per-platform manifests), registry authentication (the caller's header first, then the Bearer
 token dance with credentials), redirects checked against the URL policy and never carrying
 the registry's ``Authorization`` to another host, and blob streaming through a sha256 check
-that never holds a blob in memory. Transient failures are retried with backoff and jitter.
+(for a further copy of a checked blob, a fingerprint compared with it) that never holds a blob
+in memory. Transient failures are retried with backoff and jitter.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
@@ -28,6 +29,7 @@ import httpx
 import msgspec
 
 from adapters.base import Credentials, PreheatError, Throttle
+from adapters.fingerprints import Claim, Fingerprints, new_fingerprint
 from adapters.urlpolicy import RefusedURL, URLPolicy
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -231,10 +233,14 @@ def _retry_after(response: httpx.Response) -> float | None:
 class OciClient:
     """Talks the distribution protocol to origins and mirrors over one pooled httpx client."""
 
-    def __init__(self, http: httpx.AsyncClient, policy: URLPolicy, *, user_agent: str = "harbor-preheat-gateway", max_in_flight: int = 128) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, policy: URLPolicy, *, user_agent: str = "harbor-preheat-gateway", max_in_flight: int = 128,
+        fingerprints: Fingerprints | None = None,
+    ) -> None:
         self.http = http
         self.policy = policy
         self.user_agent = user_agent
+        self.fingerprints = fingerprints or Fingerprints()
         # A 1,000-tag policy queues its requests here, in FIFO order, not in the connection pool.
         self._in_flight = asyncio.Semaphore(max_in_flight)
         # By-digest manifests never change; tokens live until they expire.
@@ -324,26 +330,34 @@ class OciClient:
         verify: Verify = "digest",
     ) -> int:
         """Stream one blob to the end into a fresh sink per attempt, checked by ``verify``:
-        its sha256 (``digest``) or only its length (``size``, for a cache that checks digests itself)."""
+        ``digest`` checks the sha256 of one copy of each blob and compares every other copy with
+        it by fingerprint (:mod:`adapters.fingerprints`); ``size`` checks only the length, for a
+        cache that checks digests itself."""
         url = url or ref.blob_url(blob.digest) + query
-        return await self.retrying(lambda: self._fetch_once(url, ref, blob, auth, open_sink, on_bytes, throttle, verify))
+        where = f"blob {blob.digest} of {ref.repository} from {ref.host}"
+        checks = _Checks(self.fingerprints, blob, where, verify)
+        try:
+            try:
+                return await self.retrying(lambda: self._fetch_once(url, where, ref, auth, open_sink, on_bytes, throttle, checks))
+            except _Unvouched:  # the copy under its sha256 check failed: read this one again, checking its own
+                checks.check_own_digest()
+                return await self.retrying(lambda: self._fetch_once(url, where, ref, auth, open_sink, on_bytes, throttle, checks))
+        finally:
+            checks.release()
 
     async def _fetch_once(
-        self, url: str, ref: ImageRef, blob: Blob, auth: RegistryAuth,
-        open_sink: Callable[[], BlobSink], on_bytes: Callable[[int], None] | None, throttle: Throttle | None, verify: Verify,
+        self, url: str, where: str, ref: ImageRef, auth: RegistryAuth,
+        open_sink: Callable[[], BlobSink], on_bytes: Callable[[int], None] | None, throttle: Throttle | None, checks: _Checks,
     ) -> int:
-        where = f"blob {blob.digest} of {ref.repository} from {ref.host}"
         sink = open_sink()
         try:
             async with self.open(url, auth, ref, what=where) as response:
+                check = checks.next()  # chosen once a copy is coming: a cache that is down never holds a blob's check
                 try:
-                    size, got = await drain(response, sink, on_bytes=on_bytes, throttle=throttle, hashing=verify == "digest")
+                    size = await drain(response, sink, on_bytes=on_bytes, throttle=throttle, hashes=check.hashes)
                 except BrokenStream as broken:
                     raise RegistryError(f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True) from None
-            if verify == "digest" and got != blob.digest:
-                raise RegistryError(f"{where} failed its digest check (got {got}, {size} bytes); the registry or a cache in between served corrupt data")
-            if verify == "size" and size != blob.size:
-                raise RegistryError(f"{where} was {size} bytes where the manifest says {blob.size}; the registry or a cache in between served the wrong data")
+            await check.vouch(size)  # may wait for another copy's check: the connection is back in the pool
             sink.commit()
             return size
         except BaseException:
@@ -489,19 +503,18 @@ class BrokenStream(Exception):
 
 async def drain(
     response: httpx.Response, sink: BlobSink, *, on_bytes: Callable[[int], None] | None = None, throttle: Throttle | None = None,
-    hashing: bool = True,
-) -> tuple[int, str]:
-    """Read a body to the end into ``sink`` through sha256, in bounded chunks; returns (bytes, ``sha256:...``),
-    or (bytes, ``""``) when ``hashing`` is off.
+    hashes: Sequence[Hash] = (),
+) -> int:
+    """Read a body to the end into ``sink`` and through ``hashes``, in bounded chunks; returns its length.
 
     The one streaming loop for blobs and files. A transport failure mid-body becomes
     :class:`BrokenStream`, which callers turn into their own retryable error.
     """
-    digest, size = hashlib.sha256(), 0
+    size = 0
     try:
         async for chunk in response.aiter_bytes():
-            if hashing:
-                digest.update(chunk)
+            for hash_ in hashes:
+                hash_.update(chunk)
             sink.write(chunk)
             size += len(chunk)
             if on_bytes is not None:
@@ -510,7 +523,103 @@ async def drain(
                 await throttle.consume(len(chunk))
     except httpx.TransportError as error:
         raise BrokenStream(size, _describe(error)) from None
-    return size, ("sha256:" + digest.hexdigest() if hashing else "")
+    return size
+
+
+class Hash(Protocol):
+    """What :func:`drain` feeds: hashlib's and xxhash's objects alike."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
+class _Check(Protocol):
+    """How one attempt decides its bytes are the blob: the hashes they go through, then ``vouch``,
+    which raises :class:`RegistryError` when they are not."""
+
+    hashes: tuple[Hash, ...]
+
+    async def vouch(self, size: int) -> None: ...
+
+
+class _Unvouched(Exception):
+    """A copy read for comparison lost the copy it was to be compared with."""
+
+
+class _LengthCheck:
+    """``verify: size``: the length only."""
+
+    def __init__(self, blob: Blob, where: str) -> None:
+        self.blob, self.where = blob, where
+        self.hashes: tuple[Hash, ...] = ()
+
+    async def vouch(self, size: int) -> None:
+        if size != self.blob.size:
+            raise RegistryError(f"{self.where} was {size} bytes where the manifest says {self.blob.size}; the registry or a cache in between served the wrong data")
+
+
+class _DigestCheck:
+    """The sha256 of every byte; bytes that pass teach their fingerprint to the other copies."""
+
+    def __init__(self, blob: Blob, where: str, claim: Claim) -> None:
+        self.blob, self.where, self.claim = blob, where, claim
+        self.sha256, self.fingerprint = hashlib.sha256(), new_fingerprint()
+        self.hashes: tuple[Hash, ...] = (self.sha256, self.fingerprint)
+
+    async def vouch(self, size: int) -> None:
+        got = "sha256:" + self.sha256.hexdigest()
+        if got != self.blob.digest:
+            raise RegistryError(f"{self.where} failed its digest check (got {got}, {size} bytes); the registry or a cache in between served corrupt data")
+        self.claim.learned(self.fingerprint.digest())
+
+
+class _FingerprintCheck:
+    """Another copy: its fingerprint must equal that of a copy that passed its sha256 check."""
+
+    def __init__(self, blob: Blob, where: str, reference: bytes | Awaitable[bytes | None]) -> None:
+        self.blob, self.where, self.reference = blob, where, reference
+        self.fingerprint = new_fingerprint()
+        self.hashes: tuple[Hash, ...] = (self.fingerprint,)
+
+    async def vouch(self, size: int) -> None:
+        reference = self.reference if isinstance(self.reference, bytes) else await self.reference
+        if reference is None:
+            raise _Unvouched
+        if self.fingerprint.digest() != reference:
+            raise RegistryError(
+                f"{self.where} differs from a copy of {self.blob.digest} that passed its digest check ({size} bytes); "
+                "the registry or a cache in between served corrupt data"
+            )
+
+
+class _Checks:
+    """The checks of one blob fetch's attempts, each chosen when its response is open."""
+
+    def __init__(self, fingerprints: Fingerprints, blob: Blob, where: str, verify: Verify) -> None:
+        self.fingerprints, self.blob, self.where, self.verify = fingerprints, blob, where, verify
+        self._claim: Claim | None = None
+        self._own_digest = False
+
+    def next(self) -> _Check:
+        if self.verify == "size":
+            return _LengthCheck(self.blob, self.where)
+        if self._claim is None:
+            reference = self.fingerprints.known(self.blob.digest)
+            if reference is None and not self._own_digest:
+                reference = self.fingerprints.pending(self.blob.digest)
+            if reference is not None:
+                self.fingerprints.checks["fingerprint"] += 1
+                return _FingerprintCheck(self.blob, self.where, reference)
+            self._claim = self.fingerprints.claim(self.blob.digest)  # held across this fetch's retries
+        self.fingerprints.checks["sha256"] += 1
+        return _DigestCheck(self.blob, self.where, self._claim)
+
+    def check_own_digest(self) -> None:
+        """No more waiting on other copies: a copy with no known fingerprint takes the sha256 check."""
+        self._own_digest = True
+
+    def release(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
 
 
 async def get_following_redirects(

@@ -150,7 +150,7 @@ class ProxyAdapter(Adapter):
                 config=endpoint,
                 name=(parts.hostname or endpoint.url) if hosts[parts.hostname] == 1 else parts.netloc,
                 client=client,
-                oci=OciClient(client, context.policy, user_agent=context.user_agent),
+                oci=OciClient(client, context.policy, user_agent=context.user_agent, fingerprints=context.oci.fingerprints),
                 semaphore=asyncio.Semaphore(options.concurrency),
             ))
 

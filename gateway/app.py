@@ -155,11 +155,13 @@ class Gateway:
 
     def _scraped(self) -> list[Any]:
         """Counters kept by the adapters, the auth layer and the health cache, read at scrape time."""
-        dedupe = self.dedupe
+        dedupe, checks = self.dedupe, self.oci.fingerprints.checks
         up = {(self.adapters[i].cluster.name,): float(h["reachable"]) for i, h in self.health.cached().items() if i in self.adapters}
         return [
             counter_family("blob_fetches", "Blob warm requests: fetched, joined an in-flight fetch, or reused a recent one.",
                            {("fetched",): dedupe.fetches, ("joined",): dedupe.joined, ("reused",): dedupe.reused}, ["outcome"]),
+            counter_family("blob_checks", "Blob copies read, by check: their own sha256, or a fingerprint compared with a copy that passed it.",
+                           {(check,): checks[check] for check in ("sha256", "fingerprint")}, ["check"]),
             counter_family("retries", "Transient registry errors retried.", {(): self.oci.retries}, []),
             counter_family("auth_failures", "Requests refused for their credentials.",
                            {(reason,): count for reason, count in self.auth.failures.items()}, ["reason"]),

@@ -12,8 +12,8 @@ from tests.deploy.dockerfile import REPO_ROOT
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "preheat-gateway.json"
 COUNTERS = {
     "preheat_gateway_jobs_created_total", "preheat_gateway_jobs_finished_total", "preheat_gateway_bytes_warmed_total",
-    "preheat_gateway_blobs_total", "preheat_gateway_blob_fetches_total", "preheat_gateway_retries_total",
-    "preheat_gateway_auth_failures_total",
+    "preheat_gateway_blobs_total", "preheat_gateway_blob_fetches_total", "preheat_gateway_blob_checks_total",
+    "preheat_gateway_retries_total", "preheat_gateway_auth_failures_total",
 }
 GAUGES = {"preheat_gateway_jobs", "preheat_gateway_cluster_up"}
 HISTOGRAMS = {

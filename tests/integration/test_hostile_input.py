@@ -134,7 +134,8 @@ def test_metrics_and_request_ids(client: TestClient) -> None:
     assert response.headers["x-request-id"] == "abc-123"
     assert client.get("/livez", headers={"X-Request-Id": "bad id\n"}).headers["x-request-id"] != "bad id\n"
     for name in ("preheat_gateway_http_request_duration_seconds_bucket", "preheat_gateway_jobs{", "preheat_gateway_store_duration_seconds",
-                 "preheat_gateway_blob_fetches_total", "preheat_gateway_retries_total", "preheat_gateway_cluster_up",
+                 "preheat_gateway_blob_fetches_total", 'preheat_gateway_blob_checks_total{check="sha256"}', "preheat_gateway_retries_total",
+                 "preheat_gateway_cluster_up",
                  'preheat_gateway_gc_pause_seconds_count{generation="2"}'):
         assert name in metrics, name
     assert 'route="/oapi/v1/jobs"' in metrics and "phg_" not in metrics

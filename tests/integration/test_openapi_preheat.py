@@ -6,6 +6,7 @@ import hashlib
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import HarborToken, MakeCache, MakeGateway, OriginImages
@@ -68,6 +69,10 @@ def test_all_seed_peers_warms_every_cache_of_a_mirror_cluster(make_gateway: Make
     for cache in caches:
         for digest in images.single.blob_digests:
             assert cache.wait_for_blob(digest), f"{digest} never reached {cache.url}"
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    blobs = len(images.single.blob_digests)
+    assert f'preheat_gateway_blob_checks_total{{check="sha256"}} {blobs}.0' in metrics, "one copy of each blob is hashed with sha256"
+    assert f'preheat_gateway_blob_checks_total{{check="fingerprint"}} {blobs}.0' in metrics, "the other cache's copy is compared with it"
 
 
 def test_verify_size_warms_every_cache_counting_bytes_instead_of_hashing_them(make_gateway: MakeGateway, make_cache: MakeCache, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
