@@ -336,12 +336,16 @@ class OciClient:
         url = url or ref.blob_url(blob.digest) + query
         where = f"blob {blob.digest} of {ref.repository} from {ref.host}"
         checks = _Checks(self.fingerprints, blob, where, verify)
+
+        def read() -> Awaitable[int]:
+            return self.retrying(lambda: self._fetch_once(url, where, ref, auth, open_sink, on_bytes, throttle, checks))
+
         try:
             try:
-                return await self.retrying(lambda: self._fetch_once(url, where, ref, auth, open_sink, on_bytes, throttle, checks))
+                return await read()
             except _Unvouched:  # the copy under its sha256 check failed: read this one again, checking its own
                 checks.check_own_digest()
-                return await self.retrying(lambda: self._fetch_once(url, where, ref, auth, open_sink, on_bytes, throttle, checks))
+                return await read()
         finally:
             checks.release()
 
