@@ -27,9 +27,11 @@ import httpx
 import msgspec
 
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Health, PreheatError, PreheatRequest, Progress, TaskRow
+from adapters.guard import ConnectGuard
 from adapters.oci import _describe
 from adapters.transport import new_client
-from adapters.upstream import body_excerpt, check_base_url, check_env, parse_seconds
+from adapters.bounded import BodyError, quote, send_capped
+from adapters.upstream import UPSTREAM_ANSWER_BYTES, UPSTREAM_PROBE_BYTES, body_excerpt, check_base_url, check_env, parse_seconds
 
 NANOSECONDS = 1_000_000_000
 FIRST_POLL_SECONDS = 0.5
@@ -103,6 +105,7 @@ class DragonflyAdapter(Adapter):
         self.poll_interval = float(options.poll_interval)
         self.http = new_client(
             verify=not options.insecure, timeout=httpx.Timeout(self.timeout), trust_env=False, headers={"User-Agent": context.user_agent},
+            guard=ConnectGuard(configured=[options.manager]),
         )
 
     def _headers(self) -> dict[str, str]:
@@ -118,12 +121,17 @@ class DragonflyAdapter(Adapter):
         """``/healthy`` answers (no token needed), and the token is accepted by ``/oapi/v1/jobs``."""
         started = time.monotonic()
         try:
-            response = await self.http.get(f"{self.manager}/healthy")
+            response, _ = await send_capped(self.http, "GET", f"{self.manager}/healthy", limit=UPSTREAM_PROBE_BYTES)
             if response.status_code != 200:
                 return Health(False, _ms(started), f"Dragonfly manager {self.manager}/healthy answered {response.status_code}")
-            response = await self.http.get(f"{self.manager}/oapi/v1/jobs", params={"page": 1, "per_page": 1}, headers=self._headers())
+            response, _ = await send_capped(
+                self.http, "GET", f"{self.manager}/oapi/v1/jobs", limit=UPSTREAM_ANSWER_BYTES,
+                params={"page": 1, "per_page": 1}, headers=self._headers(),
+            )
         except httpx.TransportError as error:
             return Health(False, _ms(started), f"cannot reach the Dragonfly manager at {self.manager}: {_describe(error)}")
+        except BodyError as error:
+            return Health(False, _ms(started), f"the Dragonfly manager at {self.manager} answered a health check with {error}")
         if response.status_code in (401, 403):
             return Health(False, _ms(started), self._refused(response.status_code))
         if response.status_code != 200:
@@ -202,7 +210,9 @@ class DragonflyAdapter(Adapter):
         headers = {**self._headers(), "Content-Type": "application/json"}
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
-                response = await self.http.post(f"{self.manager}/oapi/v1/jobs", content=body, headers=headers)
+                response, answer = await send_capped(
+                    self.http, "POST", f"{self.manager}/oapi/v1/jobs", limit=UPSTREAM_ANSWER_BYTES, content=body, headers=headers,
+                )
                 break
             except httpx.ConnectError as error:  # never sent: safe to try again
                 if attempt == CREATE_ATTEMPTS:
@@ -216,6 +226,8 @@ class DragonflyAdapter(Adapter):
                     f"the Dragonfly manager at {self.manager} did not answer creating the job: {_describe(error)}; "
                     "check the manager (a job may have been created there)"
                 ) from None
+            except BodyError as error:
+                raise PreheatError(f"the Dragonfly manager at {self.manager} answered creating the job with {error}") from None
         if response.status_code in (401, 403):
             raise PreheatError(self._refused(response.status_code))
         if response.status_code == 404:
@@ -225,18 +237,21 @@ class DragonflyAdapter(Adapter):
             )
         if not 200 <= response.status_code < 300:
             raise PreheatError(
-                f"the Dragonfly manager at {self.manager} rejected the job ({response.status_code}): {_upstream_errors(response)}"
+                f"the Dragonfly manager at {self.manager} rejected the job ({response.status_code}): {_upstream_errors(response, answer)}"
             )
-        return self._decode(response, "creating the job")
+        return self._decode(answer, "creating the job")
 
     async def _poll(self, job_id: int, budget: float) -> _UpstreamJob | None:
         """The job now, or ``None`` when the manager could not answer (worth polling again)."""
         try:
-            response = await self.http.get(
-                f"{self.manager}/oapi/v1/jobs/{job_id}", headers=self._headers(), timeout=min(self.timeout, budget)
+            response, answer = await send_capped(
+                self.http, "GET", f"{self.manager}/oapi/v1/jobs/{job_id}", limit=UPSTREAM_ANSWER_BYTES,
+                headers=self._headers(), timeout=min(self.timeout, budget),
             )
         except httpx.TransportError:
             return None
+        except BodyError as error:
+            raise PreheatError(f"the Dragonfly manager at {self.manager} answered job {job_id} with {error}") from None
         if response.status_code in (401, 403):
             raise PreheatError(self._refused(response.status_code))
         if response.status_code == 404:
@@ -245,14 +260,14 @@ class DragonflyAdapter(Adapter):
             return None
         if response.status_code != 200:
             raise PreheatError(
-                f"the Dragonfly manager at {self.manager} answered {response.status_code} for job {job_id}: {_upstream_errors(response)}"
+                f"the Dragonfly manager at {self.manager} answered {response.status_code} for job {job_id}: {_upstream_errors(response, answer)}"
             )
-        return self._decode(response, f"job {job_id}")
+        return self._decode(answer, f"job {job_id}")
 
-    def _decode(self, response: httpx.Response, what: str) -> _UpstreamJob:
+    def _decode(self, answer: bytes, what: str) -> _UpstreamJob:
         try:
-            return _JOB.decode(response.content)
-        except msgspec.DecodeError as error:
+            return _JOB.decode(answer)
+        except (msgspec.DecodeError, RecursionError) as error:
             raise PreheatError(
                 f"the Dragonfly manager at {self.manager} answered {what} with something that is not a Dragonfly job "
                 f"({str(error).replace('`', '')}): check that {self.cluster.config_path}.manager is a Dragonfly manager"
@@ -296,17 +311,17 @@ def _hostname(task: _UpstreamTask, scheduler_cluster_id: int) -> str:
     return f"{task.hostname or '?'} (upstream cluster {scheduler_cluster_id})"
 
 
-def _upstream_errors(response: httpx.Response) -> str:
+def _upstream_errors(response: httpx.Response, answer: bytes) -> str:
     """Dragonfly answers errors as ``{"errors": "..."}`` or ``{"message": "..."}``; quote either."""
     try:
-        body = msgspec.json.decode(response.content)
+        body = msgspec.json.decode(answer)
         if isinstance(body, dict):
             for key in ("errors", "message", "error"):
                 if body.get(key):
-                    return str(body[key])[:500]
-    except msgspec.DecodeError:
+                    return quote(str(body[key]))
+    except (msgspec.DecodeError, RecursionError):
         pass
-    return body_excerpt(response) or response.reason_phrase
+    return body_excerpt(answer) or quote(response.reason_phrase)
 
 
 def _ms(started: float) -> float:

@@ -8,8 +8,9 @@ both URLs are one task. The gateway does the same: :func:`file_ref` forms that i
 adapters key their caches and their de-duplication on it.
 
 :func:`stream_url` fetches a file URL to the end: redirects followed by hand and each target
-checked against the URL policy (the caller's headers never leave the first host), transient
-failures retried with backoff, every byte streamed into a sink, never held whole.
+checked against the URL policy (the caller's headers never leave the first origin), transient
+failures retried with backoff, every byte streamed into a sink, never held whole, and an
+encoded body inflated in bounded pieces (:mod:`adapters.bounded`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -24,7 +26,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from adapters.base import PreheatError
-from adapters.oci import BlobSink, BrokenStream, _describe, drain, get_following_redirects
+from adapters.bounded import BodyError, decoded_view, quote
+from adapters.guard import RefusedConnection
+from adapters.oci import (
+    BlobSink,
+    BrokenStream,
+    _describe,
+    drain,
+    get_following_redirects,
+)
 from adapters.urlpolicy import RefusedURL, URLPolicy
 
 DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
@@ -39,6 +49,7 @@ DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
 """Dragonfly's default ``filtered_query_params``: used when a request names none."""
 
 _NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "connection", "proxy-authorization", "te", "upgrade"})
+_UNSAFE = re.compile(r"[\r\n\x00]")
 RETRY_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.5
 
@@ -108,9 +119,15 @@ async def stream_url(
     ``client`` must not follow redirects itself (the gateway's shared client, or a proxy's).
     ``via`` names what the request went through (``proxy node-1``), for messages.
     """
+    forwarded = {k: v for k, v in (headers or {}).items() if k.lower() not in _NOT_FORWARDED}
+    for name, value in forwarded.items():
+        if _UNSAFE.search(name) or _UNSAFE.search(value):
+            raise FetchError(
+                f"header {quote(name, 60)!r} of the request for file {ref.display_url} contains a line break or NUL "
+                "character, which cannot be sent: remove it from the request's headers"
+            )
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
-            forwarded = {k: v for k, v in (headers or {}).items() if k.lower() not in _NOT_FORWARDED}
             return await _fetch_once(client, policy, ref, open_sink, forwarded, on_bytes, via)
         except FetchError as error:
             if not error.transient or attempt == RETRY_ATTEMPTS:
@@ -132,6 +149,8 @@ async def _fetch_once(
     # The caller's headers (a token, a cookie) are for the first host only.
     try:
         response = await get_following_redirects(client, policy, ref.url, {}, headers)
+    except RefusedConnection as error:  # the connect-time policy: retrying would only ask DNS again
+        raise FetchError(f"cannot fetch {where}: {_describe(error)}") from None
     except httpx.TransportError as error:
         raise FetchError(f"cannot fetch {where}: {_describe(error)}", transient=True) from None
     except RefusedURL as error:
@@ -139,15 +158,22 @@ async def _fetch_once(
     try:
         if response.status_code != 200:
             raise _status_error(response.status_code, where)
+        try:
+            body = decoded_view(response)  # an encoded body is inflated in bounded pieces
+        except BodyError as error:
+            raise FetchError(f"{where} could not be read: {error}") from None
         sink = open_sink()
         try:
             sha256 = hashlib.sha256()
-            size = await drain(response, sink, on_bytes=on_bytes, hashes=[sha256])
+            size = await drain(body, sink, on_bytes=on_bytes, hashes=[sha256])
             digest = "sha256:" + sha256.hexdigest()
             sink.commit()
         except BrokenStream as broken:
             sink.discard()
             raise FetchError(f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True) from None
+        except BodyError as error:
+            sink.discard()
+            raise FetchError(f"{where} could not be read: {error}") from None
         except BaseException:
             sink.discard()
             raise

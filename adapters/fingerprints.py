@@ -38,11 +38,13 @@ class Fingerprints:
 
     Shared by every client that fetches blobs, so the copy checked through one cache or
     proxy vouches for the copies read through the others, in the same job or a later one.
+    A copy waits for another copy's check only when both come from the same ``source`` (the
+    origin registry): a hostile registry's copy of a digest never holds up another registry's.
     """
 
     def __init__(self, maxsize: int = 16384) -> None:
         self._known: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(maxsize=maxsize)
-        self._claims: dict[str, Claim] = {}
+        self._claims: dict[tuple[str, str], Claim] = {}
         self.checks: collections.Counter[str] = collections.Counter()
         """Copies read, by check: ``sha256`` (their own digest) or ``fingerprint`` (compared)."""
 
@@ -50,22 +52,22 @@ class Fingerprints:
         """The fingerprint of ``digest``'s checked bytes, if a copy has passed its check."""
         return self._known.get(digest)
 
-    def pending(self, digest: str) -> Awaitable[bytes | None] | None:
-        """The fingerprint a copy under its sha256 check now will learn (``None`` if it fails);
-        ``None`` when no copy is under check."""
-        claim = self._claims.get(digest)
+    def pending(self, digest: str, source: str) -> Awaitable[bytes | None] | None:
+        """The fingerprint a copy from ``source`` under its sha256 check now will learn (``None``
+        if it fails); ``None`` when no copy from ``source`` is under check."""
+        claim = self._claims.get((source, digest))
         return asyncio.shield(claim.outcome) if claim is not None else None
 
-    def claim(self, digest: str) -> Claim:
-        """Take the sha256 check of ``digest`` for one copy; the caller must ``release`` it."""
-        claim = self._claims[digest] = Claim(self, digest)
+    def claim(self, digest: str, source: str) -> Claim:
+        """Take the sha256 check of ``digest`` for one copy from ``source``; the caller must ``release`` it."""
+        claim = self._claims[(source, digest)] = Claim(self, digest, source)
         return claim
 
     def _record(self, claim: Claim, fingerprint: bytes | None) -> None:
         if fingerprint is not None:
             self._known[claim.digest] = fingerprint
-        if self._claims.get(claim.digest) is claim:
-            del self._claims[claim.digest]
+        if self._claims.get((claim.source, claim.digest)) is claim:
+            del self._claims[(claim.source, claim.digest)]
         if not claim.outcome.done():
             claim.outcome.set_result(fingerprint)
 
@@ -73,9 +75,10 @@ class Fingerprints:
 class Claim:
     """One copy's sha256 check of a blob; copies read meanwhile wait on its ``outcome``."""
 
-    def __init__(self, fingerprints: Fingerprints, digest: str) -> None:
+    def __init__(self, fingerprints: Fingerprints, digest: str, source: str) -> None:
         self._fingerprints = fingerprints
         self.digest = digest
+        self.source = source
         self.outcome: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
     def learned(self, fingerprint: bytes) -> None:

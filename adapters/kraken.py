@@ -27,9 +27,11 @@ import httpx
 import msgspec
 
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Health, PreheatError, PreheatRequest, Progress, TaskRow
+from adapters.guard import ConnectGuard
 from adapters.oci import DOCKER_MANIFEST, DIGEST_RE, ImageRef, RegistryAuth, _describe, parse_manifest_url
 from adapters.transport import new_client
-from adapters.upstream import body_excerpt, check_base_url, check_env, host_ip, parse_seconds
+from adapters.bounded import BodyError, quote, send_capped
+from adapters.upstream import UPSTREAM_PROBE_BYTES, body_excerpt, check_base_url, check_env, host_ip, parse_seconds
 
 
 class KrakenOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -63,7 +65,7 @@ class KrakenAdapter(Adapter):
         self.endpoint = options.endpoint
         self.http = new_client(
             verify=not options.insecure, timeout=httpx.Timeout(float(options.timeout)), trust_env=False,
-            headers={"User-Agent": context.user_agent},
+            headers={"User-Agent": context.user_agent}, guard=ConnectGuard(configured=[options.endpoint]),
         )
 
     async def aclose(self) -> None:
@@ -76,7 +78,9 @@ class KrakenAdapter(Adapter):
     async def check(self) -> Health:
         started = time.monotonic()
         try:
-            response = await self.http.get(f"{self.endpoint}/health", headers=self._auth())
+            response, _ = await send_capped(self.http, "GET", f"{self.endpoint}/health", limit=UPSTREAM_PROBE_BYTES, headers=self._auth())
+        except BodyError as error:
+            return Health(False, _ms(started), f"Kraken {self.endpoint}/health answered with {error}")
         except httpx.TransportError as error:
             return Health(False, _ms(started), f"cannot reach Kraken at {self.endpoint}: {_describe(error)}")
         if not 200 <= response.status_code < 300:
@@ -92,10 +96,12 @@ class KrakenAdapter(Adapter):
         progress.planned(1, 0)
         body = msgspec.json.encode(notification(origin, digest))
         try:
-            response = await self.http.post(
-                f"{self.endpoint}/registry/notifications", content=body,
+            response, answer = await send_capped(
+                self.http, "POST", f"{self.endpoint}/registry/notifications", limit=UPSTREAM_PROBE_BYTES, content=body,
                 headers={**self._auth(), "Content-Type": "application/json"},
             )
+        except BodyError as error:
+            raise PreheatError(f"Kraken at {self.endpoint} answered the notification with {error}") from None
         except httpx.TransportError as error:
             raise PreheatError(
                 f"cannot reach Kraken at {self.endpoint}: {_describe(error)}; check that its proxy is running and "
@@ -110,7 +116,7 @@ class KrakenAdapter(Adapter):
         if not 200 <= response.status_code < 300:
             raise PreheatError(
                 f"Kraken at {self.endpoint} did not accept the notification for {origin.name} "
-                f"({response.status_code}: {body_excerpt(response) or response.reason_phrase})"
+                f"({response.status_code}: {body_excerpt(answer) or quote(response.reason_phrase)})"
             )
         progress.succeeded(TaskRow(
             url=origin.manifest_url(),

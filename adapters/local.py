@@ -130,7 +130,9 @@ class LocalAdapter(Adapter):
             )
 
         row = TaskRow(url=ref.blob_url(blob.digest), hostname=self.context.hostname, ip=self.context.ip)
-        return await self._into_cache(final, ("local", str(self.root), blob.digest), lambda: _present(final, blob.size), fetch, row, progress)
+        key = ("local", str(self.root), ref.base, ref.repository, blob.digest)  # one fetch per source, never across registries
+        authority = self.context.dedupe.authority_of(auth.header, auth.credentials)
+        return await self._into_cache(final, key, authority, lambda: _present(final, blob.size), fetch, row, progress)
 
     async def _preheat_files(self, request: PreheatRequest, progress: Progress) -> None:
         refs = [file_ref(url, request.filtered_query_params, request.tag, request.application) for url in request.urls]
@@ -157,23 +159,28 @@ class LocalAdapter(Adapter):
             return size
 
         row = TaskRow(url=ref.display_url, hostname=self.context.hostname, ip=self.context.ip)
-        return await self._into_cache(final, ("local-file", str(self.root), ref.key), final.is_file, fetch, row, progress)
+        authority = self.context.dedupe.authority_of_headers(request.headers)
+        return await self._into_cache(final, ("local-file", str(self.root), ref.key), authority, final.is_file, fetch, row, progress)
 
     async def _into_cache(
-        self, final: Path, key: tuple[str, ...], present: Callable[[], bool], fetch: Callable[[], Awaitable[int]],
+        self, final: Path, key: tuple[str, ...], authority: str, present: Callable[[], bool], fetch: Callable[[], Awaitable[int]],
         row: TaskRow, progress: Progress,
     ) -> str:
-        """Fetch into ``final`` once across jobs unless it is already there; report the row."""
+        """Fetch into ``final`` once across jobs of one source unless it is already there; report the row.
+
+        A file at its final name passed its check (a blob its digest), so one that is present is
+        used whoever fetched it; a fetch in flight is shared only as :class:`adapters.base.Deduper` says.
+        """
 
         async def fetch_if_absent() -> int:
             return 0 if present() else await fetch()
 
         message = ""
         try:
-            await self.context.dedupe.run(key, fetch_if_absent)
+            await self.context.dedupe.run(key, fetch_if_absent, authority=authority)
             if not present():  # removed since it was last warmed: fetch again
                 self.context.dedupe.forget(key)
-                await self.context.dedupe.run(key, fetch_if_absent)
+                await self.context.dedupe.run(key, fetch_if_absent, authority=authority)
         except PreheatError as error:
             message = str(error)
         except OSError as error:

@@ -18,8 +18,9 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
+import httpx
 import msgspec
 
 from adapters.base import (
@@ -34,15 +35,17 @@ from adapters.base import (
     TaskRow,
     Throttle,
 )
+from adapters.bounded import BodyError, send_capped
 from adapters.oci import (
     Blob,
     DiscardSink,
     ImageRef,
     RegistryAuth,
     Verify,
+    _describe,
     parse_manifest_url,
 )
-from adapters.upstream import check_base_url, check_login, host_ip
+from adapters.upstream import UPSTREAM_PROBE_BYTES, check_base_url, check_login, host_ip
 
 PROBE_TIMEOUT_SECONDS = 5.0
 
@@ -97,13 +100,16 @@ class _Endpoint:
     semaphore: asyncio.Semaphore
     credentials: Credentials | None
     ip: str = ""
+    authority: str = ""
+    """Who the gateway reads this cache as (a keyed hash of its credentials), for de-duplication."""
 
     def image(self, origin: ImageRef) -> ImageRef:
         parts = urlsplit(self.config.url)
         return ImageRef(parts.scheme, parts.netloc, self.config.path_prefix + origin.repository, origin.reference, parts.path)
 
     def query(self, origin: ImageRef) -> str:
-        return f"?ns={origin.host}" if self.config.ns else ""
+        """containerd's ``?ns=<origin host[:port]>``: the host alone (never user-info), URL-encoded."""
+        return "?" + urlencode({"ns": origin.host.rpartition("@")[2]}) if self.config.ns else ""
 
     def auth(self) -> RegistryAuth:
         return RegistryAuth(credentials=self.credentials)
@@ -126,6 +132,8 @@ class MirrorAdapter(Adapter):
             )
             for endpoint in options.endpoints
         ]
+        for endpoint in self.endpoints:
+            endpoint.authority = context.dedupe.authority_of(credentials=endpoint.credentials)
         self.throttle = Throttle(options.bandwidth_mib_per_second * 1048576) if options.bandwidth_mib_per_second else None
 
     async def check(self) -> Health:
@@ -139,9 +147,13 @@ class MirrorAdapter(Adapter):
 
     async def _probe(self, endpoint: _Endpoint) -> str:
         try:
-            response = await self.context.http.get(f"{endpoint.config.url}/v2/", timeout=PROBE_TIMEOUT_SECONDS)
-        except Exception as error:  # any transport trouble means unreachable
-            return f"{endpoint.hostname}: {type(error).__name__} {error}".strip()
+            response, _ = await send_capped(
+                self.context.http, "GET", f"{endpoint.config.url}/v2/", limit=UPSTREAM_PROBE_BYTES, timeout=PROBE_TIMEOUT_SECONDS,
+            )
+        except httpx.TransportError as error:
+            return f"{endpoint.hostname}: {_describe(error)}"
+        except BodyError as error:
+            return f"{endpoint.hostname}: /v2/ answered with {error}"
         if response.status_code not in (200, 401):
             return f"{endpoint.hostname}: /v2/ answered {response.status_code}"
         return ""
@@ -246,11 +258,14 @@ class _Run:
             async with endpoint.semaphore:  # only real fetches take a slot, not joiners
                 return await self.oci.fetch_blob(
                     image, blob, endpoint.auth(), DiscardSink, query=query, on_bytes=self.progress.transferred,
-                    throttle=self.adapter.throttle, verify=verify,
+                    throttle=self.adapter.throttle, verify=verify, source=self.origin.base,
                 )
 
-        try:  # a digest-checked warm does not join one that only counted bytes
-            await self.dedupe.run(("mirror", image.base, image.repository, query, blob.digest, verify), fetch)
+        # One fetch per cache, repository, origin and check: a digest-checked warm never joins one that
+        # only counted bytes; the authority is the cache's own account, the same for every job.
+        key = ("mirror", image.base, image.repository, query, self.origin.base, blob.digest, verify)
+        try:
+            await self.dedupe.run(key, fetch, authority=endpoint.authority)
         except PreheatError as error:
             self._fail(endpoint, blob, str(error))
             return False

@@ -42,6 +42,7 @@ from adapters.base import (
     TaskRow,
 )
 from adapters.files import FetchError, FileRef, file_ref, stream_url
+from adapters.guard import ConnectGuard
 from adapters.oci import Blob, DiscardSink, ImageRef, OciClient, RegistryAuth, parse_manifest_url
 from adapters.transport import new_client
 from adapters.upstream import check_base_url, check_login, host_ip, parse_seconds
@@ -109,6 +110,8 @@ class _Item:
     fetch: Callable[[_Proxy], Awaitable[int]]
     size: int = 0
     """Known for blobs; 0 for files (their size shows only once fetched)."""
+    authority: str = ""
+    """Who the item is fetched as (:meth:`adapters.base.Deduper.authority` of the caller's credentials)."""
     reached: bool = False
     last_error: str = ""
 
@@ -145,12 +148,13 @@ class ProxyAdapter(Adapter):
                 timeout=httpx.Timeout(float(options.timeout), connect=10.0),
                 limits=httpx.Limits(max_connections=options.concurrency * 2, max_keepalive_connections=options.concurrency),
                 headers={"User-Agent": context.user_agent},
+                guard=ConnectGuard(context.policy, configured=[endpoint.url]),
             )
             self.proxies.append(_Proxy(
                 config=endpoint,
                 name=(parts.hostname or endpoint.url) if hosts[parts.hostname] == 1 else parts.netloc,
                 client=client,
-                oci=OciClient(client, context.policy, user_agent=context.user_agent, fingerprints=context.oci.fingerprints),
+                oci=OciClient(client, context.policy, user_agent=context.user_agent, fingerprints=context.oci.fingerprints, limits=context.oci.limits),
                 semaphore=asyncio.Semaphore(options.concurrency),
             ))
 
@@ -201,6 +205,7 @@ class ProxyAdapter(Adapter):
 
     def _file_plan(self, request: PreheatRequest, progress: Progress) -> _Plan:
         items = []
+        authority = self.context.dedupe.authority_of_headers(request.headers)
         for url in request.urls:
             ref = file_ref(url, request.filtered_query_params, request.tag, request.application)
 
@@ -211,7 +216,7 @@ class ProxyAdapter(Adapter):
                 )
                 return size
 
-            items.append(_Item(url=ref.display_url, identity=ref.identity, fetch=fetch))
+            items.append(_Item(url=ref.display_url, identity=ref.identity, fetch=fetch, authority=authority))
         return _Plan(items=items, order=self.proxies, what="files")
 
     async def _image_plan(self, request: PreheatRequest, progress: Progress) -> _Plan:
@@ -225,6 +230,7 @@ class ProxyAdapter(Adapter):
         }
         blobs, resolver, errors = await self._resolve(origin, auths, request.platform)
         order = [resolver] + [p for p in self.proxies if p is not resolver and p.config.url not in errors]
+        authority = self.context.dedupe.authority_of(request.headers.get("Authorization"), request.credentials)
 
         def item(blob: Blob) -> _Item:
             async def fetch(proxy: _Proxy) -> int:
@@ -232,7 +238,7 @@ class ProxyAdapter(Adapter):
                     origin, blob, auths[proxy.config.url], DiscardSink, on_bytes=progress.transferred
                 )
             url = origin.blob_url(blob.digest)
-            return _Item(url=url, identity=url, fetch=fetch, size=blob.size)
+            return _Item(url=url, identity=url, fetch=fetch, size=blob.size, authority=authority)
 
         async def manifests(proxy: _Proxy) -> None:
             await proxy.oci.resolve_blobs(origin, auths[proxy.config.url], request.platform)
@@ -280,8 +286,8 @@ class ProxyAdapter(Adapter):
             async with proxy.semaphore:  # only real fetches take a slot, not joiners
                 return await item.fetch(proxy)
 
-        try:
-            await self.context.dedupe.run(("proxy", proxy.config.url, item.identity), fetch)
+        try:  # the identity names the source (the origin URL); the authority, the caller's credentials
+            await self.context.dedupe.run(("proxy", proxy.config.url, item.identity), fetch, authority=item.authority)
         except PreheatError as error:
             self._fail(proxy, item, self._explain(proxy, error), progress)
             return False

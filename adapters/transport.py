@@ -9,6 +9,10 @@ adapter relies on to retry a create safely).
 
 Why not the ``httpx-aiohttp`` package: it reports a refused connection as ``ConnectTimeout``,
 lets protocol errors through as aiohttp exceptions and reads bodies 16 KiB at a time.
+
+Given a :class:`adapters.guard.ConnectGuard`, the transport connects only to addresses the
+URL policy allows, decided on the answers it actually connects to (DNS rebinding): see
+:mod:`adapters.guard`. A refusal is :class:`adapters.guard.RefusedConnection`, a ``ConnectError``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+
+from adapters.guard import AddressRefused, ConnectGuard, GuardedResolver, RefusedConnection
 
 # aiohttp's exceptions, most specific first, and the httpx exception each one means.
 _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
@@ -55,6 +61,8 @@ def _translated(request: httpx.Request) -> Iterator[None]:
     try:
         yield
     except _CAUGHT as error:
+        if isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, AddressRefused):
+            raise RefusedConnection(str(error.os_error), request=request) from error
         meant = next(httpx_error for aiohttp_error, httpx_error in _ERRORS if isinstance(error, aiohttp_error))
         raise meant(str(error) or type(error).__name__, request=request) from error
 
@@ -92,6 +100,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self, *, limits: httpx.Limits, verify: bool = True, proxy: httpx.Proxy | None = None, trust_env: bool = False,
+        guard: ConnectGuard | None = None,
     ) -> None:
         self._limits = limits
         self._ssl: ssl.SSLContext | bool = httpx.create_ssl_context(verify=verify) if verify else False
@@ -100,13 +109,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, read once: aiohttp's own trust_env re-reads the
         # environment and ~/.netrc in a thread on every request.
         self._env_proxies = urllib.request.getproxies_environment() if trust_env and proxy is None else {}
+        # The proxies are the operator's: they may be anywhere. What they fetch, they resolve.
+        proxies = [self._proxy] if self._proxy else [url for scheme, url in self._env_proxies.items() if scheme != "no"]
+        self._guard = guard.including(proxies) if guard is not None else None
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: GuardedResolver | None = None
 
     def _open(self) -> aiohttp.ClientSession:
+        self._resolver = GuardedResolver(self._guard) if self._guard is not None else None
         connector = aiohttp.TCPConnector(
             limit=self._limits.max_connections or 0,
             keepalive_timeout=self._limits.keepalive_expiry or 5.0,
             ssl=self._ssl,
+            # Names are resolved once and connected to only as checked; aiohttp keeps checked answers
+            # for its DNS cache's ttl, so the check runs once per resolution, not per request.
+            resolver=self._resolver,
         )
         # auto_decompress off: httpx decodes, so a digest is always taken over the decoded bytes.
         # read_bufsize: aiohttp stops reading a socket once it holds twice this; at its default
@@ -126,36 +143,53 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
             self._session = self._open()
+        # aiohttp never resolves an IP literal: its IP is judged here, before anything is sent.
+        if self._guard is not None and (why := self._guard.literal_refusal(request.url)) is not None:
+            raise RefusedConnection(why, request=request)
         timeout = request.extensions.get("timeout", {})
-        body = await request.aread()  # only small bodies are ever sent (JSON)
+        content = await request.aread()  # only small bodies are ever sent (JSON)
         options: dict[str, Any] = {}
         if proxy := self._proxy_for(request.url):
             options.update(proxy=proxy, proxy_auth=self._proxy_auth)
+        # A head dripped a byte at a time never trips the per-read timeout: the whole head has a deadline.
+        head_seconds = sum(value for value in (timeout.get("pool"), timeout.get("connect"), timeout.get("read")) if value) or None
+        try:
+            async with asyncio.timeout(head_seconds):
+                response = await self._send(self._session, request, content, timeout, options)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no response head within {head_seconds:g}s", request=request) from None
+        stream = _Body(response, request)
+        stream.owner = httpx.Response(
+            status_code=response.status,
+            headers=list(response.raw_headers),
+            stream=stream,
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
+        )
+        return stream.owner
+
+    @staticmethod
+    async def _send(
+        session: aiohttp.ClientSession, request: httpx.Request, content: bytes, timeout: dict[str, float | None], options: dict[str, Any],
+    ) -> aiohttp.ClientResponse:
         with _translated(request):
-            response = await self._session.request(
+            return await session.request(
                 request.method,
                 str(request.url),
                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw],
-                data=body or None,
+                data=content or None,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=timeout.get("pool"), sock_connect=timeout.get("connect"), sock_read=timeout.get("read"),
                 ),
                 **options,
             )
-        body = _Body(response, request)
-        body.owner = httpx.Response(
-            status_code=response.status,
-            headers=list(response.raw_headers),
-            stream=body,
-            request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
-        )
-        return body.owner
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._resolver is not None:  # aiohttp closes only a resolver it made itself
+            await self._resolver.close()
 
 
 def new_client(
@@ -166,10 +200,15 @@ def new_client(
     proxy: httpx.Proxy | None = None,
     trust_env: bool = True,
     headers: dict[str, str] | None = None,
+    guard: ConnectGuard | None = None,
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` on :class:`AiohttpTransport`; redirects are never followed here."""
+    """An ``httpx.AsyncClient`` on :class:`AiohttpTransport`; redirects are never followed here.
+
+    ``guard`` enforces the URL policy where connections are made (:mod:`adapters.guard`): every
+    client that reaches outside the gateway passes one; ``None`` (tests only) connects anywhere.
+    """
     return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, verify=verify, proxy=proxy, trust_env=trust_env),
+        transport=AiohttpTransport(limits=limits, verify=verify, proxy=proxy, trust_env=trust_env, guard=guard),
         trust_env=False,  # the transport reads the proxy environment itself
         follow_redirects=False,
         timeout=timeout,

@@ -9,11 +9,11 @@ import os
 import re
 from urllib.parse import urlsplit
 
-import httpx
 
+from adapters.bounded import QUOTE_CHARS, quote
 from adapters.urlpolicy import RefusedURL, resolve, split_http_url
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -22,7 +22,7 @@ def parse_seconds(value: float | int | str, *, key: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value).strip())
+        match = _DURATION.fullmatch(str(value).strip())
         if not match:
             raise ValueError(f"{key}: {value!r} is not a duration like 500ms, 30s or 5m")
         seconds = float(match[1]) * _UNITS[match[2]]
@@ -61,8 +61,12 @@ async def host_ip(url: str) -> str:
     except (RefusedURL, IndexError):
         return ""
 
+UPSTREAM_ANSWER_BYTES = 16 << 20
+"""The most an upstream (a Dragonfly manager, Kraken) may answer one request with: a job with its rows."""
+UPSTREAM_PROBE_BYTES = 64 << 10
+"""The most a health probe's answer is read to."""
 
-def body_excerpt(response: httpx.Response, limit: int = 300) -> str:
-    """A response body in one line, cut short, for quoting an upstream's complaint."""
-    text = response.text.strip().replace("\n", " ")
-    return text[:limit] + ("..." if len(text) > limit else "")
+
+def body_excerpt(body: bytes) -> str:
+    """An upstream's answer in one line, cut short, for quoting its complaint."""
+    return quote(body[: 4 * QUOTE_CHARS].decode("utf-8", "replace"))

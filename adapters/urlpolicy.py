@@ -6,6 +6,9 @@ cloud metadata or an internal service. The rules:
 - With an allowlist (``registries.allow``), a caller's URL must name an allowed host.
 - Without one, any host whose every DNS answer is a public address is allowed.
 - Redirects are followed to allowed hosts, or to hosts whose answers are all public.
+- A token service a registry names in its 401 is checked like a caller's URL: with an
+  allowlist it must be allowed itself (a registry cannot send the gateway, and its
+  credentials, to a host the operator never listed); without one, it must be public.
 
 Patterns: ``host``, ``host:port``, ``*.suffix`` (subdomains only), an IP network in CIDR
 form (``10.0.0.0/8``), or ``*`` (anything, including private addresses: use with care).
@@ -46,6 +49,17 @@ def split_http_url(url: str) -> SplitResult:
 def host_port(parts: SplitResult) -> tuple[str, int]:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return (parts.hostname or "").lower(), port
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of ``url``, port made explicit and host lower-cased: whom a request goes to.
+
+    Credentials are matched on this, never on the host alone: ``https://h`` and ``http://h``
+    are different parties (one is in clear). Raises :class:`RefusedURL` for a URL that is not http(s).
+    """
+    parts = split_http_url(url)
+    host, port = host_port(parts)
+    return f"{parts.scheme}://{_netloc(host, port)}"
 
 
 def _is_public(address: str) -> bool:
@@ -116,6 +130,21 @@ class URLPolicy:
         host, port = host_port(parts)
         if not self.allowed_by_name(host, port):
             await self._require_public(host, port, why="a redirect target")
+        return parts
+
+    async def check_token_service(self, url: str, registry: str) -> SplitResult:
+        """Check the token service (``realm``) that ``registry``'s 401 named, as :meth:`check` does a
+        caller's URL; the message names it as a token service, so the fix is plain."""
+        parts = split_http_url(url)
+        host, port = host_port(parts)
+        if self.allowed_by_name(host, port):
+            return parts
+        if self.allow:
+            raise RefusedURL(
+                f"host {_netloc(host, port)}, the token service {registry} names, is not allowed: add it to "
+                f"{self.config_key} (now {', '.join(self.allow)}) to let the gateway ask it for tokens"
+            )
+        await self._require_public(host, port, why=f"the token service {registry} names")
         return parts
 
     async def _require_public(self, host: str, port: int, *, why: str) -> None:

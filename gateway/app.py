@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from adapters import registry as adapter_registry
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Deduper
+from adapters.guard import ConnectGuard, urls_in
 from adapters.oci import OciClient
 from adapters.transport import new_client
 from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
@@ -42,6 +43,7 @@ from gateway.jobs import InvalidRequest, JobService
 from gateway.logs import RequestIdMiddleware
 from gateway.metrics import HTTPMetricsMiddleware, Metrics, counter_family, gauge_family
 from gateway.ratelimit import RateLimiter
+from gateway.routing import merge_by_path
 from gateway.runner import Runner
 from gateway.secretbox import SecretBox
 from gateway.store import JobRecord, SqlStore, StoreUnavailable, open_store
@@ -73,10 +75,10 @@ class Gateway:
             Path(config.store.secret_key_file) if config.store.secret_key_file else config.state_dir / "secret.key",
         )
         self.auth = Authenticator(config.auth, self.store)
-        self.http = new_client(timeout=httpx.Timeout(30.0, connect=10.0), headers={"User-Agent": USER_AGENT})
-        self.dedupe = Deduper(window=config.runner.dedupe_window_seconds)
+        self.http = new_client(timeout=httpx.Timeout(config.registries.read_timeout_seconds, connect=10.0), headers={"User-Agent": USER_AGENT}, guard=_connect_guard(config))
+        self.dedupe = Deduper(window=config.runner.dedupe_window_seconds, floor=config.runner.transfer_floor)
         policy = config.registries.policy()
-        self.oci = OciClient(self.http, policy, user_agent=USER_AGENT, max_in_flight=48)
+        self.oci = OciClient(self.http, policy, user_agent=USER_AGENT, max_in_flight=48, limits=config.registries.limits())
         context = AdapterContext(
             http=self.http,
             oci=self.oci,
@@ -182,6 +184,12 @@ class Gateway:
         )
 
 
+def _connect_guard(config: Config) -> ConnectGuard:
+    """The shared client's connect-time policy: ``registries.allow``, plus every URL the operator
+    put in a cluster's options (mirrors, endpoints), which may be on any address."""
+    return ConnectGuard(config.registries.policy(), configured=urls_in([cluster.options for cluster in config.clusters]))
+
+
 def _primary_ip() -> str:
     """The address other hosts would see this one by (no packet is sent)."""
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -192,7 +200,7 @@ def _primary_ip() -> str:
 
 def _lock_exclusive(database: Path) -> Any:
     """One process owns an embedded SQLite store: a second one would re-run the first's tasks."""
-    database.parent.mkdir(parents=True, exist_ok=True)
+    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = open(database.with_name(database.name + ".lock"), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -265,7 +273,8 @@ def create_app(config: Config) -> Starlette:
             app.state.ready = False
             await gateway.stop()
 
-    routes = [*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes()]
+    # One route per path: a 405's Allow then names every method the path serves.
+    routes = merge_by_path([*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes()])
     app = Starlette(
         routes=routes,
         middleware=[

@@ -41,6 +41,8 @@ import cachetools
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from adapters.bounded import send_capped
+from adapters.guard import ConnectGuard
 from adapters.transport import new_client
 from gateway.config import AuthConfig, JWTConfig
 from gateway.store import SqlStore
@@ -217,13 +219,11 @@ class JWTVerifier:
             self._attempted_at = now
             url = self.config.jwks_url or ""
             try:
-                async with new_client(timeout=5.0) as client:
-                    response = await client.get(url, headers={"Accept": "application/json"})
+                async with new_client(timeout=5.0, guard=ConnectGuard(configured=[url])) as client:
+                    response, body = await send_capped(client, "GET", url, limit=self.MAX_JWKS_BYTES, headers={"Accept": "application/json"})
                 if response.status_code != 200:
                     raise ValueError(f"HTTP {response.status_code}")
-                if len(response.content) > self.MAX_JWKS_BYTES:
-                    raise ValueError("larger than 1 MiB")
-                self._keys = self._index(JsonWebKey.import_key_set(msgspec.json.decode(response.content)))
+                self._keys = self._index(JsonWebKey.import_key_set(msgspec.json.decode(body)))
                 self._fetched_at = now
             except Exception as error:  # the previous keys stay in use; say why in the log
                 log.warning("fetching the JWKS at auth.jwt.jwks_url %s failed: %s", url, str(error)[:200])

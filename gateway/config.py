@@ -19,13 +19,23 @@ import yaml
 
 from adapters import registry as adapter_registry
 from adapters.base import Credentials
-from adapters.oci import parse_platform
+from adapters.bounded import BODY_SECONDS
+from adapters.oci import (
+    MANIFEST_CACHE_BYTES,
+    MAX_BLOB_BYTES,
+    MAX_ERROR_BODY_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_TOKEN_BYTES,
+    ReadLimits,
+    parse_platform,
+)
+from adapters.ratefloor import TransferFloor
 from adapters.urlpolicy import URLPolicy
 
 CONFIG_ENV = "PREHEAT_GATEWAY_CONFIG"
 STATE_DIR_ENV = "PREHEAT_GATEWAY_STATE_DIR"
 SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -43,7 +53,7 @@ def parse_duration(text: str | int | float) -> float:
         if text < 0:
             raise ValueError("a duration cannot be negative")
         return float(text)
-    match = _DURATION.match(str(text).strip())
+    match = _DURATION.fullmatch(str(text).strip())
     if not match:
         raise ValueError(f"{text!r} is not a duration like 30s, 15m, 12h or 90d")
     return float(match[1]) * _UNITS[match[2]]
@@ -88,11 +98,36 @@ class ServerConfig(_Section):
     """Job creations per second allowed to one credential (0: unlimited); 429 beyond."""
     create_burst: int = 5000
     """How many creations one credential may make at once before the rate applies."""
+    header_timeout_seconds: float = 10.0
+    """A new connection, or a kept-alive one that started its next request, must send the whole request head (request line and headers) within this; else 408 and closed. Also the TLS handshake's limit."""
+    body_timeout_seconds: float = 30.0
+    """A request body must be complete within this of its head; else 408 and closed."""
+    keep_alive_seconds: float = 65.0
+    """A kept-alive connection idle this long is closed (Harbor polls every 10 s on one)."""
+    max_header_bytes: int = 64 * 1024
+    """Largest request line plus headers accepted (431 and closed above)."""
+    max_connections: int = 10_000
+    """Most open connections; at the cap the one that has waited longest without a complete request head is closed to admit a new one. Lowered to fit the open-file limit."""
+    max_in_flight_requests: int = 4096
+    """Most requests being processed at once (503 beyond); idle connections never count."""
+    signin_failure_burst: int = 10
+    """Console sign-in failures one client address (an IPv6 /64) may make before it must wait (429 with Retry-After)."""
+    signin_failures_per_minute: float = 6.0
+    """How fast that allowance refills."""
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(f"listen: {self.listen!r} is not host:port")
+        for name in ("header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ValueError(f"{name}: must be more than 0 and at most 3600")
+        if not 1024 <= self.max_header_bytes <= 16 << 20:
+            raise ValueError("max_header_bytes: must be between 1024 and 16 MiB")
+        if self.max_connections < 1 or self.max_in_flight_requests < 1:
+            raise ValueError("max_connections and max_in_flight_requests: must be at least 1")
+        if self.signin_failure_burst < 1 or self.signin_failures_per_minute <= 0:
+            raise ValueError("signin_failure_burst must be at least 1 and signin_failures_per_minute more than 0")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError(f"root_path: {self.root_path!r} must start with / and not end with /")
         if self.max_body_bytes < 1024:
@@ -123,7 +158,7 @@ class StoreConfig(_Section):
 
 
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _RESERVED_HEADERS = frozenset({"authorization", "proxy-authorization", "host", "content-type", "content-length",
                                "transfer-encoding", "connection", "cookie", "user-agent"})
 
@@ -198,7 +233,7 @@ class AuthConfig(_Section):
 
     def __post_init__(self) -> None:
         if self.custom_header is not None:
-            if not _HEADER_NAME.match(self.custom_header):
+            if not _HEADER_NAME.fullmatch(self.custom_header):
                 raise ValueError(f"custom_header: {self.custom_header!r} is not an HTTP header name")
             if self.custom_header.lower() in _RESERVED_HEADERS:
                 raise ValueError(
@@ -239,14 +274,45 @@ class RegistriesConfig(_Section):
     """Hosts the gateway may fetch from: ``host``, ``host:port``, ``*.suffix``, CIDR, or ``*``."""
     credentials: list[RegistryCredential] = []
     """Used when the caller sent none (Kraken events, the CLI) or its token was refused."""
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES
+    """Largest manifest or index read from a registry, counted after decompression (4 MiB); larger ones are refused."""
+    max_blob_bytes: int = MAX_BLOB_BYTES
+    """Largest size a manifest may declare for a blob (64 GiB); a larger declaration fails the job at resolve time."""
+    max_error_body_bytes: int = MAX_ERROR_BODY_BYTES
+    """Most of a registry's or token service's error answer read (64 KiB, decompressed): only a short detail is quoted."""
+    max_token_bytes: int = MAX_TOKEN_BYTES
+    """Largest token service answer read, counted after decompression (64 KiB); a larger one is refused."""
+    manifest_cache_bytes: int = MANIFEST_CACHE_BYTES
+    """Bytes of by-digest manifests kept in memory (32 MiB), counted by their size, least recently used dropped first."""
+    read_timeout_seconds: float = 30.0
+    """Longest wait for the next bytes from a registry, token service or cache; a response's head must arrive within
+    twice this plus the 10 s connect timeout, however slowly it is dripped."""
+    body_timeout_seconds: float = BODY_SECONDS
+    """Longest a whole manifest, index or token answer may take to arrive (60 s); blobs are held to
+    ``runner.min_transfer_bytes_per_second`` instead."""
 
     def __post_init__(self) -> None:
         for index, pattern in enumerate(self.allow):
             if not pattern or " " in pattern or "/" in pattern and not re.match(r"^[0-9a-fA-F.:]+/\d+$", pattern):
                 raise ValueError(f"allow[{index}]: {pattern!r} is not a host, host:port, *.suffix, CIDR or *")
+        for key in ("max_manifest_bytes", "max_blob_bytes", "max_error_body_bytes", "max_token_bytes"):
+            if getattr(self, key) < 1024:
+                raise ValueError(f"{key}: must be at least 1024")
+        if self.manifest_cache_bytes < 0:
+            raise ValueError("manifest_cache_bytes: cannot be negative (0 keeps no manifest)")
+        for key in ("read_timeout_seconds", "body_timeout_seconds"):
+            if not 0 < getattr(self, key) <= 3600:
+                raise ValueError(f"{key}: must be more than 0 and at most 3600 seconds")
 
     def policy(self) -> URLPolicy:
         return URLPolicy(tuple(self.allow))
+
+    def limits(self) -> ReadLimits:
+        """The caps the registry client reads within."""
+        return ReadLimits(
+            manifest_bytes=self.max_manifest_bytes, error_body_bytes=self.max_error_body_bytes, token_bytes=self.max_token_bytes,
+            blob_bytes=self.max_blob_bytes, manifest_cache_bytes=self.manifest_cache_bytes, body_seconds=self.body_timeout_seconds,
+        )
 
 
 class RunnerConfig(_Section):
@@ -259,19 +325,54 @@ class RunnerConfig(_Section):
     """A job's time limit when the request gives none (Harbor waits 30 minutes)."""
     dedupe_window_seconds: float = 600.0
     """A blob warmed on an endpoint is not fetched there again within this window."""
+    min_transfer_bytes_per_second: int = 16384
+    """The slowest a blob or file may arrive, averaged over ``min_transfer_window_seconds`` once
+    ``min_transfer_grace_seconds`` have passed; a slower one (a registry that drips) fails its row with
+    a message naming the rate, freeing its fetch slot. 0 turns the floor off."""
+    min_transfer_window_seconds: float = 30.0
+    """The window ``min_transfer_bytes_per_second`` is averaged over."""
+    min_transfer_grace_seconds: float = 30.0
+    """How long a transfer may start slowly (a cold cache fetching upstream) before the floor applies."""
     poll_seconds: float = 1.0
     """How often an idle replica looks for work another replica queued."""
+    max_timeout: str = "24h"
+    """The longest time limit a request may ask for (``args.timeout``); a longer one is refused with 422."""
+    max_result_bytes: int = 1 << 20
+    """Bytes of result rows one cluster task stores; rows beyond it are counted, not stored."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
         if self.lease_seconds < 3:
             raise ValueError("lease_seconds: must be at least 3")
+        if self.min_transfer_bytes_per_second < 0:
+            raise ValueError("min_transfer_bytes_per_second: must not be negative (0 turns the floor off)")
+        if self.min_transfer_window_seconds <= 0:
+            raise ValueError("min_transfer_window_seconds: must be positive")
+        if self.min_transfer_grace_seconds < 0:
+            raise ValueError("min_transfer_grace_seconds: must not be negative")
         parse_duration(self.default_timeout)
+        if parse_duration(self.max_timeout) <= 0:
+            raise ValueError("max_timeout: must be longer than 0s")
+        if parse_duration(self.default_timeout) > parse_duration(self.max_timeout):
+            raise ValueError(f"default_timeout: {self.default_timeout} is longer than max_timeout ({self.max_timeout})")
+        if self.max_result_bytes < 1024:
+            raise ValueError("max_result_bytes: must be at least 1024")
+
+    @property
+    def max_timeout_seconds(self) -> float:
+        return parse_duration(self.max_timeout)
 
     @property
     def default_timeout_seconds(self) -> float:
         return parse_duration(self.default_timeout)
+
+    @property
+    def transfer_floor(self) -> TransferFloor:
+        """The minimum transfer rate every fetch is held to (:mod:`adapters.ratefloor`)."""
+        return TransferFloor(
+            self.min_transfer_bytes_per_second, self.min_transfer_window_seconds, self.min_transfer_grace_seconds
+        )
 
 
 class ClusterConfig(_Section):

@@ -6,6 +6,7 @@ Dragonfly's manager uses), with a 4xx status for anything the caller can fix.
 
 from __future__ import annotations
 
+import math
 import re
 from itertools import accumulate
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+
+from gateway.ids import ascii_number
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -38,7 +41,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise APIError(400, "Content-Length is not a number")
         if int(declared) > limit:
             raise APIError(413, f"request body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
@@ -77,24 +80,46 @@ def int_param(request: Request, name: str, default: int, *, minimum: int, maximu
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise APIError(400, f"query parameter {name}={raw[:50]!r} is not an integer") from None
+    value = ascii_number(raw.removeprefix("-"))
+    if value is None:
+        raise APIError(400, f"query parameter {name}={raw[:50]!r} is not an integer")
+    value = -value if raw.startswith("-") else value
     if not minimum <= value <= maximum:
         raise APIError(400, f"query parameter {name} must be between {minimum} and {maximum}")
     return value
 
 
 async def json_body(request: Request, *, creates_job: bool = False) -> bytes:
-    """A JSON request body within the configured limits; ``creates_job`` also applies the
-    caller's creation rate limit (429 with ``Retry-After``)."""
+    """A JSON request body within the configured limits; ``creates_job`` also charges the
+    caller's creation rate limit for one job first (429 with ``Retry-After``)."""
     server = request.app.state.gateway.config.server
     if creates_job:
-        principal = request.scope.get("state", {}).get("principal")
-        wait = request.app.state.gateway.create_limit.acquire(principal.name if principal else "anonymous")
-        if wait:
-            request.app.state.gateway.metrics.rate_limited.inc()
-            raise APIError(429, f"too many jobs created by this credential; retry in {wait:.1f}s (server.create_rate_per_second)",
-                           {"Retry-After": str(max(1, round(wait)))})
+        charge_job_creations(request, 1)
     return await read_json_body(request, server.max_body_bytes, server.max_json_depth)
+
+
+def charge_job_creations(request: Request, jobs: int) -> None:
+    """Charge the caller's creation rate limit for ``jobs`` jobs, all or none of them.
+
+    A request that would create more jobs than the bucket holds now is refused whole with 429
+    and a ``Retry-After`` by which its whole cost has refilled. More than ``server.create_burst``
+    at once can never fit, and is refused saying so.
+    """
+    gateway = request.app.state.gateway
+    limit = gateway.create_limit
+    if limit.rate <= 0 or jobs <= 0:
+        return
+    if jobs > limit.burst:
+        gateway.metrics.rate_limited.inc()
+        raise APIError(429, f"this request would create {jobs} jobs; this credential may create at most {limit.burst} at once "
+                            "(server.create_burst): send them in smaller requests",
+                       {"Retry-After": str(max(1, round(jobs / limit.rate)))})
+    principal = request.scope.get("state", {}).get("principal")
+    wait = limit.acquire(principal.name if principal else "anonymous", jobs)
+    if wait:
+        gateway.metrics.rate_limited.inc()
+        what = "too many jobs created by this credential" if jobs == 1 else (
+            f"this request would create {jobs} jobs, more than this credential may create now; no job was created"
+        )
+        raise APIError(429, f"{what}; retry in {wait:.1f}s (server.create_rate_per_second)",
+                       {"Retry-After": str(max(1, math.ceil(wait)))})

@@ -19,15 +19,16 @@ class RateLimiter:
         self.burst = burst
         self._buckets: cachetools.TTLCache[str, tuple[float, float]] = cachetools.TTLCache(maxsize=100_000, ttl=3600)
 
-    def acquire(self, key: str) -> float:
-        """Take one token for ``key``; returns 0 when allowed, else the seconds until one is free."""
+    def acquire(self, key: str, cost: int = 1) -> float:
+        """Take ``cost`` tokens for ``key``, all or none; returns 0 when taken, else the seconds until
+        ``cost`` tokens will be there (nothing is taken then)."""
         if self.rate <= 0:
             return 0.0
         now = time.monotonic()
         tokens, last = self._buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self._buckets[key] = (tokens - 1, now)
+        if tokens >= cost:
+            self._buckets[key] = (tokens - cost, now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        return (1 - tokens) / self.rate
+        return (cost - tokens) / self.rate
