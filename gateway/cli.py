@@ -29,12 +29,10 @@ def _load(arg: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.allocator import tune_for_streaming
     from gateway.app import create_app
     from gateway.logs import configure_logging
-    from gateway.onesend import OneSendHttpProtocol
+    from gateway.serving import Limits, serve
 
     tune_for_streaming()
     config = _load(args.config)
@@ -43,23 +41,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.server.listen = f"{host}:{port}"
     configure_logging()
     tls = config.server.tls
-    uvicorn.run(
+    started = serve(
         create_app(config),
         host=host,
         port=port,
+        limits=Limits.from_config(config.server),
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
         loop="uvloop",
-        http=OneSendHttpProtocol,
         log_config=None,
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=10,
-        timeout_keep_alive=65,  # Harbor polls every 10 s on a kept-alive connection
-        limit_concurrency=4096,
         backlog=2048,
     )
-    return 0
+    return 0 if started else 3  # uvicorn's STARTUP_FAILURE
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

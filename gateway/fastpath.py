@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.ids import ascii_number
+
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
@@ -42,9 +44,9 @@ class FastStatusMiddleware:
                 path = path[len(root):]
             prefix, _, job_id = path.rpartition("/")
             target = STATUS_ROUTES.get(prefix + "/")
-            if target is not None and job_id.isdigit():
+            if target is not None and (number := ascii_number(job_id)) is not None:
                 gateway = self.gateway()
-                body = gateway.rendered.get((target[0], int(job_id)))
+                body = gateway.rendered.get((target[0], number))
                 if body is not None and gateway.auth.quick(scope["headers"]):
                     await send({"type": "http.response.start", "status": 200, "headers": [
                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

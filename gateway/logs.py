@@ -14,10 +14,12 @@ import time
 import uuid
 
 import msgspec
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger("gateway.http")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _SECRETS = re.compile(
     r"(?i)(bearer\s+|basic\s+)[A-Za-z0-9._~+/=-]+"
@@ -25,6 +27,8 @@ _SECRETS = re.compile(
     r"|((?:password|passwd|secret|token|access_token)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+"
     r"|(://[^/:@\s]+:)[^@/\s]+@"
 )
+DISCONNECT_LOGGED = "gateway.disconnect_logged"
+"""Key the server sets in a request's ``scope["state"]`` once it has logged that request's disconnect."""
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -89,7 +93,12 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (the caller's ``X-Request-Id`` when sane), echoed and logged."""
+    """Gives every request an id (the caller's ``X-Request-Id`` when sane), echoed and logged.
+
+    A client that hangs up before its request body is complete is an ordinary event, not an
+    error: it is logged once at INFO, one line, never as a traceback (the server may already
+    have logged it, with the reason it closed the connection).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -99,7 +108,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        current = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        current = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         token = request_id.set(current)
 
         async def stamp(message: Message) -> None:
@@ -109,5 +118,8 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, stamp)
+        except ClientDisconnect:
+            if not scope.get("state", {}).get(DISCONNECT_LOGGED):
+                log.info("client went away before its request body was complete (%s %s)", scope["method"], scope["path"][:200])
         finally:
             request_id.reset(token)

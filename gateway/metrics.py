@@ -12,15 +12,24 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PREFIX = "preheat_gateway"
 TASK_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+CLIENT_CLOSED = 499
+"""The status label of a request whose client went away before it was complete (nginx's convention)."""
 GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
@@ -99,6 +108,9 @@ class HTTPMetricsMiddleware:
 
         try:
             await self.app(scope, receive, record_status)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED  # the client hung up mid-request: not a server error
+            raise
         finally:
             route = self.templates.get(scope.get("endpoint"), "other")
             if route == "other" and scope["path"].startswith("/console"):

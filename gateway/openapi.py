@@ -12,6 +12,10 @@ import msgspec
 
 from gateway.dialects.dragonfly import CreateJobRequest, PatchJobRequest
 
+JOB_TYPES = ("preheat",)
+"""The job types the gateway creates (and the ``type`` filter of a list accepts)."""
+MAX_PAGE = 1_000_000
+"""The highest ``page`` of a list."""
 _ERROR = {"type": "object", "properties": {"errors": {"type": "string"}}, "required": ["errors"]}
 _TASK_ROW = {"type": "object", "properties": {k: {"type": "string"} for k in ("url", "hostname", "ip", "description")}}
 _JOB = {
@@ -23,7 +27,7 @@ _JOB = {
         "updated_at": {"type": "string", "format": "date-time"},
         "task_id": {"type": "string"},
         "bio": {"type": "string"},
-        "type": {"type": "string", "enum": ["preheat"]},
+        "type": {"type": "string", "enum": list(JOB_TYPES)},
         "state": {"type": "string", "enum": ["PENDING", "SUCCESS", "FAILURE"]},
         "source": {"type": "string"},
         "args": {"type": "object", "description": "The request's arguments; headers and password are always blanked."},
@@ -61,11 +65,21 @@ def _responses(ok: dict[str, Any] | None, *errors: int) -> dict[str, Any]:
     return responses
 
 
-def document(version: str) -> dict[str, Any]:
+def _list_parameters(max_page_size: int) -> list[dict[str, Any]]:
+    """The list's query parameters with the very bounds ``list_jobs`` enforces (400 outside them)."""
+    return [{"name": name, "in": "query", "schema": schema} for name, schema in (
+        ("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}),
+        ("per_page", {"type": "integer", "minimum": 1, "maximum": max_page_size, "default": 10}),
+        ("state", {"type": "string", "enum": ["PENDING", "SUCCESS", "FAILURE"]}),
+        ("type", {"type": "string", "enum": list(JOB_TYPES)}),
+    )]
+
+
+def document(version: str, max_page_size: int = 100) -> dict[str, Any]:
     (create, patch), components = msgspec.json.schema_components([CreateJobRequest, PatchJobRequest], ref_template="#/components/schemas/{name}")
     job, cluster = {"$ref": "#/components/schemas/Job"}, {"$ref": "#/components/schemas/Cluster"}
-    job_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}]
-    body = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}  # noqa: E731
+    job_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}]
+    body = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Harbor preheat gateway: Dragonfly Open API dialect", "version": version},
@@ -78,11 +92,8 @@ def document(version: str) -> dict[str, Any]:
             "/healthy": {"get": {"summary": "Harbor's health check", "responses": _responses({"type": "string"}, 503)}},
             "/oapi/v1/jobs": {
                 "post": {"summary": "Create a preheat job", "requestBody": body(create), "responses": _responses(job, 413, 422, 429)},
-                "get": {"summary": "List jobs, newest first", "parameters": [
-                    {"name": n, "in": "query", "schema": s} for n, s in (
-                        ("page", {"type": "integer", "minimum": 1}), ("per_page", {"type": "integer", "minimum": 1}),
-                        ("state", {"type": "string", "enum": ["PENDING", "SUCCESS", "FAILURE"]}), ("type", {"type": "string"}))
-                ], "responses": _responses({"type": "array", "items": job}, 400)},
+                "get": {"summary": "List jobs, newest first", "parameters": _list_parameters(max_page_size),
+                        "responses": _responses({"type": "array", "items": job}, 400)},
             },
             "/oapi/v1/jobs/{id}": {
                 "get": {"summary": "Read a job", "parameters": job_id, "responses": _responses(job, 404)},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,8 +38,10 @@ from gateway.console.session import (
     clear_cookie,
     set_cookie,
 )
+from gateway.console.throttle import SigninThrottle, client_key
 from gateway.dialects import dragonfly
 from gateway.httputil import APIError, read_body
+from gateway.ids import ascii_number
 from gateway.jobs import InvalidRequest
 from gateway.store import JobRecord
 
@@ -190,9 +193,7 @@ async def _form(request: Request) -> tuple[dict[str, list[str]], str]:
 
 def _number(text: str) -> int | None:
     """A positive integer a database can hold, from a query or form field; None for anything else."""
-    if text.isascii() and text.isdigit() and len(text) <= 18:
-        return int(text) or None
-    return None
+    return ascii_number(text) or None
 
 
 def _one(form: Mapping[str, list[str]], name: str) -> str:
@@ -224,8 +225,19 @@ async def home(request: Request) -> Response:
     return _redirect(f"{_base(request)}/preheats")
 
 
-def _signin_form(request: Request, *, error: str = "", notice: str = "", next_target: str | None = None) -> Response:
-    """The sign-in page; a refused attempt is this page again (200) with the reason, never an error page."""
+def _throttle(request: Request) -> SigninThrottle:
+    """One sign-in throttle per app, sized by ``server.signin_failure_burst`` and ``server.signin_failures_per_minute``."""
+    state = request.app.state
+    throttle = getattr(state, "console_throttle", None)
+    if throttle is None:
+        server = gateway_of(request).config.server
+        throttle = state.console_throttle = SigninThrottle(server.signin_failure_burst, server.signin_failures_per_minute)
+    return throttle
+
+
+def _signin_form(request: Request, *, error: str = "", notice: str = "", next_target: str | None = None,
+                 status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """The sign-in page; a refused attempt is this page again (200, or 429 when throttled) with the reason, never an error page."""
     sessions = _sessions(request)
     nonce = request.cookies.get(SIGNIN_COOKIE, "")
     if not (20 <= len(nonce) <= 64 and nonce.replace("-", "").replace("_", "").isalnum()):
@@ -233,9 +245,10 @@ def _signin_form(request: Request, *, error: str = "", notice: str = "", next_ta
     if next_target is None:
         next_target = request.query_params.get("next", "")
     response = _render(
-        request, "signin.html", None, error=error, notice=notice,
+        request, "signin.html", None, status=status, error=error, notice=notice,
         signin_csrf=sessions.signin_token(nonce), next=_safe_next(request, next_target),
     )
+    response.headers.update(headers or {})
     set_cookie(request, response, SIGNIN_COOKIE, nonce, SIGNIN_SECONDS)
     return response
 
@@ -258,16 +271,29 @@ async def signin(request: Request) -> Response:
     token = _one(form, "token").strip()
     if not token:
         return _signin_form(request, error="Enter a personal access token (or a bearer token the gateway accepts).", next_target=target)
+    failures, client = gateway.auth.failures, client_key(request.client.host if request.client else None)
+    wait = _throttle(request).acquire(client)
+    if wait:
+        failures["signin_throttled"] += 1
+        seconds = max(1, math.ceil(wait))
+        log.info("console: sign-in throttled", extra={"client": client, "retry_after": seconds})
+        return _signin_form(request, error=f"Too many failed sign-ins from your address; try again in {seconds} s.",
+                            next_target=target, status=429, headers={"Retry-After": str(seconds)})
     try:
         principal = await gateway.auth.authenticate({"authorization": f"Bearer {token}"})
     except Unauthorized as error:
-        log.info("console: sign-in refused", extra={"reason": str(error)})
+        failures[error.kind] += 1
+        log.info("console: sign-in refused", extra={"reason": str(error), "kind": error.kind, "client": client})
         return _signin_form(request, error=f"Sign-in failed: {str(error).rstrip('.')}.", next_target=target)
     except Exception:  # e.g. the identity provider's keys are unreachable: a message, not a 500
+        failures["unavailable"] += 1
+        _throttle(request).refund(client)  # not the person's fault
         log.exception("console: could not check a sign-in credential")
         return _signin_form(request, error="The gateway cannot check credentials right now; try again shortly.", next_target=target)
     if "job" not in principal.scopes:
+        failures["forbidden"] += 1
         return _signin_form(request, error=f"Credential {principal.name!r} lacks the 'job' scope the console needs.", next_target=target)
+    _throttle(request).refund(client)
     session = sessions.new(principal.name, principal.method, not_after=_jwt_expiry(token))
     log.info("console: %s signed in", principal.name, extra={"principal": principal.name, "method": principal.method})
     response = _redirect(target)

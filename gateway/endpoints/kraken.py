@@ -5,6 +5,10 @@ after every job is committed to the store. A notification with an event the gate
 (a URL outside ``registries.allow``, a non-manifest URL) is refused whole with 422 and no job
 is created: Harbor then marks its task failed and shows the message, where a 2xx with a
 silently dropped event would show SUCCESS for a preheat that never ran.
+
+The creation rate limit (``server.create_rate_per_second``, ``server.create_burst``) is charged
+per job a notification would create, all or nothing: one that does not fit is refused whole
+with 429 and ``Retry-After``, and no job is created.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.app_types import gateway_of
 from gateway.dialects import kraken
 from gateway.endpoints.openapi import healthy
-from gateway.httputil import json_body, json_response
+from gateway.httputil import charge_job_creations, json_body, json_response
 from gateway.jobs import InvalidRequest
 
 log = logging.getLogger("gateway.kraken")
@@ -32,7 +36,8 @@ async def health(request: Request) -> Response:
 
 async def notifications(request: Request) -> Response:
     gateway = gateway_of(request)
-    preheats, ignored = kraken.parse_notification(await json_body(request, creates_job=True))
+    preheats, ignored = kraken.parse_notification(await json_body(request))
+    charge_job_creations(request, max(1, len(preheats)))  # per job it would create, before any DNS check
     refused = []
     for preheat in preheats:
         try:

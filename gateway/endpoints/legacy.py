@@ -14,8 +14,7 @@ from gateway.app_types import gateway_of
 from gateway.dialects import legacy
 from gateway.endpoints.openapi import healthy
 from gateway.httputil import APIError, json_body, json_response
-
-MAX_ID_DIGITS = 18
+from gateway.ids import MAX_ID_DIGITS, ascii_number
 
 
 async def ping(request: Request) -> Response:
@@ -34,9 +33,9 @@ async def create_preheat(request: Request) -> Response:
 async def get_preheat(request: Request) -> Response:
     gateway = gateway_of(request)
     raw: str = request.path_params["id"]
-    if not raw.isdigit() or len(raw) > MAX_ID_DIGITS:
+    job_id = ascii_number(raw, MAX_ID_DIGITS)
+    if job_id is None:
         raise APIError(404, f"preheat task {raw[:40]!r} not found: ids are the numbers POST /preheats returned")
-    job_id = int(raw)
     body = await gateway.job_bytes("legacy", job_id, legacy.status_body)
     if body is None:
         raise APIError(404, f"preheat task {job_id} not found")

@@ -8,7 +8,14 @@ from starlette.routing import Route
 
 from gateway.app_types import gateway_of
 from gateway.dialects import dragonfly
-from gateway.httputil import APIError, error_response, int_param, json_body, json_response
+from gateway.httputil import (
+    APIError,
+    error_response,
+    int_param,
+    json_body,
+    json_response,
+)
+from gateway.openapi import JOB_TYPES, MAX_PAGE
 
 JOB_STATES = ("PENDING", "SUCCESS", "FAILURE")
 MAX_JOB_ID = 2**63 - 1
@@ -50,12 +57,14 @@ async def get_job(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     gateway = gateway_of(request)
-    page = int_param(request, "page", 1, minimum=1, maximum=1_000_000)
+    page = int_param(request, "page", 1, minimum=1, maximum=MAX_PAGE)
     per_page = int_param(request, "per_page", 10, minimum=1, maximum=gateway.config.server.max_page_size)
     state = request.query_params.get("state") or None
     if state is not None and state not in JOB_STATES:
         raise APIError(400, f"state {state[:50]!r} is not one of {', '.join(JOB_STATES)}")
     job_type = request.query_params.get("type") or None
+    if job_type is not None and job_type not in JOB_TYPES:
+        raise APIError(400, f"type {job_type[:50]!r} is not one of {', '.join(JOB_TYPES)}")
     jobs, total = await gateway.store.list_jobs(limit=per_page, offset=(page - 1) * per_page, state=state, type=job_type)
     body = [dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at) for job in jobs]
     last = max(1, -(-total // per_page))

@@ -46,7 +46,8 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi_document(request: Request) -> Response:
-    return json_response(document(request.app.state.gateway.version))
+    gateway = request.app.state.gateway
+    return json_response(document(gateway.version, gateway.config.server.max_page_size))
 
 
 def routes() -> list[Route]:

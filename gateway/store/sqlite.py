@@ -17,6 +17,7 @@ database every few seconds by a worker thread (the only slow, fsyncing step), of
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -48,6 +49,19 @@ class _Tx:
         return self.connection.execute(sql, params or {}).fetchone()
 
 
+def _private(database: Path) -> None:
+    """Create the database file readable by its owner only (it holds token hashes and sealed
+    credentials), and tighten one an older version left 0644. SQLite gives its ``-wal`` and
+    ``-shm`` files the database file's mode; existing ones are tightened here too."""
+    os.close(os.open(database, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        try:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _busy(error: sqlite3.OperationalError) -> bool:
     return "locked" in str(error) or "busy" in str(error)
 
@@ -65,7 +79,8 @@ class SqliteDriver:
 
     async def open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private(self.path)
             self._writer = self._connect()
             self._reader = self._connect()
         except (OSError, sqlite3.Error) as error:
