@@ -8,6 +8,8 @@ background, so creating a job takes milliseconds whatever the registry is doing.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,11 +21,24 @@ from adapters.files import filter_url
 from adapters.oci import parse_manifest_url, parse_platform
 from adapters.urlpolicy import RefusedURL, URLPolicy, split_http_url
 from gateway.config import SCOPES, Cluster, Config
+from gateway.redact import has_userinfo, public_url
 from gateway.secretbox import SecretBox
 from gateway.store import JobRecord, NewJob, SqlStore
 
 MAX_HEADERS = 32
 MAX_HEADER_BYTES = 16 << 10
+MAX_INT64 = 2**63 - 1
+"""The largest integer Go (Harbor, Dragonfly) decodes into an int64: anything beyond is no sensible value."""
+USERINFO_REFUSED = "user-info in URLs is not accepted: send credentials as headers or configure registries.credentials"
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+"""An HTTP header name (RFC 9110 token)."""
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+"""An HTTP header value the gateway forwards: visible ASCII, spaces and tabs; no CR, LF or other control."""
+_DIGEST = re.compile(r"(?P<algorithm>[a-z0-9]+(?:[+._-][a-z0-9]+)*):(?P<encoded>[a-zA-Z0-9=_-]{1,256})")
+"""An OCI content digest (image-spec descriptor grammar); matched whole (``fullmatch``), never with ``$``."""
+_DIGEST_HEX = {"sha256": 64, "sha512": 128}
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f]")
+_TEXT_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidRequest(Exception):
@@ -55,10 +70,14 @@ class JobSpec(msgspec.Struct, kw_only=True):
     """Arguments the gateway does not interpret, kept for adapters that forward upstream."""
 
     def public_urls(self) -> list[str]:
-        """The URLs without signing parameters: a signed URL is a credential for its object."""
-        if self.type != "file":
-            return list(self.urls)
-        return [filter_url(url, self.filtered_query_params) for url in self.urls]
+        """The URLs without user-info or signing parameters (image and file alike): a signed URL is a credential.
+
+        A file's URL is also kept in its identity form (:func:`adapters.files.filter_url`), as Dragonfly shows it.
+        """
+        public = [public_url(url, self.filtered_query_params) for url in self.urls]
+        if self.type == "file":
+            return [filter_url(url, self.filtered_query_params) for url in public]
+        return public
 
     def public(self) -> dict[str, Any]:
         """The spec with every secret blanked: what the store keeps in the clear and what is echoed."""
@@ -72,6 +91,47 @@ class JobSpec(msgspec.Struct, kw_only=True):
 
 def parse_filtered_query_params(text: str) -> list[str]:
     return [name for name in (part.strip() for part in text.split("&")) if name]
+
+
+def check_digest(value: str, where: str) -> None:
+    """Raise :class:`InvalidRequest` unless ``value`` is a whole OCI digest (a trailing newline is not one)."""
+    match = _DIGEST.fullmatch(value)
+    length = _DIGEST_HEX.get(match["algorithm"]) if match else None
+    if not match or (length is not None and not re.fullmatch(f"[a-f0-9]{{{length}}}", match["encoded"])):
+        raise InvalidRequest(
+            f"{where} {public_text(value, 80)!r} is not a digest: expected sha256: and 64 lower-case hex digits"
+        )
+
+
+def check_header(name: str, value: str) -> None:
+    """Raise :class:`InvalidRequest` naming a header that cannot be sent as given (CR/LF injection, controls, non-ASCII)."""
+    if not _HEADER_NAME.fullmatch(name):
+        shown = public_text(name, 64)
+        raise InvalidRequest(
+            f"header name {shown!r} is not a valid HTTP header name: use letters, digits and !#$%&'*+.^_`|~- only"
+        )
+    if not _HEADER_VALUE.fullmatch(value):
+        bad = next(ch for ch in value if not _HEADER_VALUE.fullmatch(ch))
+        raise InvalidRequest(
+            f"header {name}: its value contains {_describe_char(bad)}; header values must be visible ASCII "
+            "on one line (no CR, LF or other control characters)"
+        )
+
+
+def public_text(text: str, limit: int) -> str:
+    """A caller's text fit to quote back: control characters escaped, at most ``limit`` characters."""
+    return text[:limit].encode("unicode_escape").decode("ascii")
+
+
+def _describe_char(char: str) -> str:
+    names = {"\r": "a carriage return (CR)", "\n": "a line feed (LF)", "\t": "a tab", " ": "a space", "\x00": "a NUL byte"}
+    return names.get(char, f"the character U+{ord(char):04X}")
+
+
+def _without_secrets(message: str, url: str, filtered: list[str]) -> str:
+    """A validation message that quotes ``url`` (whole or its first 200 characters), with the public form quoted instead."""
+    public = public_url(url, filtered)
+    return message.replace(url, public).replace(url[:200], public[:200])
 
 
 class JobService:
@@ -105,13 +165,20 @@ class JobService:
         for url in spec.urls:
             if len(url) > 8192:
                 raise InvalidRequest("a url is longer than 8192 characters")
+            if bad := _URL_FORBIDDEN.search(url):
+                raise InvalidRequest(
+                    f"a url contains {_describe_char(bad.group())} at position {bad.start()}: "
+                    "remove it or percent-encode it (URLs cannot hold spaces or control characters)"
+                )
+            if has_userinfo(url):
+                raise InvalidRequest(USERINFO_REFUSED)
             try:
                 split_http_url(url)
                 if spec.type == "image":
                     parse_manifest_url(url)
                 await self.policy.check(url)
             except (RefusedURL, ValueError) as error:
-                raise InvalidRequest(str(error)) from None
+                raise InvalidRequest(_without_secrets(str(error), url, spec.filtered_query_params)) from None
         if spec.scope and spec.scope not in SCOPES:
             raise InvalidRequest(f"scope {spec.scope!r} is not one of {', '.join(SCOPES)}")
         if spec.platform and spec.platform != "all":
@@ -129,14 +196,34 @@ class JobService:
                 )
         if spec.timeout_seconds < 0:
             raise InvalidRequest("timeout cannot be negative (it is a Go duration in nanoseconds; 0 means the default)")
+        self._check_timeout(spec.timeout_seconds)
+        for name, value in (("piece_length", spec.piece_length), ("count", spec.extra.get("count")),
+                            ("percentage", spec.extra.get("percentage"))):
+            if isinstance(value, int) and not -MAX_INT64 <= value <= MAX_INT64:
+                raise InvalidRequest(f"{name} is out of range: at most {MAX_INT64} (a Go int64)")
+        for name, text in (("tag", spec.tag), ("application", spec.application), ("platform", spec.platform),
+                           ("scope", spec.scope), ("username", spec.username)):
+            if bad := _TEXT_FORBIDDEN.search(text):
+                raise InvalidRequest(f"{name} contains {_describe_char(bad.group())}: remove it")
         if spec.concurrent_count < 0 or spec.concurrent_count > 1000:
             raise InvalidRequest("concurrent_count must be between 0 (the default, 8) and 1000")
         if spec.piece_length is not None and spec.piece_length < 0:
             raise InvalidRequest("piece_length cannot be negative")
         if len(spec.headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in spec.headers.items()) > MAX_HEADER_BYTES:
             raise InvalidRequest(f"headers are too large: at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes")
+        for name, value in spec.headers.items():
+            check_header(name, value)
         if len(spec.bio) > 1000:
             raise InvalidRequest("bio is longer than 1000 characters")
+
+    def _check_timeout(self, seconds: float) -> None:
+        runner = self.config.runner
+        maximum = runner.max_timeout_seconds
+        if not math.isfinite(seconds) or seconds > maximum:
+            raise InvalidRequest(
+                f"timeout is longer than the maximum of {runner.max_timeout} ({int(maximum * 1e9)} nanoseconds, "
+                f"runner.max_timeout): send a Go duration in nanoseconds up to that, or 0 for the default ({runner.default_timeout})"
+            )
 
     async def create(self, spec: JobSpec) -> JobRecord:
         await self.validate(spec)

@@ -9,6 +9,7 @@ how it ended, so it fits in a deploy pipeline.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -17,11 +18,18 @@ from typing import Any, TextIO
 
 import httpx
 
-from gateway.config import CONFIG_ENV, ConfigError, load_config
+from gateway.config import (
+    CONFIG_ENV,
+    ConfigError,
+    RunnerConfig,
+    load_config,
+    parse_duration,
+)
 
 TOKEN_ENV = "PREHEAT_GATEWAY_TOKEN"
 SERVER_ENV = "PREHEAT_GATEWAY_SERVER"
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+MAX_GO_DURATION_NS = 2**63 - 1
 _REFERENCE = re.compile(r"^(?P<host>[^/]+\.[^/]+|[^/]+:\d+|localhost)/(?P<repo>[^:@]+)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
 
 
@@ -33,11 +41,25 @@ def manifest_url(reference: str, *, plain_http: bool = False) -> str:
     """``harbor.example.com/library/alpine:3.19`` -> ``https://harbor.example.com/v2/library/alpine/manifests/3.19``."""
     if reference.startswith(("http://", "https://")):
         return reference
-    match = _REFERENCE.match(reference)
+    match = _REFERENCE.fullmatch(reference)
     if not match:
         raise UsageError(f"{reference!r} is neither an image reference (registry.example.com/project/image:tag) nor an http(s) URL")
     scheme = "http" if plain_http else "https"
     return f"{scheme}://{match['host']}/v2/{match['repo']}/manifests/{match['digest'] or match['tag'] or 'latest'}"
+
+
+def timeout_ns(text: str | None) -> int:
+    """``--timeout 2h`` as the Go duration in nanoseconds the Open API takes; 0 (the gateway's default) when absent."""
+    if not text:
+        return 0
+    try:
+        seconds = parse_duration(text)
+    except ValueError as error:
+        raise UsageError(f"--timeout: {error}") from None
+    default_max = RunnerConfig().max_timeout
+    if not math.isfinite(seconds) or seconds * 1e9 > MAX_GO_DURATION_NS:
+        raise UsageError(f"--timeout {text[:40]!r} is too long: the gateway accepts at most its runner.max_timeout ({default_max} by default)")
+    return int(seconds * 1_000_000_000)
 
 
 def _server(args: argparse.Namespace) -> str:
@@ -56,7 +78,8 @@ def _server(args: argparse.Namespace) -> str:
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
     urls = [manifest_url(target, plain_http=args.plain_http) if args.type == "image" else target for target in args.targets]
-    preheat: dict[str, Any] = {"type": args.type, "url": urls[0], "platform": args.platform or "", "scope": args.scope or ""}
+    preheat: dict[str, Any] = {"type": args.type, "url": urls[0], "platform": args.platform or "", "scope": args.scope or "",
+                               "timeout": timeout_ns(getattr(args, "timeout", None))}
     if len(urls) > 1:
         preheat["urls"] = urls[1:]
     if args.username:
@@ -175,6 +198,8 @@ def add_parser(commands: Any) -> None:
     preheat.add_argument("--scope", choices=["single_seed_peer", "all_seed_peers", "all_peers"])
     preheat.add_argument("--type", choices=["image", "file"], default="image")
     preheat.add_argument("--description", help="stored as the job's bio")
+    preheat.add_argument("--timeout", help="the job's time limit, e.g. 30m or 2h (default: the gateway's runner.default_timeout; "
+                         "at most its runner.max_timeout, 24h by default)")
     preheat.add_argument("--username", help="registry username sent with the job")
     preheat.add_argument("--password-env", help="environment variable holding the registry password")
     preheat.add_argument("--plain-http", action="store_true", help="the registry of an image reference speaks http, not https")

@@ -15,31 +15,67 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-from adapters.base import DEFAULT_PLATFORM, DEFAULT_SCOPE, Adapter, Credentials, PreheatError, PreheatRequest, TaskRow
+from adapters.base import (
+    DEFAULT_PLATFORM,
+    DEFAULT_SCOPE,
+    Adapter,
+    Credentials,
+    PreheatError,
+    PreheatRequest,
+    TaskRow,
+)
 from gateway.config import Config
 from gateway.jobs import JobSpec
 from gateway.metrics import Metrics
+from gateway.redact import stored_error, stored_row, strip_userinfo
 from gateway.secretbox import SecretBox
 from gateway.store import Claim, SqlStore, TaskProgress, TaskResult
 
 MAX_ROWS_PER_TASK = 10_000
+DEFAULT_MAX_RESULT_BYTES = 1 << 20
 PROGRESS_INTERVAL_SECONDS = 1.0
 log = logging.getLogger("gateway.runner")
+_ROW = msgspec.json.Encoder()
 
 
 class Recorder:
-    """The :class:`adapters.base.Progress` the runner hands an adapter: counts and rows, kept bounded."""
+    """The :class:`adapters.base.Progress` the runner hands an adapter: counts and rows, kept bounded.
 
-    def __init__(self) -> None:
+    Rows are clipped as they arrive (:func:`stored_row`) and stored until their JSON reaches
+    ``max_result_bytes`` (or ``MAX_ROWS_PER_TASK`` of a kind); later rows are only counted, in
+    ``result.*_left_out``, so an adapter quoting a hostile registry cannot grow a job's status.
+    """
+
+    def __init__(self, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES, filtered: Sequence[str] = ()) -> None:
         self.progress = TaskProgress()
         self.result = TaskResult(success_tasks=[], failure_tasks=[])
         self.dirty = False
+        self.max_result_bytes = max_result_bytes
+        self.result_bytes = 0
+        self._full = False
+        self._filtered = tuple(str(name) for name in filtered)
+
+    def _keep(self, row: TaskRow, rows: list[TaskRow]) -> bool:
+        if self._full or len(rows) >= MAX_ROWS_PER_TASK:
+            return False
+        row = stored_row(row, filtered=self._filtered)
+        size = len(_ROW.encode(row)) + 1
+        if self.result_bytes + size > self.max_result_bytes:
+            self._full = True
+            return False
+        self.result_bytes += size
+        rows.append(row)
+        return True
+
+    @property
+    def left_out(self) -> int:
+        return self.result.success_left_out + self.result.failure_left_out
 
     def planned(self, items: int, total_bytes: int) -> None:
         self.progress.items_total += items
@@ -52,14 +88,14 @@ class Recorder:
 
     def succeeded(self, row: TaskRow) -> None:
         self.progress.items_done += 1
-        if len(self.result.success_tasks) < MAX_ROWS_PER_TASK:
-            self.result.success_tasks.append(row)
+        if not self._keep(row, self.result.success_tasks):
+            self.result.success_left_out += 1
         self.dirty = True
 
     def failed(self, row: TaskRow) -> None:
         self.progress.items_failed += 1
-        if len(self.result.failure_tasks) < MAX_ROWS_PER_TASK:
-            self.result.failure_tasks.append(row)
+        if not self._keep(row, self.result.failure_tasks):
+            self.result.failure_left_out += 1
         self.dirty = True
 
 
@@ -133,7 +169,7 @@ class Runner:
                     await asyncio.sleep(self.config.runner.poll_seconds)
                     continue
             for claim in claims:
-                recorder = Recorder()
+                recorder = Recorder(self.config.runner.max_result_bytes, claim.args.get("filtered_query_params") or ())
                 task = asyncio.create_task(self._run(claim, recorder), name=f"task-{claim.task_id}")
                 self._running[claim.task_id] = _Running(claim=claim, task=task, recorder=recorder)
             if claims and free - len(claims) > 0:
@@ -180,7 +216,7 @@ class Runner:
                 error = "timed out before any worker was free; raise args.timeout or runner.workers"
             elif (kind := str(claim.args.get("type", "image"))) not in adapter.supports:
                 error = (f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): the {adapter.name} adapter does not "
-                         f"preheat {kind}s; {adapter.unsupported_hint}")
+                         f"preheat {kind}s; {stored_error(adapter.unsupported_hint)}")
             else:
                 request = self._request(claim, adapter)
                 try:
@@ -188,7 +224,7 @@ class Runner:
                         await adapter.preheat(request, recorder)
                     state = "SUCCESS"
                 except PreheatError as failure:
-                    error = f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): {failure}"
+                    error = f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): {stored_error(failure)}"
                 except TimeoutError:
                     p = recorder.progress
                     error = (
@@ -207,6 +243,9 @@ class Runner:
             log.exception("adapter failed unexpectedly on task %d", claim.task_id)
             name = adapter.name if adapter else "?"
             error = f"internal error in the {name} adapter ({type(failure).__name__}); see the gateway log for job {claim.job_id}"
+        if state == "FAILURE" and recorder.left_out:
+            error += (f" ({recorder.left_out} more result rows were counted but not stored: runner.max_result_bytes "
+                      f"is {recorder.max_result_bytes} bytes per cluster task)")
         self._observe_end(claim, adapter, state, time.monotonic() - started)
         try:
             job_state = await self.store.finish_task(
@@ -246,7 +285,8 @@ class Runner:
         secrets: dict[str, Any] = self.box.open(claim.secret)
         headers = {str(k): str(v) for k, v in (secrets.get("headers") or {}).items()}
         password = str(secrets.get("password") or "")
-        urls = [str(url) for url in secrets.get("urls") or spec.urls]  # signed URLs are sealed
+        # Signed URLs are sealed; user-info is refused at create (a job stored before that fetches without it).
+        urls = [strip_userinfo(str(url)) for url in secrets.get("urls") or spec.urls]
         credentials = Credentials(spec.username, password) if spec.username and password else None
         if credentials is None and spec.type == "image":
             credentials = self.config.credentials_for(urlsplit(spec.urls[0]).netloc)

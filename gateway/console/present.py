@@ -1,8 +1,9 @@
 """How jobs and clusters look on the console's pages, with every secret kept off the page.
 
 The store already blanks a job's headers and password; this module also hides what a URL or
-an adapter's options could carry: passwords in a URL's user-info, signatures of pre-signed
-URLs (the filtered query params), and option values whose names say they are secret. An
+an adapter's options could carry: a URL's user-info (name and password), signatures of
+pre-signed URLs (:func:`gateway.redact.public_url`, the one rule for every URL the gateway
+shows), and option values whose names say they are secret. An
 option that names where a secret lives (``password_env``, ``token_file``) is shown, since the
 name is what an operator needs to find it; its value never is.
 """
@@ -14,19 +15,17 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from adapters.files import DEFAULT_FILTERED_QUERY_PARAMS
 from adapters.oci import parse_manifest_url
 from gateway.config import Cluster
+from gateway.redact import public_url, strip_userinfo
 from gateway.store import JobRecord, TaskProgress, TaskRecord
 
 HIDDEN = "(hidden)"
 _SECRET_NAME = re.compile(r"pass|secret|token|key|credential|auth|cookie|header|signature|private", re.I)
 _NAMES_A_SECRET = ("_env", "_file", "_path")
-_ALWAYS_FILTERED = frozenset(name.lower() for name in DEFAULT_FILTERED_QUERY_PARAMS)
 
 
 # --- times, sizes, states ------------------------------------------------------------------
@@ -95,21 +94,8 @@ def started_at(job: JobRecord) -> float | None:
 
 
 def display_url(url: str, filtered: Iterable[str] = ()) -> str:
-    """A URL without user-info password or pre-signed-URL signatures (their values become ``…``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:{HIDDEN}@{hostport}" if ":" in userinfo else f"{userinfo}@{hostport}"
-    query = parts.query
-    if query:
-        hide = _ALWAYS_FILTERED | {name.lower() for name in filtered}
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "…" if k.lower() in hide or _SECRET_NAME.search(k) else v) for k, v in pairs], safe="…/:")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """A URL as the console shows it: :func:`gateway.redact.public_url` (no user-info, no signing parameters)."""
+    return public_url(str(url), filtered)
 
 
 def job_urls(job: JobRecord) -> list[str]:
@@ -124,7 +110,7 @@ def subject(job: JobRecord) -> str:
         return ""
     if job.args.get("type", "image") == "image":
         try:
-            ref = parse_manifest_url(str(job.args["urls"][0]))
+            ref = parse_manifest_url(strip_userinfo(str(job.args["urls"][0])))
             return f"{ref.host}{ref.prefix}/{ref.name}"
         except (ValueError, KeyError, IndexError):
             return urls[0]

@@ -7,6 +7,7 @@ PENDING/SUCCESS/FAILURE, ``result.job_states[].results[]``), with every secret b
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +16,7 @@ import msgspec
 
 from adapters.base import TaskRow
 from gateway.config import Cluster
-from gateway.jobs import InvalidRequest, JobSpec, parse_filtered_query_params
+from gateway.jobs import MAX_INT64, InvalidRequest, JobSpec, parse_filtered_query_params
 from gateway.store import JobRecord, TaskRecord
 
 NANOSECONDS = 1_000_000_000
@@ -101,12 +102,19 @@ def parse_create(body: bytes, *, source: str = "openapi") -> JobSpec:
         password=args.password,
         piece_length=args.piece_length,
         concurrent_count=args.concurrent_count or args.concurrent_task_count,
-        timeout_seconds=args.timeout / NANOSECONDS,
+        timeout_seconds=timeout_seconds(args.timeout),
         cluster_ids=request.scheduler_cluster_ids,
         bio=request.bio,
         source=source,
         extra=extra,
     )
+
+
+def timeout_seconds(nanoseconds: int) -> float:
+    """A Go duration in nanoseconds as seconds; beyond Go's int64 it is infinite (and the job service refuses it)."""
+    if abs(nanoseconds) > MAX_INT64:
+        return math.inf if nanoseconds > 0 else -math.inf
+    return nanoseconds / NANOSECONDS
 
 
 def parse_patch(body: bytes) -> str:
@@ -144,6 +152,20 @@ def _rows(rows: list[TaskRow]) -> list[dict[str, str]]:
     return [{"url": r.url, "hostname": r.hostname, "ip": r.ip, "description": r.description} for r in rows]
 
 
+def _results(task: TaskRecord) -> dict[str, Any]:
+    """Harbor's table for one cluster; rows beyond ``runner.max_result_bytes`` are counted under ``*_left_out``."""
+    result = task.result
+    body: dict[str, Any] = {
+        "scheduler_cluster_id": task.cluster_id,
+        "success_tasks": _rows(result.success_tasks),
+        "failure_tasks": _rows(result.failure_tasks),
+    }
+    if result.success_left_out or result.failure_left_out:
+        body["success_tasks_left_out"] = result.success_left_out
+        body["failure_tasks_left_out"] = result.failure_left_out
+    return body
+
+
 def _job_state(task: TaskRecord) -> dict[str, Any]:
     state = task.state if task.state in ("SUCCESS", "FAILURE") else "PENDING"
     return {
@@ -154,11 +176,7 @@ def _job_state(task: TaskRecord) -> dict[str, Any]:
         "ttl": 0,
         "created_at": rfc3339(task.started_at),
         "updated_at": rfc3339(task.updated_at),
-        "results": [{
-            "scheduler_cluster_id": task.cluster_id,
-            "success_tasks": _rows(task.result.success_tasks),
-            "failure_tasks": _rows(task.result.failure_tasks),
-        }],
+        "results": [_results(task)],
         "progress": msgspec.to_builtins(task.progress),
     }
 

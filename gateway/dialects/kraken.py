@@ -18,9 +18,15 @@ from typing import Any
 
 import msgspec
 
-from adapters.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest_url
+from adapters.oci import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    parse_manifest_url,
+)
 from gateway.dialects.legacy import convert, decode_json, fold_keys
-from gateway.jobs import InvalidRequest, JobSpec
+from gateway.jobs import InvalidRequest, JobSpec, check_digest
 
 MANIFEST_MEDIA_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX})
 MAX_EVENTS = 1000
@@ -84,6 +90,8 @@ def parse_notification(body: bytes) -> tuple[list[Preheat], int]:
             continue
         if not target.url:
             raise InvalidRequest(f"Events[{index}].Target.Url is empty: a push event needs the manifest URL to preheat")
+        if target.digest:
+            check_digest(target.digest, f"Events[{index}].Target.Digest")
         preheats.append(Preheat(
             index=index,
             event_id=event.id,

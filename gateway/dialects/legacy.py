@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from gateway.dialects.dragonfly import rfc3339
-from gateway.jobs import InvalidRequest, JobSpec
+from gateway.jobs import InvalidRequest, JobSpec, check_digest
 from gateway.store import JobRecord
 
 WAITING, RUNNING, SUCCESS, FAILED = "WAITING", "RUNNING", "SUCCESS", "FAILED"
@@ -80,6 +80,8 @@ def parse_create(body: bytes) -> JobSpec:
         raise InvalidRequest(f"type {record.type!r} is not supported: Harbor sends 'image' (or 'cnai' for model artifacts)")
     if not record.url:
         raise InvalidRequest("url is empty: give the image's manifest URL, http(s)://HOST/v2/REPOSITORY/manifests/TAG")
+    if record.digest:
+        check_digest(record.digest, "digest")
     return JobSpec(
         type=kind,  # type: ignore[arg-type]
         urls=[record.url],

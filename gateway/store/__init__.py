@@ -29,6 +29,10 @@ class TaskProgress(msgspec.Struct, omit_defaults=True):
 class TaskResult(msgspec.Struct):
     success_tasks: list[TaskRow] = []
     failure_tasks: list[TaskRow] = []
+    success_left_out: int = 0
+    """Success rows the runner counted but did not store (beyond ``runner.max_result_bytes``)."""
+    failure_left_out: int = 0
+    """Failure rows the runner counted but did not store."""
 
 
 class TaskRecord(msgspec.Struct, kw_only=True):

@@ -16,6 +16,15 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
+from gateway.redact import (
+    ERROR_CHARS,
+    clip,
+    public_args,
+    quotes_userinfo,
+    scrub,
+    stored_row,
+    userinfo_of,
+)
 from gateway.store import (
     TERMINAL,
     Claim,
@@ -106,6 +115,7 @@ MIGRATIONS: list[list[str]] = [
             revoked_at {real}
         )""",
     ],
+    [],  # 2: stored URLs lose user-info and signing parameters (data only, see _DATA_MIGRATIONS)
 ]
 
 _JOB_COLUMNS = "id, task_id, type, state, source, args, cluster_ids, bio, error, deadline, created_at, updated_at, finished_at"
@@ -164,6 +174,35 @@ class SqlStore:
     async def ping(self) -> None:
         await self.driver.fetchone("SELECT 1")
 
+    async def _scrub_stored_secrets(self, tx: Transaction) -> None:
+        """Migration 2: rewrite jobs stored before user-info was refused and image URLs were made public.
+
+        Their URLs take their public form, and the user-info they held is hidden in the job's and
+        its tasks' errors and rows, so neither the API, the console, text search nor the file
+        keeps it (SQLite overwrites the freed bytes: ``secure_delete``).
+        """
+        if self.driver.dialect == "sqlite":
+            await tx.execute("PRAGMA secure_delete = ON")
+        for job_id, args_text, error in await tx.fetchall(
+            "SELECT id, args, error FROM jobs WHERE args LIKE '%@%' OR args LIKE '%?%'"
+        ):
+            args = msgspec.json.decode(args_text)
+            secrets = userinfo_of(args.get("urls") or [])
+            public = public_args(args)
+            if public == args and not secrets:
+                continue
+            await tx.execute(
+                "UPDATE jobs SET args = :args, error = :error WHERE id = :id",
+                {"args": _json.encode(public).decode(), "error": scrub(error, secrets), "id": job_id},
+            )
+            if not secrets:
+                continue
+            for task_id, task_error, result in await tx.fetchall("SELECT id, error, result FROM tasks WHERE job_id = :id", {"id": job_id}):
+                await tx.execute(
+                    "UPDATE tasks SET error = :error, result = :result WHERE id = :id",
+                    {"error": scrub(task_error, secrets), "result": scrub(result, secrets) if result else result, "id": task_id},
+                )
+
     async def migrate(self) -> int:
         """Apply pending migrations; safe when several replicas start together."""
         types = _TYPES[self.driver.dialect]
@@ -178,6 +217,8 @@ class SqlStore:
                     continue
                 for statement in statements:
                     await tx.execute(statement.format(**types))
+                if version == 2:
+                    await self._scrub_stored_secrets(tx)
                 await tx.execute("INSERT INTO schema_version (version) VALUES (:v)", {"v": version})
         return len(MIGRATIONS)
 
@@ -446,21 +487,49 @@ class SqlStore:
         return row is not None
 
 
+_STORED_ERROR_CHARS = 2 * ERROR_CHARS  # the runner's prefix and notes around an adapter's clipped message
+_RESULT_SCAN_BYTES = 64 << 10
+
+
 def _job(row: Row, tasks: list[TaskRecord]) -> JobRecord:
+    args, error = msgspec.json.decode(row[5]), row[8]
+    if quotes_userinfo(row[5]) or (args.get("type") != "file" and "?" in row[5]):  # stored before the rules: redact as read
+        secrets = userinfo_of(args.get("urls") or [])
+        args = public_args(args)
+        if secrets:
+            error = scrub(error, secrets)
+            tasks = [_redacted(task, secrets) for task in tasks]
     return JobRecord(
-        id=row[0], task_id=row[1], type=row[2], state=row[3], source=row[4], args=msgspec.json.decode(row[5]),
-        cluster_ids=None if row[6] is None else msgspec.json.decode(row[6]), bio=row[7], error=row[8],
+        id=row[0], task_id=row[1], type=row[2], state=row[3], source=row[4], args=args,
+        cluster_ids=None if row[6] is None else msgspec.json.decode(row[6]), bio=row[7], error=error,
         deadline=row[9], created_at=row[10], updated_at=row[11], finished_at=row[12], tasks=tasks,
     )
 
 
 def _task(row: Row) -> TaskRecord:
+    raw_result = row[6]
+    result = _RESULT.decode(raw_result) if raw_result else TaskResult()
+    if raw_result and (len(raw_result) > _RESULT_SCAN_BYTES or quotes_userinfo(raw_result)):
+        result = _bounded(result)  # rows from before the runner clipped them, or that may hold a URL's secret
+    error = row[5] if len(row[5]) <= _STORED_ERROR_CHARS else clip(row[5], _STORED_ERROR_CHARS)
     return TaskRecord(
-        id=row[0], job_id=row[1], cluster_id=row[2], state=row[3], attempts=row[4], error=row[5],
-        result=_RESULT.decode(row[6]) if row[6] else TaskResult(),
+        id=row[0], job_id=row[1], cluster_id=row[2], state=row[3], attempts=row[4], error=error,
+        result=result,
         progress=_PROGRESS.decode(row[7]) if row[7] else TaskProgress(),
         started_at=row[8], finished_at=row[9], updated_at=row[10],
     )
+
+
+def _bounded(result: TaskResult, secrets: Sequence[str] = ()) -> TaskResult:
+    return msgspec.structs.replace(
+        result,
+        success_tasks=[stored_row(r, secrets) for r in result.success_tasks],
+        failure_tasks=[stored_row(r, secrets) for r in result.failure_tasks],
+    )
+
+
+def _redacted(task: TaskRecord, secrets: Sequence[str]) -> TaskRecord:
+    return msgspec.structs.replace(task, error=scrub(task.error, secrets), result=_bounded(task.result, secrets))
 
 
 def _token(row: Row) -> TokenRecord:
