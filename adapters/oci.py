@@ -375,22 +375,25 @@ class OciClient:
 
         async def attempt() -> Manifest:
             async with self.open(url, auth, ref, accept=MANIFEST_ACCEPT, what=f"manifest {where}") as response:
-                try:
-                    raw = await read_capped(response, limit, seconds=self.limits.body_seconds)
-                except TooLarge:
-                    raise RegistryError(
-                        f"manifest {where} is larger than {limit} bytes (registries.max_manifest_bytes); refusing it"
-                    ) from None
-                except BodyError as error:
-                    raise RegistryError(f"manifest {where} could not be read: {error}") from None
-                except httpx.TransportError as error:
-                    raise RegistryError(f"reading manifest {where} broke off: {_describe(error)}", transient=True) from None
+                raw = await self._read_whole(response, limit, "registries.max_manifest_bytes", f"manifest {where}")
                 return self._parse_manifest(raw, response, reference, where)
 
         manifest = await self.retrying(attempt)
         if by_digest and max(1, len(manifest.raw)) <= self._manifests.maxsize:
             self._manifests[cache_key] = (manifest.media_type, manifest.raw)
         return manifest
+
+    async def _read_whole(self, response: httpx.Response, limit: int, key: str, what: str) -> bytes:
+        """A whole body within ``limit`` bytes (config ``key``) and the body deadline; failures as
+        :class:`RegistryError` naming ``what``."""
+        try:
+            return await read_capped(response, limit, seconds=self.limits.body_seconds)
+        except TooLarge:
+            raise RegistryError(f"{what} is larger than {limit} bytes ({key}); refusing it") from None
+        except BodyError as error:
+            raise RegistryError(f"{what} could not be read: {error}") from None
+        except httpx.TransportError as error:
+            raise RegistryError(f"reading {what} broke off: {_describe(error)}", transient=True) from None
 
     def _parse_manifest(self, raw: bytes, response: httpx.Response, reference: str, where: str) -> Manifest:
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -633,16 +636,7 @@ class OciClient:
                         status=status,
                     )
                 raise RegistryError(f"the token service of {ref.host} answered {status} ({detail})", transient=status >= 500, status=status)
-            try:
-                raw = await read_capped(response, self.limits.token_bytes, seconds=self.limits.body_seconds)
-            except TooLarge:
-                raise RegistryError(
-                    f"the token service of {ref.host} answered more than {self.limits.token_bytes} bytes (registries.max_token_bytes); refusing it"
-                ) from None
-            except BodyError as error:
-                raise RegistryError(f"the token service of {ref.host} answered a body that could not be read: {error}") from None
-            except httpx.TransportError as error:
-                raise RegistryError(f"reading the token service of {ref.host} broke off: {_describe(error)}", transient=True) from None
+            raw = await self._read_whole(response, self.limits.token_bytes, "registries.max_token_bytes", f"the answer of the token service of {ref.host}")
         finally:
             await response.aclose()
         return _parse_token(raw, ref)

@@ -112,17 +112,7 @@ class URLPolicy:
 
     async def check(self, url: str) -> SplitResult:
         """Check a URL a caller provided. Raises :class:`RefusedURL` with an actionable message."""
-        parts = split_http_url(url)
-        host, port = host_port(parts)
-        if self.allowed_by_name(host, port):
-            return parts
-        if self.allow:
-            raise RefusedURL(
-                f"host {_netloc(host, port)} is not allowed: add it to {self.config_key} "
-                f"(now {', '.join(self.allow)}) to let the gateway fetch from it"
-            )
-        await self._require_public(host, port, why="not in an allowlist")
-        return parts
+        return await self._check_allowed(url, named="", purpose="fetch from it", why="not in an allowlist")
 
     async def check_redirect(self, url: str) -> SplitResult:
         """Check a redirect target: allowed by name, or every DNS answer public."""
@@ -135,16 +125,21 @@ class URLPolicy:
     async def check_token_service(self, url: str, registry: str) -> SplitResult:
         """Check the token service (``realm``) that ``registry``'s 401 named, as :meth:`check` does a
         caller's URL; the message names it as a token service, so the fix is plain."""
+        named = f"the token service {registry} names"
+        return await self._check_allowed(url, named=f", {named},", purpose="ask it for tokens", why=named)
+
+    async def _check_allowed(self, url: str, *, named: str, purpose: str, why: str) -> SplitResult:
+        """Allowed by name; with an allowlist nothing else is; without one, every DNS answer public."""
         parts = split_http_url(url)
         host, port = host_port(parts)
         if self.allowed_by_name(host, port):
             return parts
         if self.allow:
             raise RefusedURL(
-                f"host {_netloc(host, port)}, the token service {registry} names, is not allowed: add it to "
-                f"{self.config_key} (now {', '.join(self.allow)}) to let the gateway ask it for tokens"
+                f"host {_netloc(host, port)}{named} is not allowed: add it to {self.config_key} "
+                f"(now {', '.join(self.allow)}) to let the gateway {purpose}"
             )
-        await self._require_public(host, port, why=f"the token service {registry} names")
+        await self._require_public(host, port, why=why)
         return parts
 
     async def _require_public(self, host: str, port: int, *, why: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -77,7 +78,8 @@ class GatewayProcess:
     def cli(self, *args: str, check: bool = True, env_extra: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env={**self.env, **(env_extra or {})}, check=check)
 
-    def start(self, timeout: float = 20.0) -> GatewayProcess:
+    def start(self, timeout: float = 20.0, *, verify: ssl.SSLContext | None = None) -> GatewayProcess:
+        """Start the process and wait until ``/readyz`` answers; ``verify``: it serves TLS, trusted so."""
         self.starts += 1
         self.stdout_path = self.workdir / f"stdout.{self.starts}.log"
         self.stderr_path = self.workdir / f"stderr.{self.starts}.log"
@@ -91,7 +93,8 @@ class GatewayProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited {self.process.returncode} at start:\n{self.logs()}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                scheme = "https" if verify is not None else "http"
+                if httpx.get(f"{scheme}://127.0.0.1:{self.port}/readyz", timeout=1, verify=verify or True).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

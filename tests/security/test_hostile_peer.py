@@ -35,7 +35,6 @@ from tests.conftest import MakeGateway
 from tests.gateway_process import (
     REPO_ROOT,
     GatewayProcess,
-    gateway_command,
     gateway_config,
 )
 from tests.registry import _SigningIdentity
@@ -540,7 +539,7 @@ def test_over_tls_the_same_deadlines_and_limits_hold(make_gateway: MakeGateway, 
     gateway = make_gateway(gateway_config(tmp_path, server={**FAST, "header_timeout_seconds": 2, "tls": {"cert": str(cert), "key": str(key)}}),
                            start=False)
     gateway_url = f"https://127.0.0.1:{gateway.port}"
-    assert _start_tls(gateway, cert), gateway.logs()
+    gateway.start(verify=_trusting(cert))
     with httpx.Client(verify=_trusting(cert), timeout=5) as client:
         assert client.get(f"{gateway_url}/livez").status_code == 200
     # a TCP connection that never starts its handshake
@@ -567,28 +566,6 @@ def _trusting(cert: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
     return context
-
-
-def _start_tls(gateway: GatewayProcess, cert: Path, timeout: float = 20.0) -> bool:
-    """``GatewayProcess.start`` polls plain http; a TLS gateway is polled over https."""
-    gateway.starts += 1
-    gateway.stdout_path = gateway.workdir / f"stdout.{gateway.starts}.log"
-    gateway.stderr_path = gateway.workdir / f"stderr.{gateway.starts}.log"
-    gateway.process = subprocess.Popen(
-        gateway_command("serve", "--config", str(gateway.config_path)),
-        stdout=gateway.stdout_path.open("wb"), stderr=gateway.stderr_path.open("wb"),
-        cwd=REPO_ROOT, env=gateway.env, start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert gateway.process.poll() is None, gateway.logs()
-        try:
-            if httpx.get(f"https://127.0.0.1:{gateway.port}/readyz", verify=_trusting(cert), timeout=1).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    return False
 
 
 # --- defaults -------------------------------------------------------------------------------------
