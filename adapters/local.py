@@ -1,13 +1,18 @@
-"""``local``: a content-addressed cache directory on the gateway's own host (the embedded default).
+"""``local``: a cache directory on the gateway's own host (the embedded default), an OCI image layout.
 
-Blobs land in ``<path>/blobs/sha256/<hex>``: streamed to a temporary file, digest-checked,
-and renamed into place only then, so a file at its final name is always complete and valid.
-A blob already present is not fetched again.
+The directory is an OCI image layout (:mod:`adapters.layout`): blobs land in
+``<path>/blobs/sha256/<hex>``, streamed to a temporary file, digest-checked, and renamed into
+place only then, so a file at its final name is always complete and valid. A blob already
+present is not fetched again. Once an image's blobs are in, its manifests (the index, when
+the reference names one, and the manifests of the platforms preheated) are stored as blobs
+byte for byte and the reference is recorded in ``index.json``; the layout stays within
+``max_bytes`` by evicting least recently used images whole.
 
 Files (``type: file``) land in ``<path>/files/sha256/<sha256 of the URL's identity>``
 (see :mod:`adapters.files`): two signed URLs of one object are one cached file, fetched once.
 A file has no digest to check, so it is renamed into place once read to the end; a file
-already present is not fetched again (delete it to refresh it).
+already present is not fetched again (delete it to refresh it). Files are outside
+``index.json`` but count towards ``max_bytes`` and are evicted like images.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from adapters.base import (
     bounded_gather,
 )
 from adapters.files import FileRef, file_ref, stream_url
-from adapters.oci import Blob, ImageRef, RegistryAuth, parse_manifest_url
+from adapters.layout import CacheFull, OciLayout, Reservation, parse_size, ref_name
+from adapters.bounded import quote
+from adapters.oci import DIGEST_RE, Blob, Descriptor, ImageRef, RegistryAuth, RegistryError, parse_manifest_url, select_platforms
 
 
 class LocalOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,19 +46,30 @@ class LocalOptions(msgspec.Struct, forbid_unknown_fields=True):
     """Cache directory; created if missing."""
     concurrency: int = 8
     """Blobs fetched at once for one task."""
+    max_bytes: int | str | None = None
+    """Most bytes the cache holds (images, files, unreferenced blobs): bytes or a size like ``10GiB``, ``500MB``.
+    Default: half the size of the filesystem holding ``path``, measured at start. Least recently pulled or
+    preheated images are evicted whole to make room; an image larger than this fails its task."""
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ValueError("path is empty: give a directory for the cache")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.max_bytes is not None:
+            try:
+                self.max_bytes = parse_size(self.max_bytes)
+            except ValueError as error:
+                raise ValueError(f"max_bytes: {error}") from None
 
 
 class _TempFileSink:
     """A temporary file next to the final path, renamed into place on commit."""
 
-    def __init__(self, final: Path, temp_dir: Path) -> None:
+    def __init__(self, final: Path, temp_dir: Path, on_commit: Callable[[int], None] | None = None) -> None:
         self.final = final
+        self.on_commit = on_commit
+        self.size = 0
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=temp_dir, prefix=final.name[:16] + ".")
         self.temp = Path(name)
@@ -59,10 +77,13 @@ class _TempFileSink:
 
     def write(self, chunk: bytes) -> None:
         self.file.write(chunk)
+        self.size += len(chunk)
 
     def commit(self) -> None:
         self.file.close()
         os.replace(self.temp, self.final)
+        if self.on_commit is not None:
+            self.on_commit(self.size)
 
     def discard(self) -> None:
         if not self.file.closed:
@@ -78,6 +99,24 @@ class LocalAdapter(Adapter):
     def __init__(self, cluster: ClusterInfo, options: LocalOptions, context: AdapterContext) -> None:
         super().__init__(cluster, options, context)
         self.root = Path(options.path).expanduser().resolve()
+        self.layout: OciLayout | None = None
+        """The cache as an OCI layout (the mirror reads it); None while the directory cannot be used (see :meth:`check`)."""
+        self._layout_error = ""
+        self._open_layout()
+
+    def _open_layout(self) -> OciLayout | None:
+        if self.layout is None:
+            try:
+                self.layout = OciLayout.open(self.root, self.options.max_bytes)
+            except OSError as error:
+                self._layout_error = f"cannot use {self.root}: {error.strerror or error}"
+        return self.layout
+
+    def _layout(self) -> OciLayout:
+        """The layout, once :meth:`check` (which every preheat runs first) found the directory usable."""
+        if self.layout is None:
+            raise PreheatError(f"local cache of cluster {self.cluster.name}: {self._layout_error}; fix {self.cluster.config_path}.path")
+        return self.layout
 
     def blob_path(self, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")
@@ -94,7 +133,13 @@ class LocalAdapter(Adapter):
                 return Health(reachable=False, error=f"{self.root} is not writable")
         except OSError as error:
             return Health(reachable=False, error=f"cannot use {self.root}: {error.strerror}")
+        if self._open_layout() is None:
+            return Health(reachable=False, error=self._layout_error)
         return Health(reachable=True)
+
+    async def aclose(self) -> None:
+        if self.layout is not None:
+            await self.layout.flush()
 
     async def preheat(self, request: PreheatRequest, progress: Progress) -> None:
         health = await self.check()
@@ -108,25 +153,63 @@ class LocalAdapter(Adapter):
         except ValueError as error:
             raise PreheatError(str(error)) from None
         auth = RegistryAuth(header=request.headers.get("Authorization"), credentials=request.credentials)
-        _, blobs = await self.context.oci.resolve_blobs(ref, auth, request.platform)
-        progress.planned(len(blobs), sum(blob.size for blob in blobs))
-        outcomes = await bounded_gather(
-            min(request.concurrency, self.options.concurrency),
-            [lambda blob=blob: self._warm(ref, blob, auth, progress) for blob in blobs],
-        )
-        failures = [error for error in outcomes if error]
-        if failures:
-            raise PreheatError(
-                f"{len(failures)} of {len(blobs)} blobs could not be cached in {self.root} on {self.context.hostname}: {failures[0]}"
-            )
+        layout = self._layout()
+        try:
+            async with layout.reserve(ref_name(ref.host, ref.repository, ref.reference)) as room:
+                top, blobs = await self._resolve(ref, auth, request.platform, room)
+                progress.planned(len(blobs), sum(blob.size for blob in blobs))
+                await room.plan({b.digest: b.size for b in blobs})
+                outcomes = await bounded_gather(
+                    min(request.concurrency, self.options.concurrency),
+                    [lambda blob=blob: self._warm(ref, blob, auth, progress, layout) for blob in blobs],
+                )
+                failures = [error for error in outcomes if error]
+                if failures:
+                    raise PreheatError(
+                        f"{len(failures)} of {len(blobs)} blobs could not be cached in {self.root} on {self.context.hostname}: {failures[0]}"
+                    )
+                await layout.record(ref.host, ref.repository, ref.reference, top)
+        except CacheFull as full:
+            raise PreheatError(f"{full} ({self.cluster.config_path}.max_bytes)") from None
+        except OSError as error:
+            raise PreheatError(f"cannot write to {self.root} on {self.context.hostname}: {error.strerror or error}") from None
 
-    async def _warm(self, ref: ImageRef, blob: Blob, auth: RegistryAuth, progress: Progress) -> str:
+    async def _resolve(self, ref: ImageRef, auth: RegistryAuth, platform: str, room: Reservation) -> tuple[Descriptor, list[Blob]]:
+        """The blobs to warm, as ``OciClient.resolve_blobs`` finds them, storing each manifest fetched
+        byte for byte on the way (the top one as the reference served it: it is fetched once)."""
+        oci = self.context.oci
+        top = await oci.get_manifest(ref, auth)
+        await room.put_manifest(top.digest, top.raw)
+        descriptor = Descriptor(top.digest, top.media_type, len(top.raw))
+        found: dict[str, Blob] = {}
+        if not top.is_index:
+            oci._list_blobs(top, ref, found)  # its checks of digests and declared sizes
+        else:
+            entries = select_platforms(top, platform, ref)
+            del top
+            for entry in entries:
+                if not DIGEST_RE.match(entry.digest):
+                    raise RegistryError(
+                        f"index {ref.name} names a manifest with an unsupported digest {quote(entry.digest, 80)!r} "
+                        f"(not sha256:<64 hex digits>); refusing to fetch it: the index is corrupt or hostile"
+                    )
+            for entry in entries:  # each platform's manifest is on disk, not in memory, once listed
+                child = await oci.get_manifest(ref, auth, entry.digest)
+                await room.put_manifest(child.digest, child.raw)
+                if not child.is_index:
+                    oci._list_blobs(child, ref, found)
+        return descriptor, list(found.values())
+
+    async def _warm(self, ref: ImageRef, blob: Blob, auth: RegistryAuth, progress: Progress, layout: OciLayout) -> str:
         """Warm one blob; returns an error message, or "" when it is in the cache."""
         final = self.blob_path(blob.digest)
 
+        def committed(size: int) -> None:
+            layout.blob_committed(blob.digest, size)
+
         async def fetch() -> int:
             return await self.context.oci.fetch_blob(
-                ref, blob, auth, lambda: _TempFileSink(final, self.root / "tmp"), on_bytes=progress.transferred
+                ref, blob, auth, lambda: _TempFileSink(final, self.root / "tmp", committed), on_bytes=progress.transferred
             )
 
         row = TaskRow(url=ref.blob_url(blob.digest), hostname=self.context.hostname, ip=self.context.ip)
@@ -150,17 +233,27 @@ class LocalAdapter(Adapter):
     async def _warm_file(self, ref: FileRef, request: PreheatRequest, progress: Progress) -> str:
         """Warm one file; returns an error message, or "" when it is in the cache."""
         final = self.file_path(ref)
+        layout = self._layout()
 
         async def fetch() -> int:
             size, _ = await stream_url(
-                self.context.http, self.context.policy, ref, lambda: _TempFileSink(final, self.root / "tmp"),
+                self.context.http, self.context.policy, ref,
+                lambda: _TempFileSink(final, self.root / "tmp", lambda size: layout.file_committed(ref.key, size)),
                 headers=request.headers, on_bytes=progress.transferred,
             )
+            await layout.admit_file(ref.key, f"file {ref.display_url}")  # its size is known only now
             return size
 
         row = TaskRow(url=ref.display_url, hostname=self.context.hostname, ip=self.context.ip)
         authority = self.context.dedupe.authority_of_headers(request.headers)
-        return await self._into_cache(final, ("local-file", str(self.root), ref.key), authority, final.is_file, fetch, row, progress)
+        layout.pin_file(ref.key)
+        try:
+            message = await self._into_cache(final, ("local-file", str(self.root), ref.key), authority, final.is_file, fetch, row, progress)
+        finally:
+            layout.unpin_file(ref.key)
+        if not message:
+            layout.file_used(ref.key)
+        return message
 
     async def _into_cache(
         self, final: Path, key: tuple[str, ...], authority: str, present: Callable[[], bool], fetch: Callable[[], Awaitable[int]],

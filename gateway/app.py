@@ -34,7 +34,7 @@ from adapters.transport import new_client
 from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
 from gateway.config import Config
 from gateway import console
-from gateway.endpoints import kraken, legacy, openapi, probes
+from gateway.endpoints import kraken, legacy, mirror, openapi, probes
 from gateway.fastpath import FastStatusMiddleware
 from gateway.gcpolicy import CollectorPolicy
 from gateway.health import ClusterHealth
@@ -116,6 +116,9 @@ class Gateway:
         await self.store.open()
         if self.config.auth.mode == "none":
             log.warning("authentication is OFF (auth.mode: none): anyone who can reach this port can run preheats")
+        if self.config.server.mirror_anonymous and self.config.auth.mode != "none":
+            log.warning("the registry mirror (/v2/) serves pulls WITHOUT credentials (server.mirror_anonymous): "
+                        "anyone who can reach it can pull every image this gateway preheated; use it for public images only")
         elif self.config.auth.tokens and not await self.store.list_tokens():
             await self._print_first_token()
         await self.runner.start()
@@ -123,7 +126,20 @@ class Gateway:
         self._collector.settle()
         log.info("serving %d cluster(s) from %s with store %s", len(self.adapters), self.config.source, self.store.dialect)
 
+    draining = False
+    """A graceful stop has begun (SIGTERM): ``/readyz`` answers 503 while requests are still served."""
+
+    def drain(self) -> None:
+        """The first step of a graceful stop (``gateway.serving`` calls it on SIGTERM): readiness turns
+        false and this replica claims no more tasks, so new work goes to the others at once."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining: /readyz answers 503 and no new task is claimed; unfinished ones are handed back at exit")
+        self.runner.drain()
+
     async def stop(self) -> None:
+        """After the server drained its requests: hand unfinished tasks back, then close everything."""
+        self.draining = True
         self._collector.restore()
         if self._lag_watch is not None:
             self._lag_watch.cancel()
@@ -168,6 +184,8 @@ class Gateway:
             counter_family("auth_failures", "Requests refused for their credentials.",
                            {(reason,): count for reason, count in self.auth.failures.items()}, ["reason"]),
             gauge_family("cluster_up", "1 when the cluster's last health check reached it.", up, ["cluster"]),
+            *_layout_families({(a.cluster.name,): a.layout for a in self.adapters.values() if getattr(a, "layout", None) is not None}),
+            *mirror.metric_families(self),
         ]
 
     async def _print_first_token(self) -> None:
@@ -182,6 +200,19 @@ class Gateway:
             f"Use it in Harbor as auth mode OAuth, or: curl -H 'Authorization: Bearer {token}' http://{host}:{port}/healthy",
             flush=True,
         )
+
+
+def _layout_families(layouts: dict[tuple[str, ...], Any]) -> list[Any]:
+    """The ``local`` clusters' OCI layouts (adapters.layout): bytes held, their bound, evictions."""
+    return [
+        gauge_family("local_cache_bytes", "Bytes a local cluster's cache holds on disk (blobs and files).",
+                     {k: layout.held_bytes for k, layout in layouts.items()}, ["cluster"]),
+        gauge_family("local_cache_max_bytes", "A local cluster's max_bytes.", {k: layout.max_bytes for k, layout in layouts.items()}, ["cluster"]),
+        counter_family("local_cache_evictions", "Images and files a local cluster evicted to stay within max_bytes.",
+                       {k: layout.evictions for k, layout in layouts.items()}, ["cluster"]),
+        counter_family("local_cache_evicted_bytes", "Bytes a local cluster evicted to stay within max_bytes.",
+                       {k: layout.evicted_bytes for k, layout in layouts.items()}, ["cluster"]),
+    ]
 
 
 def _connect_guard(config: Config) -> ConnectGuard:
@@ -241,6 +272,28 @@ async def _internal_error(request: Request, error: Exception) -> Response:
     return error_response(500, "internal error; the gateway log has the details")
 
 
+class StartupRefusalMiddleware:
+    """Report a start the gateway refuses (``app.state.startup_refusal``) as that one line, not
+    the traceback Starlette hands the server; other startup failures keep their traceback."""
+
+    def __init__(self, app: Any, app_state: Any) -> None:
+        self.app = app
+        self.app_state = app_state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def reworded(message: Any) -> None:
+            refusal = getattr(self.app_state, "startup_refusal", None)
+            if message["type"] == "lifespan.startup.failed" and refusal:
+                message = {**message, "message": refusal}
+            await send(message)
+
+        await self.app(scope, receive, reworded)
+
+
 class PathPrefixMiddleware:
     """Serve under ``server.root_path`` whether or not the reverse proxy strips the prefix.
 
@@ -265,7 +318,11 @@ def create_app(config: Config) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
+        try:
+            await gateway.start()
+        except StoreUnavailable as error:  # e.g. another process holds the SQLite file: one line, no traceback
+            app.state.startup_refusal = f"cannot start: {error}"
+            raise
         app.state.ready = True
         try:
             yield
@@ -274,15 +331,16 @@ def create_app(config: Config) -> Starlette:
             await gateway.stop()
 
     # One route per path: a 405's Allow then names every method the path serves.
-    routes = merge_by_path([*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes()])
+    routes = merge_by_path([*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes(), *mirror.routes()])
     app = Starlette(
         routes=routes,
         middleware=[
             *([Middleware(PathPrefixMiddleware, root_path=config.server.root_path)] if config.server.root_path else []),
+            Middleware(mirror.ListenerSplitMiddleware, separate=bool(config.server.mirror_listen)),
             Middleware(FastStatusMiddleware, gateway=lambda: gateway),
             Middleware(RequestIdMiddleware),
             Middleware(HTTPMetricsMiddleware, metrics=gateway.metrics, routes=routes),
-            Middleware(AuthMiddleware, authenticator=lambda: gateway.auth),
+            Middleware(AuthMiddleware, authenticator=lambda: gateway.auth, anonymous_pull=config.server.mirror_anonymous),
         ],
         exception_handlers={
             InvalidRequest: _invalid_request,
@@ -294,5 +352,6 @@ def create_app(config: Config) -> Starlette:
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.add_middleware(StartupRefusalMiddleware, app_state=app.state)
     app.state.ready = False
     return app

@@ -56,7 +56,11 @@ with warnings.catch_warnings():
     from authlib.jose.errors import BadSignatureError, UnsupportedAlgorithmError
 
 TOKEN_PREFIX = "phg_"
-SCOPES = frozenset({"job"})
+SCOPES = frozenset({"job", "pull"})
+"""``job``: run preheats (the API, the console); ``pull``: pull from the registry mirror (``/v2/``)."""
+MIRROR_CHALLENGE = b'Basic realm="preheat-gateway"'
+"""What an unauthenticated mirror request is told: registry clients (skopeo's ``--src-creds``, containerd)
+answer a Basic challenge with their credentials; a Bearer one would need a token endpoint as its realm."""
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics", "/openapi.json"})
 log = logging.getLogger("gateway.auth")
 
@@ -334,7 +338,8 @@ class Authenticator:
             ways.append("Basic with the token as password")
         return ", ".join(ways)
 
-    async def authenticate(self, headers: dict[str, str]) -> Principal:
+    async def authenticate(self, headers: dict[str, str], *, basic: bool | None = None) -> Principal:
+        """``basic`` overrides ``auth.basic`` (the mirror takes Basic always: it is what registry clients send)."""
         if not self.enabled:
             return ANONYMOUS
         if self.custom_header and self.custom_header in headers:
@@ -350,7 +355,7 @@ class Authenticator:
             if self.config.tokens:
                 return await self.tokens.verify(token)
         if scheme == "basic":
-            if not (self.config.tokens and self.config.basic):
+            if not (self.config.tokens and (self.config.basic if basic is None else basic)):
                 raise Unauthorized(f"Basic authentication is off (auth.basic); send {self.accepted()}", "scheme")
             try:
                 return await self.tokens.verify(basic_secret(authorization))
@@ -398,13 +403,20 @@ class Authenticator:
         return f"credential {principal.name!r} lacks the 'job' scope"
 
 
+def is_mirror_path(path: str) -> bool:
+    """The registry mirror's routes (``gateway.endpoints.mirror``), which need the ``pull`` scope."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 class AuthMiddleware:
     """Requires a credential on every route except probes, metrics and the console (own sign-in)."""
 
-    def __init__(self, app: ASGIApp, authenticator: Callable[[], Authenticator | None], public_prefixes: tuple[str, ...] = ("/console",)) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Callable[[], Authenticator | None], public_prefixes: tuple[str, ...] = ("/console",),
+                 anonymous_pull: bool = False) -> None:
         self.app = app
         self.authenticator = authenticator
         self.public_prefixes = public_prefixes
+        self.anonymous_pull = anonymous_pull  # server.mirror_anonymous
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -414,27 +426,35 @@ class AuthMiddleware:
         if path in PUBLIC_PATHS or any(path == prefix or path.startswith(prefix + "/") for prefix in self.public_prefixes):
             await self.app(scope, receive, send)
             return
+        mirror = is_mirror_path(path)
+        if mirror and self.anonymous_pull:
+            await self.app(scope, receive, send)
+            return
+        reject = _reject_pull if mirror else _reject
         authenticator = self.authenticator()
         if authenticator is None:
-            await _reject(send, 503, "the gateway is starting")
+            await reject(send, 503, "the gateway is starting")
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            principal = await authenticator.authenticate(headers)
+            principal = await authenticator.authenticate(headers, basic=True if mirror else None)
         except Unauthorized as error:
             authenticator.failures[error.kind] += 1
             log.info("authentication failed", extra={"path": path, "reason": str(error), "kind": error.kind})
-            await _reject(send, 401, f"unauthorized: {error}")
+            await reject(send, 401, f"unauthorized: {error}")
             return
         except AuthUnavailable as error:
             authenticator.failures["unavailable"] += 1
             log.warning("authentication unavailable", extra={"path": path, "reason": str(error)})
-            await _reject(send, 503, str(error))
+            await reject(send, 503, str(error))
             return
-        if "job" not in principal.scopes:
+        needed = "pull" if mirror else "job"
+        if needed not in principal.scopes:
             authenticator.failures["forbidden"] += 1
             log.info("authorization failed", extra={"path": path, "principal": principal.name})
-            await _reject(send, 403, f"forbidden: {authenticator.forbidden_reason(principal)}")
+            reason = authenticator.forbidden_reason(principal) if not mirror else (
+                f"credential {principal.name!r} lacks the 'pull' scope (preheat-gateway token create --scope pull)")
+            await reject(send, 403, f"forbidden: {reason}")
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
@@ -444,6 +464,18 @@ def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root = scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
+
+
+async def _reject_pull(send: Send, status: int, message: str) -> None:
+    """A mirror refusal in the registry API's error shape, with a challenge registry clients follow."""
+    code = {401: "UNAUTHORIZED", 403: "DENIED"}.get(status, "UNAVAILABLE")
+    body = msgspec.json.encode({"errors": [{"code": code, "message": message}]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"docker-distribution-api-version", b"registry/2.0")]
+    if status == 401:
+        headers.append((b"www-authenticate", MIRROR_CHALLENGE))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _reject(send: Send, status: int, message: str) -> None:

@@ -41,18 +41,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.server.listen = f"{host}:{port}"
     configure_logging()
     tls = config.server.tls
+    app = create_app(config)
+    limits = Limits.from_config(config.server)
+    served = app
+    if config.server.mirror_address is not None:  # the mirror on an address of its own
+        from gateway.mirrorlisten import MirrorListener, with_mirror_listener
+
+        mirror_host, mirror_port = config.server.mirror_address
+        served = with_mirror_listener(app, MirrorListener(app, mirror_host, mirror_port, limits,
+                                                          ssl_certfile=tls.cert if tls else None, ssl_keyfile=tls.key if tls else None))
     started = serve(
-        create_app(config),
+        served,
         host=host,
         port=port,
-        limits=Limits.from_config(config.server),
+        limits=limits,
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
         loop="uvloop",
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=10,
+        shutdown_delay=config.server.shutdown_delay_seconds,  # SIGTERM: readiness 503 first, still serving
+        on_drain=app.state.gateway.drain,
+        timeout_graceful_shutdown=10,  # then requests in flight drain, then the runner hands tasks back
         backlog=2048,
     )
     return 0 if started else 3  # uvicorn's STARTUP_FAILURE
@@ -150,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_commands.add_parser("create", help="create a token; it is printed once, alone on the last line")
     create.add_argument("--config")
     create.add_argument("--name", required=True)
-    create.add_argument("--scope", default="job")
+    create.add_argument("--scope", default="job", help="job (run preheats), pull (pull from the /v2/ mirror) or job,pull (default: job)")
     create.add_argument("--expires", help="lifetime such as 90d or 12h (default: never)")
     create.set_defaults(func=cmd_token_create)
     listing = token_commands.add_parser("list", help="list tokens (never their values)")

@@ -114,11 +114,23 @@ class ServerConfig(_Section):
     """Console sign-in failures one client address (an IPv6 /64) may make before it must wait (429 with Retry-After)."""
     signin_failures_per_minute: float = 6.0
     """How fast that allowance refills."""
+    mirror_listen: str = ""
+    """``host:port`` of a listener of its own for the registry mirror (``/v2/``), e.g. on the node network; then the mirror is not served on ``listen`` and the API is not served here. Empty: the mirror is served on ``listen``."""
+    mirror_anonymous: bool = False
+    """Serve the mirror (``/v2/``) without credentials, for fleets of public images only (a warning is logged at start); otherwise pulls need a token with the ``pull`` scope."""
+    shutdown_delay_seconds: float = 5.0
+    """On SIGTERM, how long ``/readyz`` answers 503 while requests are still served (each with ``Connection: close``), so a load balancer's health check takes the replica out before its listener closes. Then requests in flight drain (up to 10 s) and unfinished tasks are handed back."""
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
         if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(f"listen: {self.listen!r} is not host:port")
+        if self.mirror_listen:
+            mirror_host, _, mirror_port = self.mirror_listen.rpartition(":")
+            if not mirror_host or not (mirror_port.isascii() and mirror_port.isdigit()) or not 0 < int(mirror_port) < 65536:
+                raise ValueError(f"mirror_listen: {self.mirror_listen!r} is not host:port")
+            if self.mirror_listen == self.listen:
+                raise ValueError("mirror_listen: must differ from listen (leave it empty to serve the mirror on listen)")
         for name in ("header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds"):
             if not 0 < getattr(self, name) <= 3600:
                 raise ValueError(f"{name}: must be more than 0 and at most 3600")
@@ -132,6 +144,8 @@ class ServerConfig(_Section):
             raise ValueError(f"root_path: {self.root_path!r} must start with / and not end with /")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes: must be at least 1024")
+        if not 0 <= self.shutdown_delay_seconds <= 300:
+            raise ValueError("shutdown_delay_seconds: must be between 0 and 300")
 
     @property
     def host(self) -> str:
@@ -140,6 +154,14 @@ class ServerConfig(_Section):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def mirror_address(self) -> tuple[str, int] | None:
+        """``mirror_listen`` as (host, port), or None when the mirror shares ``listen``."""
+        if not self.mirror_listen:
+            return None
+        host, _, port = self.mirror_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class StoreConfig(_Section):
@@ -381,6 +403,9 @@ class ClusterConfig(_Section):
     adapter: str
     platform: str | None = None
     """This cluster's nodes' platform (``linux/arm64``), used when a request names none."""
+    success: Literal["any", "all"] = "any"
+    """When this cluster's task succeeds: ``any``, every blob reached at least one endpoint (failed copies are
+    listed as rows of a SUCCESS); ``all``, every endpoint got every blob (one failed row fails the task)."""
 
     def __post_init__(self) -> None:
         if self.id < 1:

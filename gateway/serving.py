@@ -18,7 +18,12 @@ on a request head (httptools buffers a header of any size) and counts idle conne
 * open connections are capped (``max_connections``): at the cap, the connection that has waited
   longest without sending a complete request head is closed, so a fresh request still gets in;
   the in-flight *request* limit (``max_in_flight``) is what answers 503, never idle sockets;
-* over TLS the handshake has the header deadline too.
+* over TLS the handshake has the header deadline too;
+* on SIGTERM the server first *drains* (:class:`GuardedServer`): for ``shutdown_delay`` seconds it
+  keeps serving, every response says ``Connection: close`` and the application is told (its
+  ``/readyz`` turns 503), so a load balancer moves clients elsewhere before the listener closes;
+  then it stops accepting, answers every request under way (a request head already arriving
+  included), closes idle connections and lets the application hand its work back.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import math
 import resource
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, ClassVar
 
 import httptools
@@ -39,6 +46,7 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.blobresponse import offer_zerocopy
 from gateway.logs import DISCONNECT_LOGGED
 from gateway.onesend import OneSendHttpProtocol
 
@@ -52,6 +60,8 @@ this many bytes before it is closed, so the client reads the answer instead of a
 FD_RESERVE = 512
 """File descriptors kept for the store, outgoing fetches and the cache when capping connections."""
 WARN_EVERY_SECONDS = 10.0
+DRAIN_FIRST_BYTE_SECONDS = 1.0
+"""When the listener closes, a connection accepted but still silent has this long to start its request."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ class _Guard:
     def __init__(self) -> None:
         self.waiting: dict[GuardedHttpProtocol, None] = {}
         self.closing = 0  # evicted or refused, closed but not yet lost
+        self.draining = False  # shutting down: every response closes its connection
         self._warned: dict[str, float] = {}
 
     def warn(self, key: str, message: str, *args: object) -> None:
@@ -113,7 +124,7 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
         self.limit_concurrency = None  # in-flight requests are limited below, idle connections never
         guard = server_state.__dict__.get("gateway_guard")
         if guard is None:
-            guard = server_state.gateway_guard = _Guard()
+            guard = server_state.gateway_guard = _Guard()  # GuardedServer makes it first; plain uvicorn here
         self._guard: _Guard = guard
         self._phase = HEAD
         self._head_bytes = 0
@@ -292,13 +303,15 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
             self._arm(when)
         if len(self.tasks) < self._max_in_flight:
             HttpToolsProtocol.on_headers_complete(self)
-            return
-        self._guard.warn("in_flight", "%d requests in flight: answering 503 (server.max_in_flight_requests)", len(self.tasks))
-        app, self.app = self.app, service_unavailable
-        try:
-            HttpToolsProtocol.on_headers_complete(self)
-        finally:
-            self.app = app
+        else:
+            self._guard.warn("in_flight", "%d requests in flight: answering 503 (server.max_in_flight_requests)", len(self.tasks))
+            app, self.app = self.app, service_unavailable
+            try:
+                HttpToolsProtocol.on_headers_complete(self)
+            finally:
+                self.app = app
+        if self._guard.draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with Connection: close, so the client reconnects elsewhere
 
     def on_message_complete(self) -> None:
         HttpToolsProtocol.on_message_complete(self)
@@ -320,8 +333,31 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
             self._phase = IDLE
             self._set_deadline(self.loop.time() + self.limits.keep_alive)
 
+    def shutdown(self) -> None:
+        """The listener has closed: answer what is under way, close what is idle.
+
+        uvicorn closes every connection without a request in progress, which drops a request
+        head already on its way; here such a connection is answered (``on_headers_complete``
+        drops keep-alive while draining), and a fresh one that sent nothing yet gets
+        :data:`DRAIN_FIRST_BYTE_SECONDS` to start, within its header deadline.
+        """
+        if self._phase == LINGER or self.transport.is_closing():
+            return
+        if self._phase == HEAD:
+            if self._head_bytes == 0:
+                self._set_deadline(min(self._deadline, self.loop.time() + DRAIN_FIRST_BYTE_SECONDS))
+            return
+        super().shutdown()
+
     def _unsupported_upgrade_warning(self) -> None:
         self.logger.debug("ignored an Upgrade request (the gateway serves no WebSockets)")
+
+    # --- zero-copy file bodies (gateway.blobresponse) ----------------------------------------
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """uvicorn's, with the ASGI zero-copy send extension offered on plain-TCP connections."""
+        offer_zerocopy(self, cycle)
+        super()._start_asgi_task(cycle, app)
 
 
 def _peer(client: tuple[str, int] | None) -> str:
@@ -357,11 +393,52 @@ def fit_to_fd_limit(limits: Limits, fd_limit: int) -> Limits:
 
 
 class GuardedServer(uvicorn.Server):
-    """uvicorn's server, whose TLS listeners give a handshake ``handshake_timeout`` seconds."""
+    """uvicorn's server, whose TLS listeners give a handshake ``handshake_timeout`` seconds, and
+    which drains for ``shutdown_delay`` seconds (calling ``on_drain`` first) before it stops accepting.
 
-    def __init__(self, config: uvicorn.Config, handshake_timeout: float) -> None:
+    The order on SIGTERM is what keeps a rolling restart behind a load balancer free of failed
+    requests: readiness false while still serving, then stop accepting and finish what is in
+    flight (uvicorn's graceful shutdown, ``timeout_graceful_shutdown``), then the application's
+    lifespan shutdown. A second signal skips what is left of the delay.
+    """
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout: float, *, shutdown_delay: float = 0.0,
+                 on_drain: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.handshake_timeout = handshake_timeout
+        self.shutdown_delay = shutdown_delay
+        self.on_drain = on_drain
+        self.guard = self.server_state.gateway_guard = _Guard()  # type: ignore[attr-defined]
+        self._hurry = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self._hurry = True
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.drain()
+        await super().shutdown(sockets)
+
+    async def drain(self) -> None:
+        """Serve on with ``Connection: close`` for ``shutdown_delay`` seconds, the application told first."""
+        self.guard.draining = True
+        for connection in list(self.server_state.connections):  # responses not yet started close too
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False
+        if self.on_drain is not None:
+            self.on_drain()
+        if self.shutdown_delay <= 0:
+            return
+        log.info("shutting down: /readyz answers 503 for %g s before the listener closes (server.shutdown_delay_seconds)",
+                 self.shutdown_delay)
+        loop = asyncio.get_running_loop()
+        until, ticks = loop.time() + self.shutdown_delay, 0
+        while not (self._hurry or self.force_exit) and (left := until - loop.time()) > 0:
+            await asyncio.sleep(min(0.1, left))
+            ticks += 1
+            await self.on_tick(ticks)  # keeps the Date header current; its answer (exit) is known
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if self.config.ssl is None:  # ``load()`` has run: serve() loads the config first
@@ -377,15 +454,19 @@ class GuardedServer(uvicorn.Server):
 
 
 def serve(app: Any, *, host: str, port: int, limits: Limits, ssl_certfile: str | None = None,
-          ssl_keyfile: str | None = None, **options: Any) -> bool:
-    """Run ``app`` until stopped on the guarded protocol (never h11, never WebSockets); False if it never started."""
+          ssl_keyfile: str | None = None, shutdown_delay: float = 0.0, on_drain: Callable[[], None] | None = None,
+          **options: Any) -> bool:
+    """Run ``app`` until stopped on the guarded protocol (never h11, never WebSockets); False if it never started.
+
+    On SIGTERM ``on_drain`` is called and requests are served ``shutdown_delay`` more seconds (see :class:`GuardedServer`).
+    """
     limits = fit_to_fd_limit(limits, raise_fd_limit())
     config = uvicorn.Config(
         app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         http=protocol_class(limits), ws="none", limit_concurrency=None, timeout_keep_alive=math.ceil(limits.keep_alive),
         **options,
     )
-    server = GuardedServer(config, handshake_timeout=limits.header_timeout)
+    server = GuardedServer(config, handshake_timeout=limits.header_timeout, shutdown_delay=shutdown_delay, on_drain=on_drain)
     try:
         server.run()
     except KeyboardInterrupt:

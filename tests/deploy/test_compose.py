@@ -342,7 +342,7 @@ def test_the_demo_pushes_preheats_into_both_clusters_and_succeeds(local_compose:
         assert blobs_on_disk(local_compose.volumes[cache]) == stored, cache
     local_cache = local_compose.volumes["gateway-state"] / "cache" / "blobs" / "sha256"
     warmed_locally = {f"sha256:{p.name}" for p in local_cache.iterdir()}
-    assert len(warmed_locally) == 3 and warmed_locally < stored
+    assert warmed_locally == stored  # the local cache is an OCI layout: the manifest is stored beside its blobs
     # Every secret was generated at run time, and the gateway printed no first-start token.
     secrets_dir = local_compose.volumes["demo-secrets"]
     assert {p.name for p in secrets_dir.iterdir()} >= {"token.key", "token.crt", "admin-password", "robot-password", "cache-password", "gateway-token"}

@@ -38,7 +38,7 @@ def test_harbor_task_warms_the_local_cache(make_gateway: MakeGateway, origin: Re
     assert status.status == SUCCESS, status.error
     assert {row[0] for row in status.rows or []} == {f"{origin.url}/v2/library/app/blobs/{d}" for d in images.single.blob_digests}
     assert {row[3] for row in status.rows or []} == {"1"}
-    assert cached_digests(tmp_path / "cache") == set(images.single.blob_digests)
+    assert cached_digests(tmp_path / "cache") == {images.single.manifest_digest, *images.single.blob_digests}  # an OCI layout: the manifest too
 
 
 def test_a_missing_tag_fails_fast_with_a_useful_message(make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
@@ -158,7 +158,9 @@ def test_a_multi_arch_index_warms_the_chosen_platforms(request_platform: str, cl
     job = gateway.wait_job(gateway.client().post("/oapi/v1/jobs", json=body).json()["id"])
 
     assert job["state"] == "SUCCESS", job
-    wanted = {d for platform in expected for d in images.multiarch.images[platform].blob_digests}
+    wanted = {images.multiarch.index_digest} | {
+        d for platform in expected for d in [images.multiarch.images[platform].manifest_digest, *images.multiarch.images[platform].blob_digests]
+    }
     assert cached_digests(tmp_path / "cache") == wanted
 
 
