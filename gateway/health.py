@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -10,6 +11,33 @@ from typing import Any
 from adapters.base import Adapter, Health
 
 PROBE_TIMEOUT_SECONDS = 10.0
+MAX_ERROR_CHARS = 300
+_CANNOT_CONNECT = re.compile(r"Cannot connect to host (?P<where>\S+?) ssl:\S+ \[(?P<why>.*)\]")
+_ERRNO = re.compile(r"\[Errno -?\d+\] ")
+_SSL_CODE = re.compile(r"\[SSL: [A-Z_]+\] ?| ?\(_ssl\.c:\d+\)")
+_SSL_ERROR = re.compile(r"\w*SSL\w*Error: \(-?\d+, '(?P<why>[^']*)'\)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+_PLAIN_WORDS = (
+    (re.compile(r"Connect call failed \([^)]*\)|Connection refused", re.I), "connection refused"),
+    (re.compile(r"Connection reset by peer", re.I), "connection reset by the peer"),
+    (re.compile(r"Server disconnected", re.I), "the server closed the connection"),
+    (re.compile(r"Name or service not known|nodename nor servname provided, or not known|"
+                r"Temporary failure in name resolution", re.I), "name does not resolve"),
+    (re.compile(r"wrong version number", re.I), "TLS handshake failed (is it plain http?)"),
+    (re.compile(r"certificate verify failed: ?", re.I), "TLS certificate not trusted: "),
+)
+
+
+def clean_error(text: str) -> str:
+    """A health message as one clean line: the HTTP library's raw phrasing
+    (``Cannot connect to host h:p ssl:default [Connection reset by peer]``, ``[Errno 104] ...``)
+    in plain words, control characters removed, at most ``MAX_ERROR_CHARS`` characters."""
+    text = _CANNOT_CONNECT.sub(lambda m: f"cannot connect to {m['where']}: {m['why'] if m['why'] not in ('', 'None') else 'connection failed'}", text)
+    text = _SSL_ERROR.sub(lambda m: m["why"], _SSL_CODE.sub("", _ERRNO.sub("", text)))
+    for pattern, words in _PLAIN_WORDS:
+        text = pattern.sub(words, text)
+    text = " ".join(_CONTROL.sub(" ", text).split()).rstrip(": ")
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 6] + "…[cut]"
 
 
 class ClusterHealth:
@@ -57,7 +85,7 @@ class ClusterHealth:
         body = {
             "reachable": health.reachable,
             "latency_ms": round(health.latency_ms or (time.monotonic() - started) * 1000, 1),
-            "error": health.error,
+            "error": clean_error(health.error),
             "checked_at": time.time(),
         }
         self._cache[cluster_id] = (time.monotonic(), body)

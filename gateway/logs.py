@@ -29,7 +29,8 @@ _SECRETS = re.compile(
 )
 DISCONNECT_LOGGED = "gateway.disconnect_logged"
 """Key the server sets in a request's ``scope["state"]`` once it has logged that request's disconnect."""
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+"""Record attributes that are not events' fields; ``color_message`` is uvicorn's ANSI-coloured copy of the message."""
 
 
 def redact(text: str) -> str:

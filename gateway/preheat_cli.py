@@ -135,7 +135,8 @@ def _follow(client: httpx.Client, job_id: int, out: TextIO, err: TextIO, *, inte
             print(f"preheat: lost the gateway while following job {job_id}: {error}", file=err)
             return EXIT_UNREACHABLE
         job = response.json()
-        lines = [_progress_line(state) for state in job["result"]["job_states"]]
+        kind = _kind(job)
+        lines = [_progress_line(state, kind) for state in job["result"]["job_states"]]
         if live:
             if last_lines:
                 out.write(f"\x1b[{len(last_lines)}F")
@@ -148,7 +149,7 @@ def _follow(client: httpx.Client, job_id: int, out: TextIO, err: TextIO, *, inte
         if job["state"] != "PENDING":
             break
         time.sleep(interval)
-    _print_table(job, out)
+    _print_table(job, out, _kind(job))
     if job["state"] == "SUCCESS":
         print(f"job {job_id} SUCCESS", file=out)
         return 0
@@ -157,22 +158,43 @@ def _follow(client: httpx.Client, job_id: int, out: TextIO, err: TextIO, *, inte
     return EXIT_FAILED
 
 
-def _progress_line(state: dict[str, Any]) -> str:
+def _kind(job: dict[str, Any]) -> str:
+    return "file" if (job.get("args") or {}).get("type") == "file" else "image"
+
+
+def _progress_line(state: dict[str, Any], kind: str = "image") -> str:
+    """One cluster's progress: a bar that follows bytes when their total is known (else items),
+    and, once it succeeded, what it did not have to fetch because it was already warm."""
     progress = state.get("progress") or {}
     cluster = state["results"][0]["scheduler_cluster_id"] if state.get("results") else "?"
     done, total = progress.get("items_done", 0), progress.get("items_total", 0)
     moved, size = progress.get("bytes_transferred", 0), progress.get("bytes_total", 0)
     width = 24
-    filled = int(width * done / total) if total else 0
+    if state["state"] == "SUCCESS":
+        fraction = 1.0
+    elif size:
+        fraction = min(1.0, moved / size)
+    else:
+        fraction = min(1.0, (done + progress.get("items_failed", 0)) / total) if total else 0.0
+    filled = int(width * fraction)
     bar = "#" * filled + "." * (width - filled)
-    return f"cluster {cluster:<4} [{bar}] {done}/{total} blobs  {_mib(moved)}/{_mib(size)}  {state['state']}"
+    return f"cluster {cluster:<4} [{bar}] {done}/{total} {'files' if kind == 'file' else 'blobs'}  {_bytes_text(moved, size, state['state'])}  {state['state']}"
+
+
+def _bytes_text(moved: int, size: int, state: str) -> str:
+    if not size:
+        return f"{_mib(moved)} fetched" if moved else "-"
+    moved = min(moved, size)
+    if state == "SUCCESS" and moved < size:  # not fetched: the blobs were already in the cache (or warmed by another job just now)
+        return f"already warm ({_mib(size)})" if moved == 0 else f"{_mib(moved)} fetched, {_mib(size - moved)} already warm"
+    return f"{_mib(moved)}/{_mib(size)}"
 
 
 def _mib(value: int) -> str:
     return f"{value / 1048576:.1f} MiB"
 
 
-def _print_table(job: dict[str, Any], out: TextIO) -> None:
+def _print_table(job: dict[str, Any], out: TextIO, kind: str = "image") -> None:
     rows = []
     for state in job["result"]["job_states"]:
         for result in state["results"]:
@@ -181,7 +203,7 @@ def _print_table(job: dict[str, Any], out: TextIO) -> None:
             rows += [(t["url"], t["hostname"], t["ip"], cluster, "FAILURE", t.get("description", "")) for t in result["failure_tasks"]]
     if not rows:
         return
-    header = ("BLOB URL", "HOSTNAME", "IP", "CLUSTER", "STATE", "ERROR")
+    header = ("FILE URL" if kind == "file" else "BLOB URL", "HOSTNAME", "IP", "CLUSTER", "STATE", "ERROR")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)

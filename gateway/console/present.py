@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +72,78 @@ def size(count: int) -> str:
 def badge(state: str) -> str:
     """The word on a state badge: Harbor's three states (a running task is still pending)."""
     return {"SUCCESS": "success", "FAILURE": "failure"}.get(state, "pending")
+
+
+def job_badge(job: JobRecord) -> str:
+    """A job's badge: ``running`` once a cluster has started on it (Harbor still reads PENDING)."""
+    if job.state == "PENDING" and any(task.state == "RUNNING" for task in job.tasks):
+        return "running"
+    return badge(job.state)
+
+
+def task_badge(task: TaskRecord) -> str:
+    return "running" if task.state == "RUNNING" else badge(task.state)
+
+
+def job_updated(job: JobRecord) -> float:
+    """When anything about a job last changed: its own row or any task's progress."""
+    return max([job.updated_at, *(task.updated_at for task in job.tasks)])
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """What a progress line says, and how full its bar is (``None``: no bar)."""
+
+    text: str
+    bytes_text: str
+    fraction: float | None
+    failed: bool
+    bytes_moved: int = 0
+    bytes_total: int = 0
+
+
+def progress_view(kind: str, tasks: Sequence[TaskRecord], state: str) -> ProgressView:
+    """How far a job (or one cluster's task) got, in its own units (blobs or files), told truthfully.
+
+    The bar follows bytes when the total is known, else items; a failed job shows no bar but
+    what failed; bytes a successful task did not fetch were already warm (on disk, or warmed
+    by another job moments before) and are said to be.
+    """
+    unit = "files" if kind == "file" else "blobs"
+    p = total_progress(tasks)
+    finished_items = p.items_done + p.items_failed
+    if p.bytes_total:
+        moved = min(p.bytes_transferred, p.bytes_total)
+        if state == "SUCCESS" and moved < p.bytes_total:
+            warm = size(p.bytes_total - moved)
+            bytes_text = f"already warm ({warm})" if moved == 0 else f"{size(moved)} fetched, {warm} already warm"
+        else:
+            bytes_text = f"{size(moved)} of {size(p.bytes_total)}"
+    else:
+        bytes_text = f"{size(p.bytes_transferred)} fetched" if p.bytes_transferred else ""
+    if state == "FAILURE":
+        parts = []
+        failed_tasks = sum(1 for task in tasks if task.state == "FAILURE")
+        if len(tasks) > 1:
+            parts.append(f"{failed_tasks} of {len(tasks)} clusters failed")
+        if p.items_failed:
+            parts.append(f"{p.items_failed} of {p.items_total} {unit} failed")
+        parts.append(f"{p.items_done} {unit} warmed" if p.items_done else f"no {unit[:-1]} warmed")
+        return ProgressView("Failed: " + "; ".join(parts), bytes_text, None, True, p.bytes_transferred, p.bytes_total)
+    text = f"{p.items_done} of {p.items_total} {unit} done" + (f", {p.items_failed} failed" if p.items_failed else "")
+    if state == "SUCCESS":
+        fraction: float | None = 1.0
+    elif p.bytes_total:
+        fraction = min(1.0, p.bytes_transferred / p.bytes_total)
+    elif p.items_total:
+        fraction = min(1.0, finished_items / p.items_total)
+    else:
+        fraction = None
+    return ProgressView(text, bytes_text, fraction, False, p.bytes_transferred, p.bytes_total)
+
+
+def kind_of(job: JobRecord) -> str:
+    return "file" if job.args.get("type", "image") == "file" else "image"
 
 
 def total_progress(tasks: Iterable[TaskRecord]) -> TaskProgress:

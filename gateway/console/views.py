@@ -52,6 +52,7 @@ MAX_REFRESH_IDS = 100
 MAX_ID = 2**63 - 1
 STATES = ("PENDING", "SUCCESS", "FAILURE")
 NOTICES = {
+    "created": "The preheat was created; this page follows it until it ends.",
     "canceled": "The preheat was canceled; its unfinished clusters are marked failed.",
     "finished": "The preheat had already finished; nothing was canceled.",
     "signed_out": "You are signed out.",
@@ -92,7 +93,8 @@ _templates.globals.update(
     timestamp=present.timestamp, iso=present.iso, duration=present.duration, job_duration=present.job_duration,
     size=present.size, badge=present.badge, subject=present.subject, job_urls=present.job_urls,
     cluster_name=present.cluster_name, total_progress=present.total_progress, started_at=present.started_at,
-    display_url=present.display_url,
+    display_url=present.display_url, job_badge=present.job_badge, task_badge=present.task_badge,
+    job_updated=present.job_updated, progress_view=present.progress_view, kind_of=present.kind_of,
 )
 
 
@@ -436,7 +438,7 @@ async def create_preheat(request: Request, session: Session) -> Response:
     except InvalidRequest as error:
         return _create_form(request, session, values, {present.field_of(str(error)): str(error)})
     log.info("console: %s created preheat %d", session.name, job.id, extra={"principal": session.name, "job_id": job.id})
-    return _redirect(f"{_base(request)}/preheats?created={job.id}")
+    return _redirect(f"{_base(request)}/preheats/{job.id}?notice=created")
 
 
 async def _job_or_404(request: Request, session: Session) -> tuple[JobRecord | None, Response | None]:
@@ -468,7 +470,7 @@ async def preheat_status(request: Request, session: Session) -> Response:
     if job is None:
         return _secure(JSONResponse({"errors": "this preheat no longer exists"}, status_code=404))
     html = _render_text(request, "_status.html", session, **_status_context(request, job))
-    return _secure(JSONResponse({"finished": job.finished, "state": present.badge(job.state), "html": html}))
+    return _secure(JSONResponse({"finished": job.finished, "state": present.job_badge(job), "html": html}))
 
 
 async def cancel_preheat(request: Request, session: Session) -> Response:

@@ -7,8 +7,14 @@ browser skips these tests locally and fails them on CI (``require``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import re
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +78,14 @@ class ConsoleGateway:
     process: GatewayProcess
     origin: Registry
     gate: TcpRelay
+    paced: PacedRelay | None = None
 
     @property
     def console(self) -> str:
         return f"{self.process.url}/console"
 
-    def manifest_url(self, repository: str, reference: str, *, gated: bool = False) -> str:
-        host = self.gate.host if gated else self.origin.host
+    def manifest_url(self, repository: str, reference: str, *, gated: bool = False, slow: bool = False) -> str:
+        host = self.gate.host if gated else self.paced.host if slow and self.paced else self.origin.host
         return f"http://{host}/v2/{repository}/manifests/{reference}"
 
     def job_count(self) -> int:
@@ -87,10 +94,10 @@ class ConsoleGateway:
 
 
 @pytest.fixture
-def console_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, tmp_path: Path) -> ConsoleGateway:
+def console_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, paced: PacedRelay, tmp_path: Path) -> ConsoleGateway:
     """A gateway with the robot account configured for the origin: the console sends no Harbor token."""
     credentials = [
-        {"host": host, "username": ROBOT_USER, "password_env": ROBOT_PASSWORD_ENV} for host in (origin.host, gate.host)
+        {"host": host, "username": ROBOT_USER, "password_env": ROBOT_PASSWORD_ENV} for host in (origin.host, gate.host, paced.host)
     ]
     config = gateway_config(
         tmp_path,
@@ -98,7 +105,7 @@ def console_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay,
         auth={"token_cache_seconds": 0.5},
     )
     process = make_gateway(config, env={ROBOT_PASSWORD_ENV: ROBOT_PASSWORD})
-    return ConsoleGateway(process=process, origin=origin, gate=gate)
+    return ConsoleGateway(process=process, origin=origin, gate=gate, paced=paced)
 
 
 @dataclass
@@ -123,10 +130,13 @@ class Person:
         self.page.get_by_role("button", name="Sign in").click()
         self.page.wait_for_url(re.compile(r".*/console/preheats$"))
 
-    def create_preheat(self, url: str, *, kind: str = "image", platform: str = "", description: str = "") -> None:
+    def create_preheat(self, url: str, *, kind: str = "image", platform: str = "", description: str = "",
+                       clusters: tuple[str, ...] = ()) -> None:
         self.page.get_by_role("link", name="Create preheat", exact=True).first.click()
         self.page.get_by_label("Type").select_option(kind)
         self.page.get_by_label("URL").fill(url)
+        for name in clusters:
+            self.page.get_by_role("checkbox", name=re.compile(rf"^{re.escape(name)} ")).check()
         self.page.get_by_label("Platform").fill(platform)
         self.page.get_by_label("Description").fill(description)
         self.page.get_by_role("button", name="Create preheat").click()
@@ -168,3 +178,113 @@ def api_error(gateway: ConsoleGateway, args: dict[str, Any]) -> str:
     assert response.status_code == 422, response.text
     return str(response.json()["errors"])
 
+
+
+class PacedRelay(TcpRelay):
+    """A relay whose answers, all connections together, arrive at about ``bytes_per_second``:
+    a transfer slow enough to watch its progress move in the browser."""
+
+    def __init__(self, target_host: str, target_port: int, bytes_per_second: int) -> None:
+        self.bytes_per_second = bytes_per_second
+        self._budget = threading.Lock()
+        self._next_send = time.monotonic()
+        super().__init__(target_host, target_port)
+
+    def _serve(self, client: socket.socket, limit: int | None = None) -> None:
+        self._open.wait()
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        threading.Thread(target=_forward, args=(client, upstream, None), daemon=True).start()
+        threading.Thread(target=_forward, args=(upstream, client, self._wait_for), daemon=True).start()
+
+    def _wait_for(self, nbytes: int) -> None:
+        with self._budget:
+            start = max(self._next_send, time.monotonic())
+            self._next_send = start + nbytes / self.bytes_per_second
+        time.sleep(max(0.0, start - time.monotonic()))
+
+
+def _forward(source: socket.socket, sink: socket.socket, pace: Any) -> None:
+    try:
+        while data := source.recv(8192):
+            if pace is not None:
+                pace(len(data))
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def paced(origin: Registry) -> Iterator[PacedRelay]:
+    """The origin at about 160 KiB/s: the 1.2 MiB test image takes several seconds to warm."""
+    relay = PacedRelay("127.0.0.1", origin.port, 160 * 1024)
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[str]:
+    """A plain HTTP server for file preheats, serving ``tmp_path/files``; yields its base URL."""
+    root = tmp_path / "files"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def mixed_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, tmp_path: Path) -> ConsoleGateway:
+    """A gateway with a local cluster (id 1) and a mirror cluster (id 2) whose only endpoint refuses connections."""
+    credentials = [{"host": origin.host, "username": ROBOT_USER, "password_env": ROBOT_PASSWORD_ENV}]
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    config = gateway_config(
+        tmp_path,
+        clusters=[
+            {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
+            {"id": 2, "name": "eu-mirror", "adapter": "mirror", "endpoints": [{"url": f"http://127.0.0.1:{dead_port}"}]},
+        ],
+        registries={"allow": ["127.0.0.1"], "credentials": credentials},
+    )
+    process = make_gateway(config, env={ROBOT_PASSWORD_ENV: ROBOT_PASSWORD})
+    return ConsoleGateway(process=process, origin=origin, gate=gate)
+
+
+@pytest.fixture
+def make_person(browser: Any, tmp_path: Path) -> Iterator[Any]:
+    """``make_person(console_url, width=, height=)``: someone at a browser of that size on another console."""
+    contexts: list[Any] = []
+
+    def make(console: str, *, width: int = 1280, height: int = 900) -> Person:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        shots = tmp_path / f"screenshots-{len(contexts)}"
+        shots.mkdir()
+        someone = Person(page=page, console=console, shots=shots)
+        page.on("console", lambda message: message.type == "error" and someone.errors.append(f"{page.url}: {message.text}"))
+        page.on("pageerror", lambda error: someone.errors.append(f"{page.url}: uncaught {error}"))
+        return someone
+
+    try:
+        yield make
+    finally:
+        for context in contexts:
+            context.close()

@@ -49,10 +49,11 @@ def test_a_console_preheat_goes_from_pending_to_success_without_a_reload(
     person.sign_in(console_gateway.process.token)
     person.create_preheat(console_gateway.manifest_url("library/app", "1.0", gated=True), description="warm app 1.0 for the rollout")
 
-    expect(page).to_have_url(re.compile(r"/console/preheats\?created=\d+$"))
     job_id = last_job_id(console_gateway)
+    expect(page).to_have_url(re.compile(rf"/console/preheats/{job_id}\?notice=created$"))
+    page.get_by_role("link", name="Preheats").first.click()
     row = person.row(job_id)
-    expect(row.locator(".badge")).to_have_text("pending")
+    expect(row.locator(".badge")).to_have_text("running")
     expect(row).to_contain_text("console")
     expect(row).to_contain_text("library/app:1.0")
     expect(row).to_contain_text("warm app 1.0 for the rollout")
@@ -68,7 +69,7 @@ def test_a_console_preheat_goes_from_pending_to_success_without_a_reload(
     page.get_by_role("link", name=f"Preheat {job_id}").click()
     expect(page.locator("#job-state")).to_have_text("success")
     blobs = len(images.single.blob_digests)  # the config and every layer
-    expect(page.locator("#blobs-done")).to_have_text(f"{blobs} of {blobs} blobs done")
+    expect(page.locator("#progress-text")).to_have_text(f"{blobs} of {blobs} blobs done")
     table = page.get_by_role("table", name="Blobs warmed in cluster local")
     expect(table.locator("thead th")).to_have_text(["Blob URL", "Host", "IP", "State", "Error"])
     expect(table.locator("tbody tr")).to_have_count(blobs)
@@ -83,10 +84,10 @@ def test_the_detail_page_follows_a_running_preheat_to_its_end(person: Person, co
     page = person.page
     person.sign_in(console_gateway.process.token)
     person.create_preheat(console_gateway.manifest_url("library/app", "1.0", gated=True))
-    expect(page).to_have_url(re.compile(r"/console/preheats\?created=\d+$"))
-    page.get_by_role("link", name=f"Preheat {last_job_id(console_gateway)}").click()
+    expect(page).to_have_url(re.compile(rf"/console/preheats/{last_job_id(console_gateway)}\?notice=created$"))
 
-    expect(page.locator("#job-state")).to_have_text("pending")
+    expect(page.locator("#job-state")).to_have_text("running")
+    expect(page.get_by_role("article", name=re.compile("^local")).locator(".badge")).to_have_text("running")
     expect(page.get_by_role("button", name="Cancel preheat")).to_be_visible()
     person.shoot("detail-pending")
     page.evaluate("window.stillTheSamePage = true")
@@ -94,7 +95,7 @@ def test_the_detail_page_follows_a_running_preheat_to_its_end(person: Person, co
 
     expect(page.locator("#job-state")).to_have_text("success", timeout=30_000)
     blobs = len(images.single.blob_digests)
-    expect(page.locator("#blobs-done")).to_have_text(f"{blobs} of {blobs} blobs done")
+    expect(page.locator("#progress-text")).to_have_text(f"{blobs} of {blobs} blobs done")
     expect(page.get_by_role("button", name="Cancel preheat")).to_have_count(0)
     assert page.evaluate("window.stillTheSamePage === true"), "the detail page reloaded instead of refreshing"
     assert person.errors == []
@@ -104,8 +105,7 @@ def test_an_unfinished_preheat_can_be_canceled_from_its_page(person: Person, con
     page = person.page
     person.sign_in(console_gateway.process.token)
     person.create_preheat(console_gateway.manifest_url("library/app", "1.0", gated=True))
-    expect(page).to_have_url(re.compile(r"/console/preheats\?created=\d+$"))
-    page.get_by_role("link", name=f"Preheat {last_job_id(console_gateway)}").click()
+    expect(page).to_have_url(re.compile(rf"/console/preheats/{last_job_id(console_gateway)}\?notice=created$"))
 
     page.get_by_role("button", name="Cancel preheat").click()
 
@@ -120,17 +120,17 @@ def test_a_failed_preheat_shows_its_error_log(person: Person, console_gateway: C
     page = person.page
     person.sign_in(console_gateway.process.token)
     person.create_preheat(console_gateway.manifest_url("library/app", "no-such-tag"), description="a tag nobody pushed")
-    expect(page).to_have_url(re.compile(r"/console/preheats\?created=\d+$"))
     job_id = last_job_id(console_gateway)
-
-    expect(person.row(job_id).locator(".badge")).to_have_text("failure", timeout=30_000)
-    page.get_by_role("link", name=f"Preheat {job_id}").click()
+    expect(page).to_have_url(re.compile(rf"/console/preheats/{job_id}\?notice=created$"))
+    expect(page.locator("#job-state")).to_have_text("failure", timeout=30_000)
 
     log = page.locator("#error-log")
     expect(log).to_contain_text("library/app:no-such-tag")
     expect(log).to_contain_text("not found")
     expect(page.get_by_role("heading", name="Error log")).to_be_visible()
     expect(page.get_by_role("button", name="Cancel preheat")).to_have_count(0)
+    expect(page.locator("#progress-text")).to_have_text("Failed: no blob warmed")
+    expect(page.locator("progress")).to_have_count(0)  # a failure is not drawn as a bar
     person.shoot("detail-failure")
     assert person.errors == []
 

@@ -163,7 +163,8 @@ def test_a_mirror_cluster_refuses_files_while_a_local_cluster_takes_them(make_ga
     ]
     gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
 
-    job = run_job(gateway, {"type": "file", "url": f"{files.url}/files/small.txt"})
+    # Named, a mirror cluster fails its own task; unnamed, a file job never goes to it.
+    job = run_job(gateway, {"type": "file", "url": f"{files.url}/files/small.txt"}, cluster_ids=[1, 2])
 
     assert state_of(job, 1)["state"] == "SUCCESS"
     mirror = state_of(job, 2)
