@@ -12,11 +12,12 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import msgspec
 
+from adapters import registry as adapter_registry
 from adapters.files import filter_url
 from adapters.oci import parse_manifest_url, parse_platform
 from adapters.urlpolicy import RefusedURL, URLPolicy, split_http_url
@@ -216,6 +217,15 @@ class JobService:
         if len(spec.bio) > 1000:
             raise InvalidRequest("bio is longer than 1000 characters")
 
+    def targets(self, spec: JobSpec) -> list[int]:
+        """The clusters a job runs on: those it names (an unsupporting one then fails its task,
+        saying so), else every cluster whose adapter preheats its type (a file job skips mirrors);
+        when none does, every cluster, so each task's error says what to configure instead."""
+        if spec.cluster_ids:
+            return sorted(set(spec.cluster_ids))
+        supporting = [i for i, c in self.clusters.items() if spec.type in adapter_registry.load(c.config.adapter).supports]
+        return sorted(supporting or self.clusters)
+
     def _check_timeout(self, seconds: float) -> None:
         runner = self.config.runner
         maximum = runner.max_timeout_seconds
@@ -225,11 +235,15 @@ class JobService:
                 f"runner.max_timeout): send a Go duration in nanoseconds up to that, or 0 for the default ({runner.default_timeout})"
             )
 
-    async def create(self, spec: JobSpec) -> JobRecord:
+    async def create(self, spec: JobSpec, *, check: Callable[[JobSpec], Awaitable[None]] | None = None) -> JobRecord:
+        """Validate and commit a job. ``check`` runs after validation, before anything is stored: a dialect's
+        create-time check (:mod:`gateway.precheck`) that may refuse what would certainly fail."""
         await self.validate(spec)
+        if check is not None:
+            await check(spec)
         now = time.time()
         timeout = spec.timeout_seconds or self.config.runner.default_timeout_seconds
-        targets = sorted(set(spec.cluster_ids)) if spec.cluster_ids else sorted(self.clusters)
+        targets = self.targets(spec)
         job = await self.store.create_job(NewJob(
             task_id=f"group_{uuid.uuid4()}",
             type="preheat",

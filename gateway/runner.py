@@ -118,6 +118,7 @@ class Runner:
         self._wake = asyncio.Event()
         self._running: dict[int, _Running] = {}
         self._stopping = False
+        self._draining_since = 0.0
         self._loops: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
@@ -132,16 +133,27 @@ class Runner:
         self._loops = [asyncio.create_task(self._claim_loop(), name="runner-claim"),
                        asyncio.create_task(self._tick_loop(), name="runner-tick")]
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop claiming; let running tasks finish within ``grace``, then hand the rest back."""
+    def drain(self) -> None:
+        """Claim no more work (the process is shutting down: another replica takes new tasks); running ones go on."""
+        if self._stopping:
+            return
         self._stopping = True
-        self._wake.set()
+        self._draining_since = time.monotonic()
+        self._wake.set()  # the claim loop ends after the claim it may be making (never cut: its tasks would be lost)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming; let running tasks finish until ``grace`` seconds after :meth:`drain` (leases still
+        renewed), then hand the rest back. The server's drain counts, so a graceful stop is not made longer."""
+        self.drain()
+        if self._loops:
+            await asyncio.gather(self._loops[0], return_exceptions=True)
+        pending = [running.task for running in self._running.values()]
+        left = grace - (time.monotonic() - self._draining_since)
+        if pending and left > 0:
+            await asyncio.wait(pending, timeout=left)
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        pending = [running.task for running in self._running.values()]
-        if pending:
-            await asyncio.wait(pending, timeout=grace)
         leftover = list(self._running.values())
         for running in leftover:
             running.task.cancel()
@@ -175,6 +187,8 @@ class Runner:
             if claims and free - len(claims) > 0:
                 continue  # there may be more waiting
             self._wake.clear()
+            if self._stopping:  # drain() may have set the event just before it was cleared
+                break
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.runner.poll_seconds)
             except TimeoutError:
@@ -222,7 +236,7 @@ class Runner:
                 try:
                     async with asyncio.timeout(claim.deadline - time.time()):
                         await adapter.preheat(request, recorder)
-                    state = "SUCCESS"
+                    state, error = self._success_rule(claim.cluster_id, adapter, recorder)
                 except PreheatError as failure:
                     error = f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): {stored_error(failure)}"
                 except TimeoutError:
@@ -262,6 +276,19 @@ class Runner:
             log.exception("recording the end of task %d failed; its lease will expire and it will run again", claim.task_id)
         finally:
             self._running.pop(claim.task_id, None)
+
+    def _success_rule(self, cluster_id: int, adapter: Adapter, recorder: Recorder) -> tuple[str, str]:
+        """The state of a task whose adapter returned: a cluster with ``success: all`` fails on any failed row."""
+        rule = next((c.config.success for c in self.config.clusters if c.id == cluster_id), "any")
+        failed = recorder.progress.items_failed
+        if rule != "all" or failed == 0:
+            return "SUCCESS", ""
+        rows = recorder.result.failure_tasks
+        first = f"; first: {rows[0].hostname or rows[0].ip or '?'}: {rows[0].description}" if rows else ""
+        return "FAILURE", (
+            f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): {failed} of {recorder.progress.items_done + failed} "
+            f"copies failed, and this cluster succeeds only when every endpoint got every blob (success: all){first}"
+        )
 
     def _count_bytes(self, running: _Running) -> None:
         adapter = self.adapters.get(running.claim.cluster_id)

@@ -50,6 +50,7 @@ class GatewayProcess:
         server = dict(config.get("server") or {})
         server.setdefault("listen", f"127.0.0.1:{self.port}")
         server.setdefault("state_dir", str(workdir / "state"))
+        server.setdefault("shutdown_delay_seconds", 0)  # no load balancer to tell; rolling-restart tests set their own
         self.port = int(server["listen"].rpartition(":")[2])
         config["server"] = server
         self.config = config

@@ -122,9 +122,18 @@ def parse_patch(body: bytes) -> str:
 
 
 def rfc3339(timestamp: float | None) -> str:
+    """RFC 3339 in UTC with microseconds (trailing zeros trimmed, as Go's RFC3339Nano writes them).
+
+    Every Harbor's ``time.Time`` decodes fractional seconds, so short tasks log true durations
+    instead of ``duration: 0s``.
+    """
     if timestamp is None:
         return "0001-01-01T00:00:00Z"  # Go's zero time, which Harbor decodes
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    micros = round(timestamp * 1_000_000)
+    seconds, fraction = divmod(micros, 1_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    digits = f"{fraction:06d}".rstrip("0")
+    return f"{text}.{digits}Z" if digits else f"{text}Z"
 
 
 def _args(job: JobRecord) -> dict[str, Any]:
@@ -166,13 +175,34 @@ def _results(task: TaskRecord) -> dict[str, Any]:
     return body
 
 
-def _job_state(task: TaskRecord) -> dict[str, Any]:
+def _outcome(task: TaskRecord, clusters: Mapping[int, Cluster], kind: str) -> str:
+    """What happened to one cluster, for the ``error`` of a FAILURE job's entry that has none of its own.
+
+    Harbor 2.12+ turns every ``job_states[]`` entry of a FAILURE job into one entry of its error
+    list, whatever its state, so a succeeded or unfinished cluster must say so rather than show "".
+    """
+    cluster = clusters.get(task.cluster_id)
+    name = f"cluster {cluster.name} (id {task.cluster_id})" if cluster else f"cluster {task.cluster_id}"
+    progress = task.progress
+    unit = "files" if kind == "file" else "blobs"
+    failed = f", {progress.items_failed} failed (see the rows)" if progress.items_failed else ""
+    if task.state == "SUCCESS":
+        return f"{name}: succeeded, {progress.items_done} {unit} warm{failed}"
+    if task.state == "FAILURE":
+        return f"{name}: failed without a recorded reason; see the gateway log"
+    return f"{name}: not finished ({progress.items_done} of {progress.items_total} {unit} warm{failed})"
+
+
+def _job_state(task: TaskRecord, clusters: Mapping[int, Cluster], job: JobRecord) -> dict[str, Any]:
     state = task.state if task.state in ("SUCCESS", "FAILURE") else "PENDING"
+    error = task.error
+    if job.state == "FAILURE" and not error:
+        error = _outcome(task, clusters, str(job.args.get("type", "image")))
     return {
         "task_name": "preheat",
         "task_uuid": f"task_{task.id}",
         "state": state,
-        "error": task.error,
+        "error": error,
         "ttl": 0,
         "created_at": rfc3339(task.started_at),
         "updated_at": rfc3339(task.updated_at),
@@ -198,7 +228,7 @@ def job_body(job: JobRecord, clusters: Mapping[int, Cluster], created_at: float)
             "state": job.state,
             "created_at": rfc3339(job.created_at),
             "updated_at": rfc3339(job.updated_at),
-            "job_states": [_job_state(task) for task in job.tasks],
+            "job_states": [_job_state(task, clusters, job) for task in job.tasks],
         },
         "user_id": 0,
         "source": job.source,

@@ -5,10 +5,14 @@ Only translation lives here. Harbor POSTs its preheat-image record (``type``, ``
 ``GET /preheats/{id}`` for ``status``, ``startTime``, ``finishTime`` and ``errorMsg``.
 
 Harbor's Go client decodes these keys case-insensitively and treats a JSON ``null`` as
-"leave the zero value", so the parser here does the same. Its status mapping is unforgiving:
-only ``WAITING``, ``RUNNING``, ``SUCCESS`` and ``FAILED`` mean something, and an empty or
-other status leaves Harbor polling until its 30-minute timeout; every job state therefore
-maps to one of the four.
+"leave the zero value", so the parser here does the same. Its status handling is unforgiving:
+the job loop ends a task only on ``SUCCESS`` or ``FAIL``. Harbor 2.8-2.11 also map ``FAILED``
+to ``FAIL`` and ``WAITING`` to pending, but 2.1-2.7 pass the string on unchanged, so a failure
+is answered ``FAIL``, the one string every legacy Harbor ends a task on; anything else keeps
+Harbor polling. Every job state therefore maps to ``WAITING``, ``RUNNING``, ``SUCCESS`` or ``FAIL``.
+
+Harbor 2.1-2.11 never show ``errorMsg`` (their task log says only "is fail with error: "); it
+is still filled, for the console, scripts and the Open API view of the same job.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from gateway.dialects.dragonfly import rfc3339
 from gateway.jobs import InvalidRequest, JobSpec, check_digest
 from gateway.store import JobRecord
 
-WAITING, RUNNING, SUCCESS, FAILED = "WAITING", "RUNNING", "SUCCESS", "FAILED"
+WAITING, RUNNING, SUCCESS, FAIL = "WAITING", "RUNNING", "SUCCESS", "FAIL"
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -98,11 +102,11 @@ def created_body(job: JobRecord) -> bytes:
 
 
 def status(job: JobRecord) -> str:
-    """One of the four statuses Harbor's legacy driver understands, never anything else."""
+    """One of the four statuses every legacy Harbor (2.1-2.11) understands, never anything else."""
     if job.state == "SUCCESS":
         return SUCCESS
     if job.state == "FAILURE":
-        return FAILED
+        return FAIL
     started = any(task.started_at is not None or task.state != "PENDING" for task in job.tasks)
     return RUNNING if started else WAITING
 

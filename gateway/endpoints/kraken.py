@@ -9,10 +9,16 @@ silently dropped event would show SUCCESS for a preheat that never ran.
 The creation rate limit (``server.create_rate_per_second``, ``server.create_burst``) is charged
 per job a notification would create, all or nothing: one that does not fit is refused whole
 with 429 and ``Retry-After``, and no job is created.
+
+Harbor delivers a notification again when it saw no answer to the first (a timeout, a dropped
+connection), with the same event ``Id``. An event whose ``Id`` and ``Url`` already made a job
+makes no other: it is answered 200 with that job's id, is not charged, and is not validated
+again. The store keeps one row per such event for as long as its job exists.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from urllib.parse import urlsplit
 
@@ -34,25 +40,54 @@ async def health(request: Request) -> Response:
     return await healthy(request)
 
 
+def event_key(preheat: kraken.Preheat) -> str | None:
+    """What identifies a delivered event across retries: its ``Id`` with its target ``Url`` (hashed: bounded,
+    and no URL kept in the clear); None for an event without an ``Id``, which cannot be told from a new one."""
+    if not preheat.event_id:
+        return None
+    return hashlib.sha256(f"{preheat.event_id}\0{preheat.spec.urls[0]}".encode()).hexdigest()
+
+
 async def notifications(request: Request) -> Response:
     gateway = gateway_of(request)
     preheats, ignored = kraken.parse_notification(await json_body(request))
-    charge_job_creations(request, max(1, len(preheats)))  # per job it would create, before any DNS check
+    keys = [event_key(preheat) for preheat in preheats]
+    made = await gateway.store.kraken_event_jobs(sorted({key for key in keys if key}))
+    fresh: list[tuple[kraken.Preheat, str | None]] = []
+    for preheat, key in zip(preheats, keys, strict=True):
+        if key is None or key not in made:
+            fresh.append((preheat, key))
+            if key is not None:
+                made[key] = 0  # the same event twice in one notification: one job
+    retried = len(preheats) - len(fresh)
+    # per job it would create, before any DNS check; a notification of nothing still costs one
+    charge_job_creations(request, len(fresh) if preheats else 1)
     refused = []
-    for preheat in preheats:
+    for preheat, _key in fresh:
         try:
             await gateway.jobs.validate(preheat.spec)
         except InvalidRequest as error:
             refused.append(f"Events[{preheat.index}]: {error}")
     if refused:
         raise InvalidRequest(f"notification refused, no job was created: {'; '.join(refused)}")
-    job_ids: list[int] = []
-    for preheat in preheats:
+    job_ids: list[int] = []  # made by this delivery
+    made_here: dict[int, int] = {}  # event index -> its new job
+    for preheat, key in fresh:
         try:
             job = await gateway.jobs.create(preheat.spec)
         except InvalidRequest as error:  # only if a check's answer changed since validation (DNS)
             done = f"; jobs {', '.join(map(str, job_ids))} were created for the events before it" if job_ids else ""
             raise InvalidRequest(f"Events[{preheat.index}]: {error}{done}") from None
+        if key is not None:
+            first = await gateway.store.record_kraken_event(key, job.id)
+            if first != job.id:  # a retry of this notification, handled at the same moment, made its job first
+                await gateway.jobs.delete(job.id)
+                log.info("Kraken event %s: job %d was made for it by another delivery; job %d withdrawn",
+                         preheat.event_id[:80], first, job.id, extra={"job_id": first})
+                made[key] = first
+                continue
+            made[key] = job.id
+        made_here[preheat.index] = job.id
         job_ids.append(job.id)
         host = urlsplit(preheat.spec.urls[0]).netloc
         if gateway.config.credentials_for(host) is None:
@@ -62,10 +97,13 @@ async def notifications(request: Request) -> Response:
                 "Add %s to registries.credentials (e.g. a Harbor robot account with pull access)",
                 job.id, preheat.event_id[:80] or "-", host, host, extra={"job_id": job.id},
             )
+    if retried:
+        log.info("Kraken notification delivered again: %d event(s) already have their job (same Id), none made for them", retried)
     if preheats or ignored:
         log.info("Kraken notification: %d job(s) created, %d event(s) ignored", len(job_ids), ignored,
                  extra={"job_ids": ",".join(map(str, job_ids))})
-    return json_response(kraken.accepted_body(job_ids, ignored))
+    every = [made[key] if key is not None else made_here[preheat.index] for preheat, key in zip(preheats, keys, strict=True)]
+    return json_response({**kraken.accepted_body(every, ignored), "created": len(job_ids)})
 
 
 def routes() -> list[BaseRoute]:

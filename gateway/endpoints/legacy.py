@@ -6,6 +6,8 @@ These read and write the same job store as the Open API: a job created here is l
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -15,6 +17,10 @@ from gateway.dialects import legacy
 from gateway.endpoints.openapi import healthy
 from gateway.httputil import APIError, json_body, json_response
 from gateway.ids import MAX_ID_DIGITS, ascii_number
+from gateway.jobs import JobSpec
+from gateway.precheck import ManifestRefused, check_manifest
+
+log = logging.getLogger("gateway.legacy")
 
 
 async def ping(request: Request) -> Response:
@@ -23,10 +29,23 @@ async def ping(request: Request) -> Response:
 
 
 async def create_preheat(request: Request) -> Response:
-    """``POST /preheats``. Always 200 with the new id: a 208 would tell old Harbors "already done"."""
+    """``POST /preheats``. 200 with the new id, never 208 (old Harbors read it as "already done").
+
+    Harbor 2.1-2.11 log only HTTP errors, never ``errorMsg``, so what the registry already says
+    definitely (no such tag: 404; the caller's token and the configured credentials refused: 403;
+    a refused host or redirect: 422) is the answer here and no job is created (:mod:`gateway.precheck`).
+    """
     gateway = gateway_of(request)
     spec = legacy.parse_create(await json_body(request, creates_job=True))
-    job = await gateway.jobs.create(spec)
+
+    async def check(checked: JobSpec) -> None:
+        try:
+            await check_manifest(gateway.oci, gateway.config, checked)
+        except ManifestRefused as refused:
+            log.info("POST /preheats answered %d: %s", refused.status, refused.message)
+            raise APIError(refused.status, refused.message) from None
+
+    job = await gateway.jobs.create(spec, check=check)
     return json_response(legacy.created_body(job))
 
 

@@ -1,4 +1,5 @@
-"""Kubernetes probes: ``/livez`` (the process answers) and ``/readyz`` (the store answers).
+"""Kubernetes probes: ``/livez`` (the process answers) and ``/readyz`` (the store answers, and the
+replica is not shutting down).
 
 Readiness depends on the store only, never on backends: a slow mirror must not take every
 replica out of its Service.
@@ -24,6 +25,10 @@ async def livez(_request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """200 when the store answers; 503 while starting, and from SIGTERM on while the replica still
+    serves (``server.shutdown_delay_seconds``), so a load balancer takes it out before it stops."""
+    if request.app.state.gateway.draining:
+        return error_response(503, "shutting down: requests are still answered, send new ones to another replica")
     if not request.app.state.ready:
         return error_response(503, "starting or stopping")
     try:

@@ -116,6 +116,14 @@ MIGRATIONS: list[list[str]] = [
         )""",
     ],
     [],  # 2: stored URLs lose user-info and signing parameters (data only, see _DATA_MIGRATIONS)
+    [  # 3: the Kraken events that made a job, so a notification Harbor retries makes none
+        """CREATE TABLE kraken_events (
+            event_key TEXT PRIMARY KEY,
+            job_id {bigint} NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            created_at {real} NOT NULL
+        )""",
+        "CREATE INDEX kraken_events_job ON kraken_events (job_id)",
+    ],
 ]
 
 _JOB_COLUMNS = "id, task_id, type, state, source, args, cluster_ids, bio, error, deadline, created_at, updated_at, finished_at"
@@ -444,7 +452,34 @@ class SqlStore:
                 f"WHERE {condition} RETURNING id",
                 params,
             )
+            if rows and self.driver.dialect == "postgresql":  # another replica takes them now, not at its next poll
+                await tx.execute(f"SELECT pg_notify('{WORK_CHANNEL}', '')")
         return len(rows)
+
+    # --- Kraken events ---------------------------------------------------------------------
+
+    @_timed
+    async def kraken_event_jobs(self, keys: Sequence[str]) -> dict[str, int]:
+        """The jobs earlier notifications made for these event keys (a key absent: not seen, or its job deleted)."""
+        if not keys:
+            return {}
+        params = {f"k{i}": key for i, key in enumerate(keys)}
+        rows = await self.driver.fetchall(
+            f"SELECT event_key, job_id FROM kraken_events WHERE event_key IN ({', '.join(':' + name for name in params)})", params,
+        )
+        return {str(key): int(job_id) for key, job_id in rows}
+
+    @_timed
+    async def record_kraken_event(self, key: str, job_id: int) -> int:
+        """Remember that the event ``key`` made ``job_id``; returns the job it made first (another one when a
+        retry of the same notification, handled at the same moment, recorded its job before this one)."""
+        async with self.driver.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO kraken_events (event_key, job_id, created_at) VALUES (:key, :job, :now) ON CONFLICT (event_key) DO NOTHING",
+                {"key": key, "job": job_id, "now": time.time()},
+            )
+            row = await tx.fetchone("SELECT job_id FROM kraken_events WHERE event_key = :key", {"key": key})
+        return int(row[0]) if row else job_id
 
     # --- personal access tokens ------------------------------------------------------------
 

@@ -5,6 +5,13 @@ what Harbor's Go drivers send (field names, casing, nulls, zeros, the auth heade
 way Harbor builds it) and decode answers as strictly as Go's ``encoding/json`` does into
 Harbor's structs: an ``id`` that is not an integer, a time that is not RFC 3339, or a
 ``scheduler_cluster_id`` that is negative fails the decode just as it would fail the task.
+
+They are version-aware where Harbor's code differs (reference sections 2-4): Harbor 2.1-2.7
+pass a legacy status on unchanged and end a task only on ``SUCCESS`` or ``FAIL`` (2.8-2.11
+also map ``WAITING`` and ``FAILED``); no legacy Harbor shows ``errorMsg``, only HTTP errors of
+its calls; 2.12 sends no ``scheduler_cluster_ids`` (2.13 does); 2.12+ render a FAILURE as an
+error list with one entry per ``job_states[]`` entry; BASIC sends ``password:P`` in 87.5% of
+requests and ``username:U`` in 12.5% (Go 1.19's map iteration over Harbor's two-entry map).
 """
 
 from __future__ import annotations
@@ -21,6 +28,15 @@ import httpx
 import msgspec
 
 RUNNING, SUCCESS, FAIL = "RUNNING", "SUCCESS", "FAIL"
+BASIC_PASSWORD_SHARE = 0.875
+"""How often Harbor's BASIC handler (built by Go 1.19) sent ``password:P`` rather than ``username:U`` (100,000 requests)."""
+HARBOR_TIMEOUT = "status check timeout: 30m1s"
+"""What Harbor logs when a task's status never ends it."""
+
+
+def version_tuple(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
 
 
 def go_time(text: str) -> datetime:
@@ -79,8 +95,12 @@ def auth_header(mode: str, info: dict[str, str]) -> dict[str, str]:
         key = next(iter(info))
         return {key: info[key]}
     if mode == "BASIC":
-        # Go's randomized map iteration: whichever key comes first becomes the "username".
-        key = random.choice(list(info))
+        # Go's randomized map iteration: whichever key comes first becomes the "username". Over
+        # Harbor's {"username", "password"} map, Go 1.19 yielded "password" first 87.5% of the time.
+        if set(info) == {"username", "password"}:
+            key = "password" if random.random() < BASIC_PASSWORD_SHARE else "username"
+        else:
+            key = random.choice(list(info))
         return {"Authorization": "Basic " + base64.b64encode(f"{key}:{info[key]}".encode()).decode()}
     raise ValueError(mode)
 
@@ -131,23 +151,39 @@ class PreheatingStatus:
     status: str
     message: str = ""
     error: str = ""
+    """What Harbor shows (its task log): for 2.1-2.11 a poll's failure is always "", an HTTP error its text."""
     rows: list[tuple[str, str, str, str, str, str]] | None = None
+    sent: str = ""
+    """The failure text the provider sent (``errorMsg``), whether or not this Harbor shows it."""
 
 
 class HarborError(Exception):
-    """What Harbor's HTTP client returns for a non-2xx answer (the task fails)."""
+    """What Harbor's HTTP client returns for a non-2xx answer (the task fails, and Harbor logs this text).
+
+    Harbor's ``http_client.go``: ``errors.Errorf("%s %q error: %s %s", method, url, res.Status, body)``.
+    """
+
+
+def harbor_error_list(messages: list[str]) -> str:
+    """Harbor 2.12+'s error list for a FAILURE job, as it logs it: one UNKNOWN entry per ``job_states[]`` entry."""
+    return go_marshal({"errors": [{"code": "UNKNOWN", "message": message} for message in messages]}).decode()
 
 
 class DragonflyDriver:
-    """Harbor 2.12+'s Dragonfly driver (``pkg/p2p/preheat/provider/dragonfly.go``)."""
+    """Harbor 2.12+'s Dragonfly driver (``pkg/p2p/preheat/provider/dragonfly.go``).
+
+    ``version`` "2.12" sends a policy's scope but never its cluster ids (they arrived in 2.13).
+    """
 
     health_path = "/healthy"
     job_path = "/oapi/v1/jobs"
+    default_version = "2.13"
 
-    def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None) -> None:
+    def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None, *, version: str | None = None) -> None:
         self.endpoint = endpoint.removesuffix("/")  # strings.TrimSuffix(endpoint, "/"): one slash
         self.auth_mode = auth_mode
         self.auth_info = auth_info or {}
+        self.version = version or self.default_version
         self.http = httpx.Client(timeout=30)  # Harbor's client: 30 s per request
         self.answers: list[str] = []
         """Every response body the gateway sent this driver, for secret-leak checks."""
@@ -163,7 +199,7 @@ class DragonflyDriver:
         response = self._request(method, path, body)
         # Harbor's client: 2xx is success, but 2.12+ fails the task on 208.
         if not 200 <= response.status_code < 300 or response.status_code == 208:
-            raise HarborError(f"http error: code {response.status_code}, message {response.text}")
+            raise harbor_error(method, response)
         return response.content
 
     def health(self) -> bool:
@@ -182,7 +218,8 @@ class DragonflyDriver:
                 "type": type, "url": url, "tag": "", "filtered_query_params": "", "headers": headers,
                 "scope": scope, "concurrent_count": 0, "timeout": 0,
             },
-            "scheduler_cluster_ids": cluster_ids if cluster_ids else None,
+            # 2.12.x never sends cluster ids (it keeps them in extra_attrs but does not pass them on).
+            "scheduler_cluster_ids": cluster_ids if cluster_ids and version_tuple(self.version) >= (2, 13) else None,
         }
 
     def preheat(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None) -> PreheatingStatus:
@@ -203,7 +240,7 @@ class DragonflyDriver:
             return PreheatingStatus(task_id, SUCCESS, message=f"{len(rows)} rows", rows=rows)
         if job.state == "FAILURE":
             errors = [state.error for state in (job.result.job_states or [])] if job.result else []
-            return PreheatingStatus(task_id, FAIL, error="; ".join(errors))
+            return PreheatingStatus(task_id, FAIL, error=harbor_error_list(errors), sent="; ".join(e for e in errors if e))
         return PreheatingStatus(task_id, FAIL, error=f"unknown state: {job.state}")
 
     def run_task(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None,
@@ -221,8 +258,15 @@ class DragonflyDriver:
         return status
 
 
+def harbor_error(method: str, response: httpx.Response) -> HarborError:
+    status = f"{response.status_code} {response.reason_phrase}".strip()
+    return HarborError(f"{method} {json.dumps(str(response.request.url))} error: {status} {response.text}")
+
+
 PENDING = "PENDING"  # Harbor's provider.PreheatingStatusPending
-LEGACY_STATUS = {"WAITING": PENDING, "FAILED": FAIL}  # the legacy driver's only translations
+LEGACY_STATUS = {"WAITING": PENDING, "FAILED": FAIL}  # 2.8-2.11's only translations; 2.1-2.7 have none
+POLLED_ON = {PENDING, RUNNING, "WAITING"}
+"""Statuses a provider legitimately answers while a task runs; any other non-final one is polled until Harbor's timeout."""
 
 
 class LegacyDragonflyDriver(DragonflyDriver):
@@ -230,15 +274,20 @@ class LegacyDragonflyDriver(DragonflyDriver):
 
     The create body is Harbor's ``PreheatImage`` record (``omitempty`` on headers, image, tag
     and digest). Answers decode like Go: ``ID`` matched case-insensitively and required to be
-    a JSON string. Statuses map ``WAITING`` to pending and ``FAILED`` to fail; every other
-    value passes through, and anything but SUCCESS or FAIL keeps Harbor polling.
+    a JSON string. From 2.8 on statuses map ``WAITING`` to pending and ``FAILED`` to fail;
+    2.1-2.7 pass every value through. The job loop ends a task only on SUCCESS or FAIL.
+    ``CheckProgress`` never copies ``errorMsg`` into the status (2.8+ read it only for "preheat task
+    already exists"), so a failed poll shows "" and only a call's HTTP error shows text.
     """
 
     health_path = "/_ping"
     preheat_path = "/preheats"
+    default_version = "2.11"
 
-    def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None) -> None:
-        super().__init__(endpoint, auth_mode, auth_info)
+    def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None, *, version: str | None = None) -> None:
+        super().__init__(endpoint, auth_mode, auth_info, version=version)
+        if not (2, 1) <= version_tuple(self.version) <= (2, 11):
+            raise ValueError(f"Harbor {self.version} does not speak the legacy dialect (2.1-2.11 do)")
         self.http_statuses: list[int] = []
 
     def _send(self, method: str, path: str, body: Any = None) -> bytes:
@@ -247,7 +296,7 @@ class LegacyDragonflyDriver(DragonflyDriver):
         if response.status_code == 208:  # 2.1-2.11: "already preheated"
             raise AlreadyReported()
         if not 200 <= response.status_code < 300:
-            raise HarborError(f"http error: code {response.status_code}, message {response.text}")
+            raise harbor_error(method, response)
         return response.content
 
     def record(self, url: str, headers: dict[str, str], *, image: str = "", tag: str = "", digest: str = "", type: str = "image") -> dict[str, Any]:
@@ -282,20 +331,25 @@ class LegacyDragonflyDriver(DragonflyDriver):
                 go_time(info[name])  # Harbor keeps these strings; the gateway promises RFC 3339
         message = info["errorMsg"]
         parts = message.split(":")
-        if len(parts) == 2 and parts[0] == "preheat task already exists, id":
+        if version_tuple(self.version) >= (2, 8) and len(parts) == 2 and parts[0] == "preheat task already exists, id":
             return self.check_progress(parts[1].strip())
-        status = LEGACY_STATUS.get(info["Status"], info["Status"])
-        return PreheatingStatus(task_id, status, error=message if status == FAIL else "")
+        status = info["Status"]
+        if version_tuple(self.version) >= (2, 8):
+            status = LEGACY_STATUS.get(status, status)
+        return PreheatingStatus(task_id, status, error="", sent=message)
 
     def run_task(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
                  poll_seconds: float = 0.2, timeout: float = 60.0, image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
         if not self.health():
             return PreheatingStatus("", FAIL, error="provider unhealthy")
-        status = self.preheat(url, headers, image=image, tag=tag, digest=digest)
+        try:
+            status = self.preheat(url, headers, image=image, tag=tag, digest=digest)
+        except HarborError as error:  # the one failure text these Harbors log
+            return PreheatingStatus("", FAIL, error=str(error))
         deadline = time.monotonic() + timeout
         while status.status not in (SUCCESS, FAIL):
-            if status.status not in (PENDING, RUNNING):
-                raise AssertionError(f"status {status.status!r} would leave Harbor polling until its 30-minute timeout")
+            if status.status not in POLLED_ON:
+                raise AssertionError(f"Harbor {self.version} would poll status {status.status!r} until {HARBOR_TIMEOUT}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"task {status.task_id} still {status.status} after {timeout}s")
             time.sleep(poll_seconds)

@@ -165,15 +165,18 @@ def test_basic_never_takes_the_non_secret_half_as_proof(generation: str, secured
     assert "both of Harbor's username and password fields" in refused.answers[-1]
 
 
-def test_harbors_basic_mode_with_a_normal_username_fails_about_half_the_time(secured: SecuredGateway) -> None:
-    """Why docs/harbor.md says: token in both fields, or better, OAUTH."""
+def test_harbors_basic_mode_with_a_normal_username_fails_one_request_in_eight(secured: SecuredGateway) -> None:
+    """Why docs/harbor.md says: token in both fields, or better, OAUTH. Harbor sends ``username:U`` in 12.5% of
+    requests, so a task of a health check, a create and three polls fails in 1 - 0.875**5 = 49% of runs."""
     driver = DragonflyDriver(secured.url, "BASIC", {"username": "robot-harbor", "password": secured.process.token})
     random.seed(7)
-    outcomes = {driver.health() for _ in range(20)}
-    assert outcomes == {True, False}
+    outcomes = [driver.health() for _ in range(400)]
+    refused = outcomes.count(False) / len(outcomes)
+    assert 0.07 < refused < 0.18, refused
 
 
-def test_a_failing_task_reports_the_same_actionable_error_in_every_generation(secured: SecuredGateway, origin: Registry, harbor_token: HarborToken) -> None:
+def test_a_missing_tag_fails_with_an_actionable_error_that_every_generation_shows(secured: SecuredGateway, origin: Registry, harbor_token: HarborToken) -> None:
+    """2.1-2.11 show only HTTP errors, so the legacy create answers it; 2.12+ show the job's error list."""
     instance = secured.instance("OAUTH-PAT")
     url = f"{origin.url}/v2/library/app/manifests/no-such-tag"
     legacy = LegacyDragonflyDriver(secured.url, instance.mode, instance.info)
@@ -183,5 +186,6 @@ def test_a_failing_task_reports_the_same_actionable_error_in_every_generation(se
     new = openapi.run_task(url, {"Authorization": harbor_token("library/app")})
 
     assert old.status == new.status == FAIL
-    assert "library/app:no-such-tag" in old.error and "not found" in old.error
-    assert old.error == new.error
+    assert old.error.startswith(f'POST "{secured.url}/preheats" error: 404 Not Found ')
+    for shown in (old.error, new.error):
+        assert "library/app:no-such-tag" in shown and "not found" in shown, shown

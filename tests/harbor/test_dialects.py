@@ -1,7 +1,7 @@
 """One store, three views: the legacy, Open API and Kraken dialects create and read the same jobs.
 
 Also the dialect details Harbor depends on: the legacy status is always one of the four
-strings Harbor knows (WAITING, RUNNING, SUCCESS, FAILED), Kraken turns only manifest pushes
+strings every legacy Harbor handles (WAITING, RUNNING, SUCCESS, FAIL), Kraken turns only manifest pushes
 into jobs, and a policy's ``cluster_ids`` reach the Open API and warm only those clusters.
 """
 
@@ -33,7 +33,7 @@ from tests.harbor.driver import (
 from tests.harbor.test_conformance import cached
 from tests.registry import Registry, wait_until
 
-LEGACY_STATUSES = {"WAITING", "RUNNING", "SUCCESS", "FAILED"}
+LEGACY_STATUSES = {"WAITING", "RUNNING", "SUCCESS", "FAIL"}
 
 
 def manifest_url(origin: Registry, repository: str = "library/app", reference: str = "1.0") -> str:
@@ -139,8 +139,9 @@ def silent_registry() -> Iterator[str]:
         server.close()
 
 
-def test_legacy_status_walks_waiting_running_failed_and_is_never_anything_else(make_gateway: MakeGateway, silent_registry: str, tmp_path: Path) -> None:
-    gateway = make_gateway(gateway_config(tmp_path, runner={"workers": 1, "default_timeout": "4s"}))
+def test_legacy_status_walks_waiting_running_fail_and_is_never_anything_else(make_gateway: MakeGateway, silent_registry: str, tmp_path: Path) -> None:
+    # A registry that never answers leaves the create-time manifest check undecided: the job is accepted after 3 s.
+    gateway = make_gateway(gateway_config(tmp_path, runner={"workers": 1, "default_timeout": "8s"}))
     harbor = LegacyDragonflyDriver(gateway.url, "OAUTH", pat(gateway))
     stuck = harbor.preheat(f"{silent_registry}/v2/library/slow/manifests/1.0", {}).task_id
     wait_until(lambda: legacy_status(gateway, stuck)["status"] == "RUNNING", timeout=10, message="the first job runs")
@@ -151,8 +152,8 @@ def test_legacy_status_walks_waiting_running_failed_and_is_never_anything_else(m
     assert first_look["status"] == "WAITING"  # the only worker is busy: no task of it started
     assert first_look["startTime"] and "finishTime" not in first_look["raw"]
     seen = set()
-    deadline = time.monotonic() + 20
-    while legacy_status(gateway, stuck)["status"] != "FAILED" or legacy_status(gateway, queued)["status"] != "FAILED":
+    deadline = time.monotonic() + 30
+    while legacy_status(gateway, stuck)["status"] != "FAIL" or legacy_status(gateway, queued)["status"] != "FAIL":
         seen |= {legacy_status(gateway, stuck)["status"], legacy_status(gateway, queued)["status"]}
         assert time.monotonic() < deadline, seen
         time.sleep(0.2)
@@ -312,7 +313,7 @@ def test_a_policy_restricted_to_cluster_2_warms_cluster_2_only(make_gateway: Mak
 
     assert status.status == SUCCESS, status.error
     assert {row[3] for row in status.rows or []} == {"2"}
-    assert cached(tmp_path / "cache-2") == set(images.single.blob_digests)
+    assert set(images.single.blob_digests) <= cached(tmp_path / "cache-2")  # the local cache may keep the manifests too
     assert not (tmp_path / "cache-1" / "blobs").exists() or cached(tmp_path / "cache-1") == set()
     job = openapi_job(gateway, int(status.task_id))
     assert [c["id"] for c in job["scheduler_clusters"]] == [2] and job["args"]["scope"] == "all_peers"
@@ -340,6 +341,6 @@ def test_every_dialect_works_under_a_path_prefix(driver: type[DragonflyDriver], 
 
 def test_harbors_http_errors_carry_the_gateways_message(secured: SecuredGateway) -> None:
     harbor = LegacyDragonflyDriver(secured.url, "OAUTH", pat(secured.process))
-    with pytest.raises(HarborError, match="code 422.*not a manifest URL"):
+    with pytest.raises(HarborError, match="error: 422 Unprocessable Entity .*not a manifest URL"):
         harbor.preheat("http://127.0.0.1:1/nothing", {})
     assert httpx.get(secured.url + "/preheats", timeout=5).status_code == 401

@@ -485,6 +485,21 @@ async def test_sibling_tasks_finished_at_once_by_two_replicas_still_roll_the_job
         assert (await store.get_job(job.id)).state == "SUCCESS"  # type: ignore[union-attr]
 
 
+# --- Kraken events -------------------------------------------------------------------------
+
+
+async def test_a_kraken_event_names_the_job_it_made_once(store: SqlStore, peer: SqlStore) -> None:
+    first, second = await store.create_job(new_job()), await peer.create_job(new_job())
+
+    assert await store.record_kraken_event("event-a", first.id) == first.id
+    assert await peer.record_kraken_event("event-a", second.id) == first.id, "a retry handled at the same time: the first job wins"
+    assert await peer.kraken_event_jobs(["event-a", "event-b"]) == {"event-a": first.id}
+    assert await store.kraken_event_jobs([]) == {}
+
+    await store.delete_job(first.id)
+    assert await store.kraken_event_jobs(["event-a"]) == {}, "a deleted job's events are forgotten with it"
+
+
 # --- personal access tokens ----------------------------------------------------------------
 
 

@@ -390,6 +390,7 @@ def test_the_store_migration_scrubs_user_info_from_the_file(make_gateway: MakeGa
     db = Path(gateway.config["server"]["state_dir"]) / "gateway.db"
     with sqlite3.connect(db) as connection:  # the store as an older gateway left it: schema 1, a job in clear
         connection.execute("DELETE FROM schema_version WHERE version >= 2")
+        connection.execute("DROP TABLE IF EXISTS kraken_events")  # migration 3's table, which schema 1 lacked
     job_id = _insert_legacy_job(db, registry_host="127.0.0.1:9")
     assert PASSWORD.encode() in db_bytes(gateway)
     gateway.start()
