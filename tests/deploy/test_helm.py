@@ -48,7 +48,10 @@ SCHEMA_VERSIONS = ("1.25.0", "latest")
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 STATE_DIR = "/var/lib/preheat-gateway"
 CONFIG_PATH = "/etc/preheat-gateway/config.yaml"
-ALERTS = {"PreheatGatewayJobsFailing", "PreheatGatewayClusterUnreachable", "PreheatGatewayEventLoopLag", "PreheatGatewayStateVolumeFull"}
+ALERTS = {
+    "PreheatGatewayJobsFailing", "PreheatGatewayClusterUnreachable", "PreheatGatewayEventLoopLag", "PreheatGatewayLocalCacheNearMax",
+    "PreheatGatewayStateVolumeFull",
+}
 # Series the alerts may use besides the gateway's own: the kubelet's, for the state volume.
 KUBELET_SERIES = {"kubelet_volume_stats_used_bytes", "kubelet_volume_stats_capacity_bytes"}
 
