@@ -449,15 +449,12 @@ class OciLayout:
     def _drop_entry(self, name: str) -> list[Path]:
         """Remove an entry and return the blobs no other entry or preheat uses."""
         entry = self._entries.pop(name)
-        freed = []
-        for digest in self._closure.pop(name, frozenset()):
-            users = self._users.get(digest)
-            if users is not None:
-                users.discard(name)
-                if not users:
-                    del self._users[digest]
-            if digest not in self._users and digest not in self._pins and digest in self._sizes:
-                freed.append(self._forget_blob(digest))
+        closure = self._closure.get(name, frozenset())
+        self._drop_users(name)
+        freed = [
+            self._forget_blob(digest) for digest in closure
+            if digest not in self._users and digest not in self._pins and digest in self._sizes
+        ]
         self._index_repo(entry)
         return freed
 
