@@ -157,7 +157,9 @@ class Adapter(abc.ABC):
     Options: ClassVar[type[msgspec.Struct]]
     supports: ClassVar[frozenset[PreheatType]] = frozenset({"image"})
     """The preheat types this adapter warms; the gateway fails other types' cluster tasks before calling it."""
-    unsupported_hint: ClassVar[str] = "use a local, proxy or dragonfly cluster for those, naming it in scheduler_cluster_ids"
+    unsupported_hint: ClassVar[str] = (
+        "use a local, proxy or dragonfly cluster for those, naming it in scheduler_cluster_ids"
+    )
     """What to tell a user whose job targets this adapter with a type it does not support."""
 
     def __init__(self, cluster: ClusterInfo, options: Any, context: AdapterContext) -> None:
@@ -176,7 +178,7 @@ class Adapter(abc.ABC):
         """Probe the backends. The default says reachable; override to probe for real."""
         return Health(reachable=True)
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: most adapters hold nothing of their own
         """Release what the adapter holds (clients, pools)."""
 
 
@@ -203,9 +205,9 @@ class Deduper:
     """
 
     def __init__(self, window: float = 600.0, maxsize: int = 200_000, *, floor: TransferFloor | None = None) -> None:
-        self._recent: cachetools.TTLCache[tuple[str, ...], int] = cachetools.TTLCache(
-            maxsize=maxsize, ttl=window
-        ) if window > 0 else cachetools.TTLCache(maxsize=1, ttl=1e-9)
+        self._recent: cachetools.TTLCache[tuple[str, ...], int] = (
+            cachetools.TTLCache(maxsize=maxsize, ttl=window) if window > 0 else cachetools.TTLCache(maxsize=1, ttl=1e-9)
+        )
         self._inflight: dict[tuple[str, ...], dict[str, asyncio.Future[int]]] = {}
         self._secret = secrets.token_bytes(32)  # this process only: authorities cannot be compared elsewhere
         self.floor = floor
@@ -226,7 +228,9 @@ class Deduper:
 
     def authority_of(self, header: str | None = None, credentials: Credentials | None = None) -> str:
         """:meth:`authority` of a caller's ``Authorization`` header and registry credentials."""
-        return self.authority(header, credentials.username if credentials else None, credentials.password if credentials else None)
+        return self.authority(
+            header, credentials.username if credentials else None, credentials.password if credentials else None
+        )
 
     def authority_of_headers(self, headers: dict[str, str]) -> str:
         """:meth:`authority` of the headers a file is fetched with (tokens, cookies), in any order or case."""
@@ -270,8 +274,11 @@ class Deduper:
         except BaseException as error:
             if not future.done():
                 # A cancelled leader hands on a failure its joiners fetch past.
-                future.set_exception(_LeaderGone("the fetch was shared with a job that went away; retry")
-                                     if isinstance(error, asyncio.CancelledError) else error)
+                future.set_exception(
+                    _LeaderGone("the fetch was shared with a job that went away; retry")
+                    if isinstance(error, asyncio.CancelledError)
+                    else error
+                )
                 future.exception()  # mark retrieved: joiners may not exist
             raise
         else:

@@ -101,7 +101,9 @@ def _inflater(response: httpx.Response, piece: int) -> _Inflater | None:
         return None
     if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
         return _Inflater("deflate" if codings[0] == "deflate" else "gzip", piece)
-    raise UnsupportedEncoding(f"Content-Encoding {quote(', '.join(codings), 60)} is not one the gateway decodes (gzip, deflate)")
+    raise UnsupportedEncoding(
+        f"Content-Encoding {quote(', '.join(codings), 60)} is not one the gateway decodes (gzip, deflate)"
+    )
 
 
 async def decoded(response: httpx.Response, *, piece: int = DECODED_PIECE) -> AsyncIterator[bytes]:
@@ -176,7 +178,9 @@ def decoded_view(response: httpx.Response) -> httpx.Response:
     """
     if _inflater(response, DECODED_PIECE) is None:
         return response
-    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")]
+    headers = [
+        (k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")
+    ]
     return httpx.Response(response.status_code, headers=headers, stream=_Decoded(response), request=response.request)
 
 
@@ -191,7 +195,9 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str:
     return clean
 
 
-async def send_capped(client: httpx.AsyncClient, method: str, url: str, *, limit: int, **options: object) -> tuple[httpx.Response, bytes]:
+async def send_capped(
+    client: httpx.AsyncClient, method: str, url: str, *, limit: int, **options: object
+) -> tuple[httpx.Response, bytes]:
     """Send a request and read its whole decoded body within ``limit`` bytes: the bounded form of
     ``client.get``/``client.post`` for answers that are parsed (an upstream's job, a JWKS).
 

@@ -27,11 +27,18 @@ import httpx
 import msgspec
 
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Health, PreheatError, PreheatRequest, Progress, TaskRow
+from adapters.bounded import BodyError, quote, send_capped
 from adapters.guard import ConnectGuard
 from adapters.oci import _describe
 from adapters.transport import new_client
-from adapters.bounded import BodyError, quote, send_capped
-from adapters.upstream import UPSTREAM_ANSWER_BYTES, UPSTREAM_PROBE_BYTES, body_excerpt, check_base_url, check_env, parse_seconds
+from adapters.upstream import (
+    UPSTREAM_ANSWER_BYTES,
+    UPSTREAM_PROBE_BYTES,
+    body_excerpt,
+    check_base_url,
+    check_env,
+    parse_seconds,
+)
 
 NANOSECONDS = 1_000_000_000
 FIRST_POLL_SECONDS = 0.5
@@ -104,7 +111,10 @@ class DragonflyAdapter(Adapter):
         self.timeout = float(options.timeout)
         self.poll_interval = float(options.poll_interval)
         self.http = new_client(
-            verify=not options.insecure, timeout=httpx.Timeout(self.timeout), trust_env=False, headers={"User-Agent": context.user_agent},
+            verify=not options.insecure,
+            timeout=httpx.Timeout(self.timeout),
+            trust_env=False,
+            headers={"User-Agent": context.user_agent},
             guard=ConnectGuard(configured=[options.manager]),
         )
 
@@ -123,19 +133,31 @@ class DragonflyAdapter(Adapter):
         try:
             response, _ = await send_capped(self.http, "GET", f"{self.manager}/healthy", limit=UPSTREAM_PROBE_BYTES)
             if response.status_code != 200:
-                return Health(False, _ms(started), f"Dragonfly manager {self.manager}/healthy answered {response.status_code}")
+                return Health(
+                    False, _ms(started), f"Dragonfly manager {self.manager}/healthy answered {response.status_code}"
+                )
             response, _ = await send_capped(
-                self.http, "GET", f"{self.manager}/oapi/v1/jobs", limit=UPSTREAM_ANSWER_BYTES,
-                params={"page": 1, "per_page": 1}, headers=self._headers(),
+                self.http,
+                "GET",
+                f"{self.manager}/oapi/v1/jobs",
+                limit=UPSTREAM_ANSWER_BYTES,
+                params={"page": 1, "per_page": 1},
+                headers=self._headers(),
             )
         except httpx.TransportError as error:
-            return Health(False, _ms(started), f"cannot reach the Dragonfly manager at {self.manager}: {_describe(error)}")
+            return Health(
+                False, _ms(started), f"cannot reach the Dragonfly manager at {self.manager}: {_describe(error)}"
+            )
         except BodyError as error:
-            return Health(False, _ms(started), f"the Dragonfly manager at {self.manager} answered a health check with {error}")
+            return Health(
+                False, _ms(started), f"the Dragonfly manager at {self.manager} answered a health check with {error}"
+            )
         if response.status_code in (401, 403):
             return Health(False, _ms(started), self._refused(response.status_code))
         if response.status_code != 200:
-            return Health(False, _ms(started), f"Dragonfly manager {self.manager}/oapi/v1/jobs answered {response.status_code}")
+            return Health(
+                False, _ms(started), f"Dragonfly manager {self.manager}/oapi/v1/jobs answered {response.status_code}"
+            )
         return Health(True, _ms(started))
 
     # --- preheat ---------------------------------------------------------------------------
@@ -174,7 +196,11 @@ class DragonflyAdapter(Adapter):
             )
         self._fold(job, progress)
         if job.state == "FAILURE":
-            errors = [state.error.strip() for state in (job.result.job_states or []) if state.error.strip()] if job.result else []
+            errors = (
+                [state.error.strip() for state in (job.result.job_states or []) if state.error.strip()]
+                if job.result
+                else []
+            )
             raise PreheatError(
                 f"upstream Dragonfly job {job.id} on {self.manager} failed: "
                 + ("; ".join(errors) if errors else "it gave no error message; see the job on the manager")
@@ -211,7 +237,12 @@ class DragonflyAdapter(Adapter):
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
                 response, answer = await send_capped(
-                    self.http, "POST", f"{self.manager}/oapi/v1/jobs", limit=UPSTREAM_ANSWER_BYTES, content=body, headers=headers,
+                    self.http,
+                    "POST",
+                    f"{self.manager}/oapi/v1/jobs",
+                    limit=UPSTREAM_ANSWER_BYTES,
+                    content=body,
+                    headers=headers,
                 )
                 break
             except httpx.ConnectError as error:  # never sent: safe to try again
@@ -227,7 +258,9 @@ class DragonflyAdapter(Adapter):
                     "check the manager (a job may have been created there)"
                 ) from None
             except BodyError as error:
-                raise PreheatError(f"the Dragonfly manager at {self.manager} answered creating the job with {error}") from None
+                raise PreheatError(
+                    f"the Dragonfly manager at {self.manager} answered creating the job with {error}"
+                ) from None
         if response.status_code in (401, 403):
             raise PreheatError(self._refused(response.status_code))
         if response.status_code == 404:
@@ -245,8 +278,12 @@ class DragonflyAdapter(Adapter):
         """The job now, or ``None`` when the manager could not answer (worth polling again)."""
         try:
             response, answer = await send_capped(
-                self.http, "GET", f"{self.manager}/oapi/v1/jobs/{job_id}", limit=UPSTREAM_ANSWER_BYTES,
-                headers=self._headers(), timeout=min(self.timeout, budget),
+                self.http,
+                "GET",
+                f"{self.manager}/oapi/v1/jobs/{job_id}",
+                limit=UPSTREAM_ANSWER_BYTES,
+                headers=self._headers(),
+                timeout=min(self.timeout, budget),
             )
         except httpx.TransportError:
             return None
@@ -255,7 +292,9 @@ class DragonflyAdapter(Adapter):
         if response.status_code in (401, 403):
             raise PreheatError(self._refused(response.status_code))
         if response.status_code == 404:
-            raise PreheatError(f"upstream Dragonfly job {job_id} disappeared from {self.manager} (404): it was deleted there")
+            raise PreheatError(
+                f"upstream Dragonfly job {job_id} disappeared from {self.manager} (404): it was deleted there"
+            )
         if response.status_code >= 500:
             return None
         if response.status_code != 200:
@@ -301,10 +340,14 @@ class DragonflyAdapter(Adapter):
         for cluster_id, task in successes:
             progress.succeeded(TaskRow(url=task.url, hostname=_hostname(task, cluster_id), ip=task.ip))
         for cluster_id, task in failures:
-            progress.failed(TaskRow(
-                url=task.url, hostname=_hostname(task, cluster_id), ip=task.ip,
-                description=task.description or "failed upstream without a description",
-            ))
+            progress.failed(
+                TaskRow(
+                    url=task.url,
+                    hostname=_hostname(task, cluster_id),
+                    ip=task.ip,
+                    description=task.description or "failed upstream without a description",
+                )
+            )
 
 
 def _hostname(task: _UpstreamTask, scheduler_cluster_id: int) -> str:

@@ -20,7 +20,7 @@ import asyncio
 import itertools
 from collections import Counter, deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 DEFAULT_SHARE = 0.5
@@ -100,17 +100,17 @@ class FairShare:
     def _forget(self, waiter: _Waiter) -> None:
         queue = self._queues.get(waiter.origin)
         if queue is not None:
-            try:
+            with suppress(ValueError):
                 queue.remove(waiter)
-            except ValueError:
-                pass
             if not queue:
                 del self._queues[waiter.origin]
 
     def _dispatch(self) -> None:
         """Grant free slots: the eligible origin holding fewest first, then the longest waiting."""
         while self._busy < self.total:
-            eligible = [(self._held[o], q[0].order, o) for o, q in self._queues.items() if q and self._held[o] < self.per_origin]
+            eligible = [
+                (self._held[o], q[0].order, o) for o, q in self._queues.items() if q and self._held[o] < self.per_origin
+            ]
             if not eligible:
                 return
             origin = min(eligible)[2]

@@ -38,17 +38,41 @@ from adapters.oci import (
 from adapters.urlpolicy import RefusedURL, URLPolicy
 
 DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
-    "Expires", "Signature", "ns",
-    "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
-    "X-Amz-Signature", "X-Amz-Security-Token", "X-Amz-User-Agent",
-    "X-Goog-Algorithm", "X-Goog-Credential", "X-Goog-Date", "X-Goog-Expires", "X-Goog-SignedHeaders", "X-Goog-Signature",
+    "Expires",
+    "Signature",
+    "ns",
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+    "X-Amz-User-Agent",
+    "X-Goog-Algorithm",
+    "X-Goog-Credential",
+    "X-Goog-Date",
+    "X-Goog-Expires",
+    "X-Goog-SignedHeaders",
+    "X-Goog-Signature",
     "OSSAccessKeyId",
-    "X-Obs-Date", "X-Obs-Security-Token", "AccessKeyId",
-    "q-sign-algorithm", "q-ak", "q-sign-time", "q-key-time", "q-header-list", "q-url-param-list", "q-signature", "x-cos-security-token",
+    "X-Obs-Date",
+    "X-Obs-Security-Token",
+    "AccessKeyId",
+    "q-sign-algorithm",
+    "q-ak",
+    "q-sign-time",
+    "q-key-time",
+    "q-header-list",
+    "q-url-param-list",
+    "q-signature",
+    "x-cos-security-token",
 )
 """Dragonfly's default ``filtered_query_params``: used when a request names none."""
 
-_NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "connection", "proxy-authorization", "te", "upgrade"})
+_NOT_FORWARDED = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "proxy-authorization", "te", "upgrade"}
+)
 _UNSAFE = re.compile(r"[\r\n\x00]")
 RETRY_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.5
@@ -170,7 +194,9 @@ async def _fetch_once(
             sink.commit()
         except BrokenStream as broken:
             sink.discard()
-            raise FetchError(f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True) from None
+            raise FetchError(
+                f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True
+            ) from None
         except BodyError as error:
             sink.discard()
             raise FetchError(f"{where} could not be read: {error}") from None
@@ -192,6 +218,8 @@ def _status_error(status: int, where: str) -> FetchError:
             status=status,
         )
     if status == 407:
-        return FetchError(f"{where} was refused by the proxy (407): check the proxy's username and password_env", status=status)
+        return FetchError(
+            f"{where} was refused by the proxy (407): check the proxy's username and password_env", status=status
+        )
     transient = status >= 500 or status == 429
     return FetchError(f"{where} answered {status}", transient=transient, status=status)

@@ -144,7 +144,9 @@ class GuardedResolver(AbstractResolver):
         self._guard = guard
         self._inner = inner if inner is not None else DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         answers = await self._inner.resolve(host, port, family)
         self._guard.check(host, port, [answer["host"] for answer in answers])
         return answers

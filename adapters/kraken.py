@@ -27,10 +27,10 @@ import httpx
 import msgspec
 
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Health, PreheatError, PreheatRequest, Progress, TaskRow
-from adapters.guard import ConnectGuard
-from adapters.oci import DOCKER_MANIFEST, DIGEST_RE, ImageRef, RegistryAuth, _describe, parse_manifest_url
-from adapters.transport import new_client
 from adapters.bounded import BodyError, quote, send_capped
+from adapters.guard import ConnectGuard
+from adapters.oci import DIGEST_RE, DOCKER_MANIFEST, ImageRef, RegistryAuth, _describe, parse_manifest_url
+from adapters.transport import new_client
 from adapters.upstream import UPSTREAM_PROBE_BYTES, body_excerpt, check_base_url, check_env, host_ip, parse_seconds
 
 
@@ -56,16 +56,21 @@ class KrakenOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 class KrakenAdapter(Adapter):
     name = "kraken"
-    unsupported_hint = ("Kraken preheats images only (it is told about pushed manifests): use a proxy or local cluster "
-                        "for files, naming it in scheduler_cluster_ids")
+    unsupported_hint = (
+        "Kraken preheats images only (it is told about pushed manifests): use a proxy or local cluster "
+        "for files, naming it in scheduler_cluster_ids"
+    )
     Options = KrakenOptions
 
     def __init__(self, cluster: ClusterInfo, options: KrakenOptions, context: AdapterContext) -> None:
         super().__init__(cluster, options, context)
         self.endpoint = options.endpoint
         self.http = new_client(
-            verify=not options.insecure, timeout=httpx.Timeout(float(options.timeout)), trust_env=False,
-            headers={"User-Agent": context.user_agent}, guard=ConnectGuard(configured=[options.endpoint]),
+            verify=not options.insecure,
+            timeout=httpx.Timeout(float(options.timeout)),
+            trust_env=False,
+            headers={"User-Agent": context.user_agent},
+            guard=ConnectGuard(configured=[options.endpoint]),
         )
 
     async def aclose(self) -> None:
@@ -78,7 +83,9 @@ class KrakenAdapter(Adapter):
     async def check(self) -> Health:
         started = time.monotonic()
         try:
-            response, _ = await send_capped(self.http, "GET", f"{self.endpoint}/health", limit=UPSTREAM_PROBE_BYTES, headers=self._auth())
+            response, _ = await send_capped(
+                self.http, "GET", f"{self.endpoint}/health", limit=UPSTREAM_PROBE_BYTES, headers=self._auth()
+            )
         except BodyError as error:
             return Health(False, _ms(started), f"Kraken {self.endpoint}/health answered with {error}")
         except httpx.TransportError as error:
@@ -97,7 +104,11 @@ class KrakenAdapter(Adapter):
         body = msgspec.json.encode(notification(origin, digest))
         try:
             response, answer = await send_capped(
-                self.http, "POST", f"{self.endpoint}/registry/notifications", limit=UPSTREAM_PROBE_BYTES, content=body,
+                self.http,
+                "POST",
+                f"{self.endpoint}/registry/notifications",
+                limit=UPSTREAM_PROBE_BYTES,
+                content=body,
                 headers={**self._auth(), "Content-Type": "application/json"},
             )
         except BodyError as error:
@@ -108,7 +119,9 @@ class KrakenAdapter(Adapter):
                 f"that {self.cluster.config_path}.endpoint is its address"
             ) from None
         if response.status_code in (401, 403):
-            fix = f"set {self.options.auth_env}" if self.options.auth_env else f"set {self.cluster.config_path}.auth_env"
+            fix = (
+                f"set {self.options.auth_env}" if self.options.auth_env else f"set {self.cluster.config_path}.auth_env"
+            )
             raise PreheatError(
                 f"Kraken at {self.endpoint} refused the notification ({response.status_code}): {fix} to the value of the "
                 f"{self.options.auth_header} header it expects"
@@ -118,12 +131,14 @@ class KrakenAdapter(Adapter):
                 f"Kraken at {self.endpoint} did not accept the notification for {origin.name} "
                 f"({response.status_code}: {body_excerpt(answer) or quote(response.reason_phrase)})"
             )
-        progress.succeeded(TaskRow(
-            url=origin.manifest_url(),
-            hostname=urlsplit(self.endpoint).netloc,
-            ip=await host_ip(self.endpoint),
-            description="accepted by Kraken, which reports no progress: SUCCESS means Kraken accepted the preheat",
-        ))
+        progress.succeeded(
+            TaskRow(
+                url=origin.manifest_url(),
+                hostname=urlsplit(self.endpoint).netloc,
+                ip=await host_ip(self.endpoint),
+                description="accepted by Kraken, which reports no progress: SUCCESS means Kraken accepted the preheat",
+            )
+        )
 
     async def _digest(self, origin: ImageRef, request: PreheatRequest) -> str:
         """The manifest's digest: given in the URL, or read from the origin."""
@@ -133,27 +148,33 @@ class KrakenAdapter(Adapter):
         try:
             manifest = await self.context.oci.get_manifest(origin, auth)
         except PreheatError as error:
-            raise PreheatError(f"Kraken's notification needs the manifest's digest, and reading it failed: {error}") from None
+            raise PreheatError(
+                f"Kraken's notification needs the manifest's digest, and reading it failed: {error}"
+            ) from None
         return manifest.digest
 
 
 def notification(origin: ImageRef, digest: str) -> dict[str, Any]:
     """The body Harbor's Kraken driver posts (reference section 5): keys capitalised, ``Id``/``Url`` exactly."""
     tag = "" if DIGEST_RE.match(origin.reference) else origin.reference
-    return {"Events": [{
-        "Id": str(uuid.uuid4()),
-        "TimeStamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "Action": "push",
-        "Target": {
-            "MediaType": DOCKER_MANIFEST,
-            "Digest": digest,
-            "Repository": origin.repository,
-            "Url": origin.manifest_url(),
-            "Tag": tag,
-        },
-        "Request": None,
-        "Actor": None,
-    }]}
+    return {
+        "Events": [
+            {
+                "Id": str(uuid.uuid4()),
+                "TimeStamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "Action": "push",
+                "Target": {
+                    "MediaType": DOCKER_MANIFEST,
+                    "Digest": digest,
+                    "Repository": origin.repository,
+                    "Url": origin.manifest_url(),
+                    "Tag": tag,
+                },
+                "Request": None,
+                "Actor": None,
+            }
+        ]
+    }
 
 
 def _ms(started: float) -> float:

@@ -36,14 +36,23 @@ import weakref
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
 import msgspec
 
 from adapters.base import PreheatError
-from adapters.oci import DIGEST_RE, DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Descriptor
+from adapters.oci import (
+    DIGEST_RE,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    INDEX_TYPES,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+)
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAST_USED = "io.harbor-preheat-gateway.last-used"
@@ -160,7 +169,11 @@ def _links(raw: bytes) -> _Links | None:
     except (msgspec.DecodeError, RecursionError):
         return None
     if doc.manifests is not None:
-        return _Links(doc.mediaType or OCI_INDEX, tuple((m.digest, m.mediaType) for m in doc.manifests if DIGEST_RE.match(m.digest)), ())
+        return _Links(
+            doc.mediaType or OCI_INDEX,
+            tuple((m.digest, m.mediaType) for m in doc.manifests if DIGEST_RE.match(m.digest)),
+            (),
+        )
     if doc.config is None:
         return None
     blobs = [ref.digest for ref in [doc.config, *(doc.layers or [])] if not ref.urls and DIGEST_RE.match(ref.digest)]
@@ -168,12 +181,12 @@ def _links(raw: bytes) -> _Links | None:
 
 
 def _rfc3339(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse_time(text: str | None, default: float) -> float:
     try:
-        return datetime.strptime(text or "", "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(text or "", "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return default
 
@@ -300,9 +313,19 @@ class OciLayout:
         """Record a preheated reference in ``index.json`` (replacing what the name held), as used now."""
         name = ref_name(host, repository, reference)
         async with self._lock:
-            self._set_entry(_Entry(name, Descriptor(descriptor.digest, descriptor.mediaType, descriptor.size), time.time(),
-                                   host, repository, reference))
-            for other in list(self._users.get(descriptor.digest, ())):  # images sharing this index may now hold more platforms
+            self._set_entry(
+                _Entry(
+                    name,
+                    Descriptor(descriptor.digest, descriptor.mediaType, descriptor.size),
+                    time.time(),
+                    host,
+                    repository,
+                    reference,
+                )
+            )
+            for other in list(
+                self._users.get(descriptor.digest, ())
+            ):  # images sharing this index may now hold more platforms
                 if other != name:
                     self._recompute(other)
             await self._write_index()
@@ -337,7 +360,9 @@ class OciLayout:
             self._files.pop(key, None)
             self.held_bytes -= size
             (self.files / key).unlink(missing_ok=True)
-            raise CacheFull(f"{what} is {size} bytes, more than this cache's max_bytes ({self.max_bytes}); raise max_bytes to cache it")
+            raise CacheFull(
+                f"{what} is {size} bytes, more than this cache's max_bytes ({self.max_bytes}); raise max_bytes to cache it"
+            )
         async with self._lock:
             await self._make_room(0, what)
 
@@ -402,7 +427,9 @@ class OciLayout:
         """Evict until ``needed`` more bytes fit (under the lock): orphans first, then least recently used images and files."""
         if not self._over(needed):
             return
-        pinned = sum(self._sizes.get(d, 0) for d in self._pins) + sum(int(self._files[k][0]) for k in self._pinned_files if k in self._files)
+        pinned = sum(self._sizes.get(d, 0) for d in self._pins) + sum(
+            int(self._files[k][0]) for k in self._pinned_files if k in self._files
+        )
         if pinned + sum(self._reserved.values()) + needed > self.max_bytes:
             raise CacheFull(
                 f"no room for {what} within this cache's max_bytes ({self.max_bytes}): preheats in progress hold "
@@ -452,7 +479,8 @@ class OciLayout:
         closure = self._closure.get(name, frozenset())
         self._drop_users(name)
         freed = [
-            self._forget_blob(digest) for digest in closure
+            self._forget_blob(digest)
+            for digest in closure
             if digest not in self._users and digest not in self._pins and digest in self._sizes
         ]
         self._index_repo(entry)
@@ -524,7 +552,9 @@ class OciLayout:
                 if digest in manifests or digest not in self._sizes:
                     continue
                 links = self._links_of(digest)
-                manifests[digest] = Descriptor(digest, media_type or (links.media_type if links else OCI_MANIFEST), self._sizes[digest])
+                manifests[digest] = Descriptor(
+                    digest, media_type or (links.media_type if links else OCI_MANIFEST), self._sizes[digest]
+                )
                 if links is not None:
                     stack.extend(links.manifests)
         hosts = self._hosts.setdefault(entry.repository, set())
@@ -582,9 +612,15 @@ class OciLayout:
             parts = split_ref_name(name) if name else None
             last_used = _parse_time(annotations.pop(LAST_USED, None), now)
             media_type = annotations.pop(MEDIA_TYPE, "") if parts is not None else ""
-            descriptor = Descriptor(described.digest, media_type if OCI_EQUIVALENT.get(media_type) == described.mediaType else described.mediaType, described.size)
+            descriptor = Descriptor(
+                described.digest,
+                media_type if OCI_EQUIVALENT.get(media_type) == described.mediaType else described.mediaType,
+                described.size,
+            )
             if parts is None:  # an entry another tool wrote: kept (and its blobs) as it was
-                self._set_entry(_Entry(name or f"@{described.digest}", descriptor, last_used, extra=dict(described.annotations)))
+                self._set_entry(
+                    _Entry(name or f"@{described.digest}", descriptor, last_used, extra=dict(described.annotations))
+                )
             else:
                 self._set_entry(_Entry(name, descriptor, last_used, *parts, extra=annotations))
         self._drop_torn()
@@ -614,7 +650,9 @@ def _index_entry(entry: _Entry) -> _IndexEntry:
     annotations = {**entry.extra, REF_NAME: entry.name, LAST_USED: _rfc3339(entry.last_used)}
     if media_type in OCI_EQUIVALENT:
         annotations[MEDIA_TYPE] = media_type
-    return _IndexEntry(entry.descriptor.digest, OCI_EQUIVALENT.get(media_type, media_type), entry.descriptor.size, annotations)
+    return _IndexEntry(
+        entry.descriptor.digest, OCI_EQUIVALENT.get(media_type, media_type), entry.descriptor.size, annotations
+    )
 
 
 def _unlink_all(paths: Iterable[Path]) -> None:
@@ -650,7 +688,9 @@ class Reservation:
         """Add blobs ``{digest: size}`` to fetch: evicts to make room, or raises :class:`CacheFull`."""
         await self.layout._plan(self, planned)
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.layout._release(self)
 
     async def put_manifest(self, digest: str, raw: bytes) -> None:
@@ -658,4 +698,13 @@ class Reservation:
         await self.layout._put_manifest(self, digest, raw)
 
 
-__all__ = ["AmbiguousOrigin", "CacheFull", "INDEX_TYPES", "OciLayout", "Reservation", "parse_size", "ref_name", "split_ref_name"]
+__all__ = [
+    "INDEX_TYPES",
+    "AmbiguousOrigin",
+    "CacheFull",
+    "OciLayout",
+    "Reservation",
+    "parse_size",
+    "ref_name",
+    "split_ref_name",
+]

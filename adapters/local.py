@@ -18,8 +18,8 @@ already present is not fetched again (delete it to refresh it). Files are outsid
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -35,10 +35,19 @@ from adapters.base import (
     TaskRow,
     bounded_gather,
 )
+from adapters.bounded import quote
 from adapters.files import FileRef, file_ref, stream_url
 from adapters.layout import CacheFull, OciLayout, Reservation, parse_size, ref_name
-from adapters.bounded import quote
-from adapters.oci import DIGEST_RE, Blob, Descriptor, ImageRef, RegistryAuth, RegistryError, parse_manifest_url, select_platforms
+from adapters.oci import (
+    DIGEST_RE,
+    Blob,
+    Descriptor,
+    ImageRef,
+    RegistryAuth,
+    RegistryError,
+    parse_manifest_url,
+    select_platforms,
+)
 
 
 class LocalOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -115,7 +124,9 @@ class LocalAdapter(Adapter):
     def _layout(self) -> OciLayout:
         """The layout, once :meth:`check` (which every preheat runs first) found the directory usable."""
         if self.layout is None:
-            raise PreheatError(f"local cache of cluster {self.cluster.name}: {self._layout_error}; fix {self.cluster.config_path}.path")
+            raise PreheatError(
+                f"local cache of cluster {self.cluster.name}: {self._layout_error}; fix {self.cluster.config_path}.path"
+            )
         return self.layout
 
     def blob_path(self, digest: str) -> Path:
@@ -144,7 +155,9 @@ class LocalAdapter(Adapter):
     async def preheat(self, request: PreheatRequest, progress: Progress) -> None:
         health = await self.check()
         if not health.reachable:
-            raise PreheatError(f"local cache of cluster {self.cluster.name}: {health.error}; fix {self.cluster.config_path}.path")
+            raise PreheatError(
+                f"local cache of cluster {self.cluster.name}: {health.error}; fix {self.cluster.config_path}.path"
+            )
         if request.type == "file":
             await self._preheat_files(request, progress)
             return
@@ -172,9 +185,13 @@ class LocalAdapter(Adapter):
         except CacheFull as full:
             raise PreheatError(f"{full} ({self.cluster.config_path}.max_bytes)") from None
         except OSError as error:
-            raise PreheatError(f"cannot write to {self.root} on {self.context.hostname}: {error.strerror or error}") from None
+            raise PreheatError(
+                f"cannot write to {self.root} on {self.context.hostname}: {error.strerror or error}"
+            ) from None
 
-    async def _resolve(self, ref: ImageRef, auth: RegistryAuth, platform: str, room: Reservation) -> tuple[Descriptor, list[Blob]]:
+    async def _resolve(
+        self, ref: ImageRef, auth: RegistryAuth, platform: str, room: Reservation
+    ) -> tuple[Descriptor, list[Blob]]:
         """The blobs to warm, as ``OciClient.resolve_blobs`` finds them, storing each manifest fetched
         byte for byte on the way (the top one as the reference served it: it is fetched once)."""
         oci = self.context.oci
@@ -209,11 +226,21 @@ class LocalAdapter(Adapter):
 
         async def fetch() -> int:
             return await self.context.oci.fetch_blob(
-                ref, blob, auth, lambda: _TempFileSink(final, self.root / "tmp", committed), on_bytes=progress.transferred
+                ref,
+                blob,
+                auth,
+                lambda: _TempFileSink(final, self.root / "tmp", committed),
+                on_bytes=progress.transferred,
             )
 
         row = TaskRow(url=ref.blob_url(blob.digest), hostname=self.context.hostname, ip=self.context.ip)
-        key = ("local", str(self.root), ref.base, ref.repository, blob.digest)  # one fetch per source, never across registries
+        key = (
+            "local",
+            str(self.root),
+            ref.base,
+            ref.repository,
+            blob.digest,
+        )  # one fetch per source, never across registries
         authority = self.context.dedupe.authority_of(auth.header, auth.credentials)
         return await self._into_cache(final, key, authority, lambda: _present(final, blob.size), fetch, row, progress)
 
@@ -237,9 +264,12 @@ class LocalAdapter(Adapter):
 
         async def fetch() -> int:
             size, _ = await stream_url(
-                self.context.http, self.context.policy, ref,
+                self.context.http,
+                self.context.policy,
+                ref,
                 lambda: _TempFileSink(final, self.root / "tmp", lambda size: layout.file_committed(ref.key, size)),
-                headers=request.headers, on_bytes=progress.transferred,
+                headers=request.headers,
+                on_bytes=progress.transferred,
             )
             await layout.admit_file(ref.key, f"file {ref.display_url}")  # its size is known only now
             return size
@@ -248,7 +278,9 @@ class LocalAdapter(Adapter):
         authority = self.context.dedupe.authority_of_headers(request.headers)
         layout.pin_file(ref.key)
         try:
-            message = await self._into_cache(final, ("local-file", str(self.root), ref.key), authority, final.is_file, fetch, row, progress)
+            message = await self._into_cache(
+                final, ("local-file", str(self.root), ref.key), authority, final.is_file, fetch, row, progress
+            )
         finally:
             layout.unpin_file(ref.key)
         if not message:
@@ -256,8 +288,14 @@ class LocalAdapter(Adapter):
         return message
 
     async def _into_cache(
-        self, final: Path, key: tuple[str, ...], authority: str, present: Callable[[], bool], fetch: Callable[[], Awaitable[int]],
-        row: TaskRow, progress: Progress,
+        self,
+        final: Path,
+        key: tuple[str, ...],
+        authority: str,
+        present: Callable[[], bool],
+        fetch: Callable[[], Awaitable[int]],
+        row: TaskRow,
+        progress: Progress,
     ) -> str:
         """Fetch into ``final`` once across jobs of one source unless it is already there; report the row.
 

@@ -105,7 +105,9 @@ class _Endpoint:
 
     def image(self, origin: ImageRef) -> ImageRef:
         parts = urlsplit(self.config.url)
-        return ImageRef(parts.scheme, parts.netloc, self.config.path_prefix + origin.repository, origin.reference, parts.path)
+        return ImageRef(
+            parts.scheme, parts.netloc, self.config.path_prefix + origin.repository, origin.reference, parts.path
+        )
 
     def query(self, origin: ImageRef) -> str:
         """containerd's ``?ns=<origin host[:port]>``: the host alone (never user-info), URL-encoded."""
@@ -128,13 +130,16 @@ class MirrorAdapter(Adapter):
                 hostname=urlsplit(endpoint.url).hostname or endpoint.url,
                 semaphore=asyncio.Semaphore(options.concurrency),
                 credentials=Credentials(endpoint.username, os.environ.get(endpoint.password_env, ""))
-                if endpoint.username else None,
+                if endpoint.username
+                else None,
             )
             for endpoint in options.endpoints
         ]
         for endpoint in self.endpoints:
             endpoint.authority = context.dedupe.authority_of(credentials=endpoint.credentials)
-        self.throttle = Throttle(options.bandwidth_mib_per_second * 1048576) if options.bandwidth_mib_per_second else None
+        self.throttle = (
+            Throttle(options.bandwidth_mib_per_second * 1048576) if options.bandwidth_mib_per_second else None
+        )
 
     async def check(self) -> Health:
         started = time.monotonic()
@@ -148,7 +153,11 @@ class MirrorAdapter(Adapter):
     async def _probe(self, endpoint: _Endpoint) -> str:
         try:
             response, _ = await send_capped(
-                self.context.http, "GET", f"{endpoint.config.url}/v2/", limit=UPSTREAM_PROBE_BYTES, timeout=PROBE_TIMEOUT_SECONDS,
+                self.context.http,
+                "GET",
+                f"{endpoint.config.url}/v2/",
+                limit=UPSTREAM_PROBE_BYTES,
+                timeout=PROBE_TIMEOUT_SECONDS,
             )
         except httpx.TransportError as error:
             return f"{endpoint.hostname}: {_describe(error)}"
@@ -172,10 +181,14 @@ class MirrorAdapter(Adapter):
             order = [resolver] + [e for e in self.endpoints if e is not resolver and e.hostname not in manifest_errors]
             await asyncio.gather(*(run.warm_on_first(order, blob) for blob in blobs))
         else:
-            await asyncio.gather(*(
-                run.warm_all_on(endpoint, blobs, manifest_errors.get(endpoint.config.url), resolved=endpoint is resolver)
-                for endpoint in self.endpoints
-            ))
+            await asyncio.gather(
+                *(
+                    run.warm_all_on(
+                        endpoint, blobs, manifest_errors.get(endpoint.config.url), resolved=endpoint is resolver
+                    )
+                    for endpoint in self.endpoints
+                )
+            )
         missing = [blob for blob in blobs if blob.digest not in run.reached]
         if missing:
             raise PreheatError(
@@ -215,7 +228,8 @@ class _Run:
                 continue
             return blobs, endpoint, errors
         raise PreheatError(
-            f"no cache of cluster {self.adapter.cluster.name} could resolve {self.origin.name}: " + "; ".join(errors.values())
+            f"no cache of cluster {self.adapter.cluster.name} could resolve {self.origin.name}: "
+            + "; ".join(errors.values())
         )
 
     async def _manifests_through(self, endpoint: _Endpoint) -> list[Blob]:
@@ -224,7 +238,9 @@ class _Run:
         )
         return blobs
 
-    async def warm_all_on(self, endpoint: _Endpoint, blobs: list[Blob], manifest_error: str | None, *, resolved: bool) -> None:
+    async def warm_all_on(
+        self, endpoint: _Endpoint, blobs: list[Blob], manifest_error: str | None, *, resolved: bool
+    ) -> None:
         """``all_*`` scopes: the manifests and every blob through this endpoint.
 
         Blobs are fetched by digest, so they need not wait for the manifests: both go at once.
@@ -239,7 +255,14 @@ class _Run:
             try:
                 await self._manifests_through(endpoint)
             except PreheatError as error:  # the blobs may still land: report the manifest on its own row
-                self.progress.failed(TaskRow(url=self.origin.manifest_url(), hostname=endpoint.hostname, ip=endpoint.ip, description=str(error)))
+                self.progress.failed(
+                    TaskRow(
+                        url=self.origin.manifest_url(),
+                        hostname=endpoint.hostname,
+                        ip=endpoint.ip,
+                        description=str(error),
+                    )
+                )
 
         await asyncio.gather(*([] if resolved else [manifests()]), *(self.warm(endpoint, blob) for blob in blobs))
 
@@ -257,8 +280,15 @@ class _Run:
         async def fetch() -> int:
             async with endpoint.semaphore:  # only real fetches take a slot, not joiners
                 return await self.oci.fetch_blob(
-                    image, blob, endpoint.auth(), DiscardSink, query=query, on_bytes=self.progress.transferred,
-                    throttle=self.adapter.throttle, verify=verify, source=self.origin.base,
+                    image,
+                    blob,
+                    endpoint.auth(),
+                    DiscardSink,
+                    query=query,
+                    on_bytes=self.progress.transferred,
+                    throttle=self.adapter.throttle,
+                    verify=verify,
+                    source=self.origin.base,
                 )
 
         # One fetch per cache, repository, origin and check: a digest-checked warm never joins one that
@@ -270,11 +300,15 @@ class _Run:
             self._fail(endpoint, blob, str(error))
             return False
         self.reached.add(blob.digest)
-        self.progress.succeeded(TaskRow(url=self.origin.blob_url(blob.digest), hostname=endpoint.hostname, ip=endpoint.ip))
+        self.progress.succeeded(
+            TaskRow(url=self.origin.blob_url(blob.digest), hostname=endpoint.hostname, ip=endpoint.ip)
+        )
         return True
 
     def _fail(self, endpoint: _Endpoint, blob: Blob, message: str) -> None:
         self.last_error[blob.digest] = message
-        self.progress.failed(TaskRow(
-            url=self.origin.blob_url(blob.digest), hostname=endpoint.hostname, ip=endpoint.ip, description=message
-        ))
+        self.progress.failed(
+            TaskRow(
+                url=self.origin.blob_url(blob.digest), hostname=endpoint.hostname, ip=endpoint.ip, description=message
+            )
+        )

@@ -79,7 +79,9 @@ _REPOSITORY = rf"{_COMPONENT}(?:/{_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"sha256:[a-f0-9]{64}"
 # \Z, not $: "$" also matches before a trailing newline, which then reached the HTTP client.
-_MANIFEST_PATH = re.compile(rf"(?P<prefix>(?:/[^/]+)*?)/v2/(?P<repo>{_REPOSITORY})/manifests/(?P<ref>{_TAG}|{_DIGEST})\Z")
+_MANIFEST_PATH = re.compile(
+    rf"(?P<prefix>(?:/[^/]+)*?)/v2/(?P<repo>{_REPOSITORY})/manifests/(?P<ref>{_TAG}|{_DIGEST})\Z"
+)
 DIGEST_RE = re.compile(rf"{_DIGEST}\Z")
 """A digest the gateway puts in a URL (``.match`` it: the pattern is anchored at both ends)."""
 _TOKEN = re.compile(r"[\x21-\x7e]+\Z")
@@ -93,7 +95,9 @@ class RegistryError(PreheatError):
     the others (401, 403, 404, digest mismatch) fail at once.
     """
 
-    def __init__(self, message: str, *, transient: bool = False, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, transient: bool = False, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.transient = transient
         self.status = status
@@ -150,8 +154,7 @@ def parse_manifest_url(url: str) -> ImageRef:
     match = _MANIFEST_PATH.fullmatch(parts.path)
     if parts.scheme not in ("http", "https") or not parts.netloc or not match:
         raise ValueError(
-            f"url {url[:200]!r} is not a manifest URL: expected "
-            "http(s)://HOST/v2/REPOSITORY/manifests/TAG_OR_DIGEST"
+            f"url {url[:200]!r} is not a manifest URL: expected http(s)://HOST/v2/REPOSITORY/manifests/TAG_OR_DIGEST"
         )
     return ImageRef(parts.scheme, parts.netloc, match["repo"], match["ref"], match["prefix"] or "")
 
@@ -314,7 +317,9 @@ def _parse_token(raw: bytes, ref: ImageRef) -> tuple[str, float]:
     if not token:
         raise RegistryError(f"the token service of {ref.host} answered without a token")
     if not isinstance(token, str) or not _TOKEN.match(token):
-        raise RegistryError(f"the token service of {ref.host} answered a token that is not a single word of printable ASCII; refusing it")
+        raise RegistryError(
+            f"the token service of {ref.host} answered a token that is not a single word of printable ASCII; refusing it"
+        )
     if not expires_in > 0:  # NaN and negatives included
         expires_in = 60.0
     return token, min(expires_in, TOKEN_TTL_CAP_SECONDS)
@@ -334,8 +339,14 @@ class OciClient:
     """Talks the distribution protocol to origins and mirrors over one pooled httpx client."""
 
     def __init__(
-        self, http: httpx.AsyncClient, policy: URLPolicy, *, user_agent: str = "harbor-preheat-gateway", max_in_flight: int = 128,
-        fingerprints: Fingerprints | None = None, limits: ReadLimits | None = None,
+        self,
+        http: httpx.AsyncClient,
+        policy: URLPolicy,
+        *,
+        user_agent: str = "harbor-preheat-gateway",
+        max_in_flight: int = 128,
+        fingerprints: Fingerprints | None = None,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.http = http
         self.policy = policy
@@ -360,14 +371,20 @@ class OciClient:
 
     # --- manifests -------------------------------------------------------------------------
 
-    async def get_manifest(self, ref: ImageRef, auth: RegistryAuth, reference: str | None = None, *, query: str = "") -> Manifest:
+    async def get_manifest(
+        self, ref: ImageRef, auth: RegistryAuth, reference: str | None = None, *, query: str = ""
+    ) -> Manifest:
         """Fetch one manifest (any of the four types), checking its digest."""
         reference = reference or ref.reference
         by_digest = reference.startswith("sha256:")
         if by_digest and not DIGEST_RE.match(reference):
-            raise RegistryError(f"manifest reference {quote(reference, 80)!r} of {ref.repository} is not a sha256 digest; refusing to fetch it")
+            raise RegistryError(
+                f"manifest reference {quote(reference, 80)!r} of {ref.repository} is not a sha256 digest; refusing to fetch it"
+            )
         cache_key = (ref.base, ref.repository, reference)
-        where = f"{ref.host}/{ref.repository}:{reference}" if not by_digest else f"{ref.host}/{ref.repository}@{reference}"
+        where = (
+            f"{ref.host}/{ref.repository}:{reference}" if not by_digest else f"{ref.host}/{ref.repository}@{reference}"
+        )
         if by_digest and (cached := self._manifests.get(cache_key)) is not None:
             return Manifest(cached[0], reference, cached[1], _decode_manifest(cached[1], where))
         url = ref.manifest_url(reference) + query
@@ -398,16 +415,22 @@ class OciClient:
     def _parse_manifest(self, raw: bytes, response: httpx.Response, reference: str, where: str) -> Manifest:
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
-            raise RegistryError(f"manifest {where} does not match its digest (got {digest}); the registry or a cache in between is corrupt")
+            raise RegistryError(
+                f"manifest {where} does not match its digest (got {digest}); the registry or a cache in between is corrupt"
+            )
         doc = _decode_manifest(raw, where)
         media_type = response.headers.get("content-type", "").split(";")[0].strip() or doc.mediaType
         if media_type not in INDEX_TYPES | {OCI_MANIFEST, DOCKER_MANIFEST}:
             media_type = doc.mediaType or (OCI_INDEX if doc.manifests is not None else OCI_MANIFEST)
         if doc.schemaVersion == 1 or "prettyjws" in media_type:
-            raise RegistryError(f"manifest {where} uses Docker schema 1, which is deprecated and not supported; rebuild and push the image")
+            raise RegistryError(
+                f"manifest {where} uses Docker schema 1, which is deprecated and not supported; rebuild and push the image"
+            )
         return Manifest(media_type, digest, raw, doc)
 
-    async def resolve_blobs(self, ref: ImageRef, auth: RegistryAuth, platform: str, *, query: str = "") -> tuple[list[str], list[Blob]]:
+    async def resolve_blobs(
+        self, ref: ImageRef, auth: RegistryAuth, platform: str, *, query: str = ""
+    ) -> tuple[list[str], list[Blob]]:
         """Resolve a manifest URL to the digests of the manifests fetched and the unique blobs to warm.
 
         Each platform's manifest is dropped once its blobs are listed, so an index of many large
@@ -447,7 +470,9 @@ class OciClient:
             if not DIGEST_RE.match(descriptor.digest):
                 raise RegistryError(f"{where} names a blob with an unsupported digest {quote(descriptor.digest, 80)!r}")
             if descriptor.size < 0:
-                raise RegistryError(f"{where} declares a negative size ({descriptor.size}) for blob {descriptor.digest}; the manifest is corrupt")
+                raise RegistryError(
+                    f"{where} declares a negative size ({descriptor.size}) for blob {descriptor.digest}; the manifest is corrupt"
+                )
             if descriptor.size > self.limits.blob_bytes:
                 raise RegistryError(
                     f"{where} declares blob {descriptor.digest} as {descriptor.size} bytes, more than registries.max_blob_bytes "
@@ -494,8 +519,15 @@ class OciClient:
             checks.release()
 
     async def _fetch_once(
-        self, url: str, where: str, ref: ImageRef, auth: RegistryAuth,
-        open_sink: Callable[[], BlobSink], on_bytes: Callable[[int], None] | None, throttle: Throttle | None, checks: _Checks,
+        self,
+        url: str,
+        where: str,
+        ref: ImageRef,
+        auth: RegistryAuth,
+        open_sink: Callable[[], BlobSink],
+        on_bytes: Callable[[int], None] | None,
+        throttle: Throttle | None,
+        checks: _Checks,
     ) -> int:
         sink = open_sink()
         blob_size = checks.blob.size
@@ -510,7 +542,9 @@ class OciClient:
                 try:
                     size = await drain(body, capped, on_bytes=on_bytes, throttle=throttle, hashes=check.hashes)
                 except BrokenStream as broken:
-                    raise RegistryError(f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True) from None
+                    raise RegistryError(
+                        f"reading {where} broke off after {broken.received} bytes: {broken.reason}", transient=True
+                    ) from None
                 except BodyError as error:
                     raise RegistryError(f"{where} could not be read: {error}") from None
             if size != blob_size:  # in every verify mode: a digest that matches does not make a declared size true
@@ -527,7 +561,9 @@ class OciClient:
     # --- transport -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def open(self, url: str, auth: RegistryAuth, ref: ImageRef, *, accept: str | None = None, what: str) -> AsyncIterator[httpx.Response]:
+    async def open(
+        self, url: str, auth: RegistryAuth, ref: ImageRef, *, accept: str | None = None, what: str
+    ) -> AsyncIterator[httpx.Response]:
         """GET ``url`` with authentication and checked redirects; yields a 200 response."""
         async with self._in_flight.slot(f"{ref.scheme}://{ref.host}"):  # fair between origins (adapters.fairshare)
             response = await self._authenticated(url, auth, ref, accept, what)
@@ -539,7 +575,9 @@ class OciClient:
             finally:
                 await response.aclose()
 
-    async def _authenticated(self, url: str, auth: RegistryAuth, ref: ImageRef, accept: str | None, what: str) -> httpx.Response:
+    async def _authenticated(
+        self, url: str, auth: RegistryAuth, ref: ImageRef, accept: str | None, what: str
+    ) -> httpx.Response:
         """GET ``url`` with the credentials of its own origin; a 401 from that origin starts the token dance.
 
         A 401 from anywhere else (a host the registry redirected to) never does: the registry's
@@ -579,14 +617,25 @@ class OciClient:
         credentials = auth.credentials
         if challenge.scheme == "basic":
             if credentials is None:
-                raise RegistryError(f"{ref.host} asks for a username and password to read {what}: configure registries.credentials for {ref.host}", status=401)
-            auth.bearer = "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+                raise RegistryError(
+                    f"{ref.host} asks for a username and password to read {what}: configure registries.credentials for {ref.host}",
+                    status=401,
+                )
+            auth.bearer = (
+                "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+            )
             return auth.bearer
         if challenge.scheme != "bearer" or "realm" not in challenge.params:
             raise RegistryError(f"{ref.host} answered 401 without a usable challenge for {what}", status=401)
         scope = f"repository:{ref.repository}:pull"
         realm, service = challenge.params["realm"], challenge.params.get("service", "")
-        key = (realm, service, scope, credentials.username if credentials else "", credentials.password if credentials else "")
+        key = (
+            realm,
+            service,
+            scope,
+            credentials.username if credentials else "",
+            credentials.password if credentials else "",
+        )
         cached = self._tokens.get(key)
         if cached is not None:
             auth.bearer = f"Bearer {cached[0]}"
@@ -596,7 +645,9 @@ class OciClient:
         auth.bearer = f"Bearer {token}"
         return auth.bearer
 
-    async def _fetch_token(self, realm: str, service: str, scope: str, credentials: Credentials | None, ref: ImageRef) -> tuple[str, float]:
+    async def _fetch_token(
+        self, realm: str, service: str, scope: str, credentials: Credentials | None, ref: ImageRef
+    ) -> tuple[str, float]:
         """Ask the token service ``ref``'s registry named for a pull token, with its credentials if any.
 
         The service must pass the URL policy as a token service (with an allowlist: be on it),
@@ -616,14 +667,20 @@ class OciClient:
         query = urlencode({k: v for k, v in (("service", service), ("scope", scope)) if v})
         headers = {"User-Agent": self.user_agent}
         if credentials is not None:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+            headers["Authorization"] = (
+                "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+            )
         url = f"{realm}{'&' if '?' in realm else '?'}{query}"
         try:
             response = await self.http.send(self.http.build_request("GET", url, headers=headers), stream=True)
         except RefusedConnection as error:  # the connect-time policy: retrying would only ask DNS again
-            raise RegistryError(f"cannot reach the token service of {ref.host} at {shown}: {_describe(error)}") from None
+            raise RegistryError(
+                f"cannot reach the token service of {ref.host} at {shown}: {_describe(error)}"
+            ) from None
         except httpx.TransportError as error:
-            raise RegistryError(f"cannot reach the token service of {ref.host} at {shown}: {_describe(error)}", transient=True) from None
+            raise RegistryError(
+                f"cannot reach the token service of {ref.host} at {shown}: {_describe(error)}", transient=True
+            ) from None
         try:
             if response.status_code != 200:
                 body = await read_excerpt(response, self.limits.error_body_bytes)
@@ -635,8 +692,17 @@ class OciClient:
                         f"the token service of {ref.host} refused {who} ({status} {detail}); check registries.credentials for {ref.host}",
                         status=status,
                     )
-                raise RegistryError(f"the token service of {ref.host} answered {status} ({detail})", transient=status >= 500, status=status)
-            raw = await self._read_whole(response, self.limits.token_bytes, "registries.max_token_bytes", f"the answer of the token service of {ref.host}")
+                raise RegistryError(
+                    f"the token service of {ref.host} answered {status} ({detail})",
+                    transient=status >= 500,
+                    status=status,
+                )
+            raw = await self._read_whole(
+                response,
+                self.limits.token_bytes,
+                "registries.max_token_bytes",
+                f"the answer of the token service of {ref.host}",
+            )
         finally:
             await response.aclose()
         return _parse_token(raw, ref)
@@ -644,32 +710,57 @@ class OciClient:
     async def _send(self, url: str, accept: str | None, authorization: str | None, what: str) -> httpx.Response:
         headers = {"User-Agent": self.user_agent, **({"Accept": accept} if accept else {})}
         try:
-            return await get_following_redirects(self.http, self.policy, url, headers, {"Authorization": authorization} if authorization else {})
+            return await get_following_redirects(
+                self.http, self.policy, url, headers, {"Authorization": authorization} if authorization else {}
+            )
         except RefusedConnection as error:
             raise RegistryError(f"{what}: {_describe(error)}") from None
         except httpx.TransportError as error:
-            raise RegistryError(f"cannot reach {urlsplit(url).netloc} for {what}: {_describe(error)}", transient=True) from None
+            raise RegistryError(
+                f"cannot reach {urlsplit(url).netloc} for {what}: {_describe(error)}", transient=True
+            ) from None
         except RefusedURL as error:
             raise RegistryError(f"redirect for {what} refused: {error}") from None
 
-    def _status_error(self, response: httpx.Response, body: bytes, what: str, auth: RegistryAuth, ref: ImageRef) -> RegistryError:
+    def _status_error(
+        self, response: httpx.Response, body: bytes, what: str, auth: RegistryAuth, ref: ImageRef
+    ) -> RegistryError:
         status = response.status_code
         detail = _registry_error_detail(body, response.reason_phrase)
         if status == 404:
-            return RegistryError(f"{what} not found (404 {detail}): check that the repository and tag exist", status=404)
+            return RegistryError(
+                f"{what} not found (404 {detail}): check that the repository and tag exist", status=404
+            )
         if status == 401 and auth.header is None and auth.credentials is None:
             return RegistryError(
                 f"{ref.host} refused anonymous access to {what} (401 {detail}): the request carried no registry credentials "
-                f"(Kraken events never do); configure registries.credentials for {ref.host}", status=401,
+                f"(Kraken events never do); configure registries.credentials for {ref.host}",
+                status=401,
             )
         if status == 401:
-            return RegistryError(f"{ref.host} refused access to {what} (401 {detail}): the credentials lack pull access to {ref.repository}", status=401)
+            return RegistryError(
+                f"{ref.host} refused access to {what} (401 {detail}): the credentials lack pull access to {ref.repository}",
+                status=401,
+            )
         if status == 403:
-            return RegistryError(f"{ref.host} forbids {what} (403 {detail}): the account lacks pull access to {ref.repository}", status=403)
+            return RegistryError(
+                f"{ref.host} forbids {what} (403 {detail}): the account lacks pull access to {ref.repository}",
+                status=403,
+            )
         if status == 429:
-            return RegistryError(f"{ref.host} is rate-limiting (429) {what}", transient=True, status=429, retry_after=_retry_after(response))
+            return RegistryError(
+                f"{ref.host} is rate-limiting (429) {what}",
+                transient=True,
+                status=429,
+                retry_after=_retry_after(response),
+            )
         if status >= 500:
-            return RegistryError(f"{ref.host} failed serving {what} ({status} {detail})", transient=True, status=status, retry_after=_retry_after(response))
+            return RegistryError(
+                f"{ref.host} failed serving {what} ({status} {detail})",
+                transient=True,
+                status=status,
+                retry_after=_retry_after(response),
+            )
         return RegistryError(f"{ref.host} answered {status} for {what} ({detail})", status=status)
 
     async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -696,8 +787,13 @@ class BrokenStream(Exception):
 
 
 async def drain(
-    response: httpx.Response, sink: BlobSink, *, on_bytes: Callable[[int], None] | None = None, throttle: Throttle | None = None,
-    hashes: Sequence[Hash] = (), floor: ratefloor.TransferFloor | None = None,
+    response: httpx.Response,
+    sink: BlobSink,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+    throttle: Throttle | None = None,
+    hashes: Sequence[Hash] = (),
+    floor: ratefloor.TransferFloor | None = None,
 ) -> int:
     """Read a body to the end into ``sink`` and through ``hashes``, in bounded chunks; returns its length.
 
@@ -769,7 +865,9 @@ class _DigestCheck:
     async def vouch(self, size: int) -> None:
         got = "sha256:" + self.sha256.hexdigest()
         if got != self.blob.digest:
-            raise RegistryError(f"{self.where} failed its digest check (got {got}, {size} bytes); the registry or a cache in between served corrupt data")
+            raise RegistryError(
+                f"{self.where} failed its digest check (got {got}, {size} bytes); the registry or a cache in between served corrupt data"
+            )
         self.claim.learned(self.fingerprint.digest())
 
 
@@ -824,7 +922,11 @@ class _Checks:
 
 
 async def get_following_redirects(
-    client: httpx.AsyncClient, policy: URLPolicy, url: str, headers: dict[str, str], credentials: dict[str, str],
+    client: httpx.AsyncClient,
+    policy: URLPolicy,
+    url: str,
+    headers: dict[str, str],
+    credentials: dict[str, str],
 ) -> httpx.Response:
     """GET ``url`` (streamed), following redirects by hand: the one place redirects are followed.
 
@@ -849,7 +951,8 @@ async def get_following_redirects(
 def select_platforms(index: Manifest, platform: str, ref: ImageRef) -> list[Descriptor]:
     """Pick the index entries for ``platform`` (``all``: every runnable entry)."""
     entries = [
-        entry for entry in index.doc.manifests or []
+        entry
+        for entry in index.doc.manifests or []
         if entry.platform is not None
         and str(entry.platform) != "unknown/unknown"
         and (entry.annotations or {}).get("vnd.docker.reference.type") != "attestation-manifest"
@@ -859,7 +962,8 @@ def select_platforms(index: Manifest, platform: str, ref: ImageRef) -> list[Desc
     else:
         want = parse_platform(platform)
         chosen = [
-            entry for entry in entries
+            entry
+            for entry in entries
             if entry.platform is not None
             and entry.platform.os == want.os
             and entry.platform.architecture == want.architecture

@@ -146,17 +146,27 @@ class ProxyAdapter(Adapter):
             client = new_client(
                 proxy=httpx.Proxy(endpoint.url, auth=auth),
                 timeout=httpx.Timeout(float(options.timeout), connect=10.0),
-                limits=httpx.Limits(max_connections=options.concurrency * 2, max_keepalive_connections=options.concurrency),
+                limits=httpx.Limits(
+                    max_connections=options.concurrency * 2, max_keepalive_connections=options.concurrency
+                ),
                 headers={"User-Agent": context.user_agent},
                 guard=ConnectGuard(context.policy, configured=[endpoint.url]),
             )
-            self.proxies.append(_Proxy(
-                config=endpoint,
-                name=(parts.hostname or endpoint.url) if hosts[parts.hostname] == 1 else parts.netloc,
-                client=client,
-                oci=OciClient(client, context.policy, user_agent=context.user_agent, fingerprints=context.oci.fingerprints, limits=context.oci.limits),
-                semaphore=asyncio.Semaphore(options.concurrency),
-            ))
+            self.proxies.append(
+                _Proxy(
+                    config=endpoint,
+                    name=(parts.hostname or endpoint.url) if hosts[parts.hostname] == 1 else parts.netloc,
+                    client=client,
+                    oci=OciClient(
+                        client,
+                        context.policy,
+                        user_agent=context.user_agent,
+                        fingerprints=context.oci.fingerprints,
+                        limits=context.oci.limits,
+                    ),
+                    semaphore=asyncio.Semaphore(options.concurrency),
+                )
+            )
 
     async def aclose(self) -> None:
         await asyncio.gather(*(proxy.client.aclose() for proxy in self.proxies), return_exceptions=True)
@@ -190,7 +200,9 @@ class ProxyAdapter(Adapter):
         for proxy in self.proxies:
             if not proxy.ip:
                 proxy.ip = await host_ip(proxy.config.url)
-        plan = self._file_plan(request, progress) if request.type == "file" else await self._image_plan(request, progress)
+        plan = (
+            self._file_plan(request, progress) if request.type == "file" else await self._image_plan(request, progress)
+        )
         progress.planned(len(plan.items), sum(item.size for item in plan.items))
         if request.scope == "single_seed_peer":
             await asyncio.gather(*(self._warm_on_first(plan.order, item, progress) for item in plan.items))
@@ -211,8 +223,13 @@ class ProxyAdapter(Adapter):
 
             async def fetch(proxy: _Proxy, ref: FileRef = ref) -> int:
                 size, _ = await stream_url(
-                    proxy.client, self.context.policy, ref, DiscardSink,
-                    headers=request.headers, on_bytes=progress.transferred, via=f"proxy {proxy.name}",
+                    proxy.client,
+                    self.context.policy,
+                    ref,
+                    DiscardSink,
+                    headers=request.headers,
+                    on_bytes=progress.transferred,
+                    via=f"proxy {proxy.name}",
                 )
                 return size
 
@@ -237,6 +254,7 @@ class ProxyAdapter(Adapter):
                 return await proxy.oci.fetch_blob(
                     origin, blob, auths[proxy.config.url], DiscardSink, on_bytes=progress.transferred
                 )
+
             url = origin.blob_url(blob.digest)
             return _Item(url=url, identity=url, fetch=fetch, size=blob.size, authority=authority)
 
@@ -245,7 +263,9 @@ class ProxyAdapter(Adapter):
 
         return _Plan(items=[item(blob) for blob in blobs], order=order, what="blobs", prepare=manifests, errors=errors)
 
-    async def _resolve(self, origin: ImageRef, auths: dict[str, RegistryAuth], platform: str) -> tuple[list[Blob], _Proxy, dict[str, str]]:
+    async def _resolve(
+        self, origin: ImageRef, auths: dict[str, RegistryAuth], platform: str
+    ) -> tuple[list[Blob], _Proxy, dict[str, str]]:
         """Resolve the manifest through the first proxy that answers; keep the others' errors."""
         errors: dict[str, str] = {}
         for proxy in self.proxies:

@@ -38,7 +38,9 @@ def load(name: str) -> type[Adapter]:
     else:
         matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
         if not matches:
-            raise UnknownAdapter(f"unknown adapter {name!r}: choose one of {', '.join(available())}, or install a package that provides it")
+            raise UnknownAdapter(
+                f"unknown adapter {name!r}: choose one of {', '.join(available())}, or install a package that provides it"
+            )
         adapter = matches[0].load()
     if not (isinstance(adapter, type) and issubclass(adapter, Adapter)):
         raise UnknownAdapter(f"adapter {name!r} does not subclass adapters.base.Adapter")

@@ -99,7 +99,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (created on first use, inside the running loop) behind httpx."""
 
     def __init__(
-        self, *, limits: httpx.Limits, verify: bool = True, proxy: httpx.Proxy | None = None, trust_env: bool = False,
+        self,
+        *,
+        limits: httpx.Limits,
+        verify: bool = True,
+        proxy: httpx.Proxy | None = None,
+        trust_env: bool = False,
         guard: ConnectGuard | None = None,
     ) -> None:
         self._limits = limits
@@ -152,7 +157,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if proxy := self._proxy_for(request.url):
             options.update(proxy=proxy, proxy_auth=self._proxy_auth)
         # A head dripped a byte at a time never trips the per-read timeout: the whole head has a deadline.
-        head_seconds = sum(value for value in (timeout.get("pool"), timeout.get("connect"), timeout.get("read")) if value) or None
+        head_seconds = (
+            sum(value for value in (timeout.get("pool"), timeout.get("connect"), timeout.get("read")) if value) or None
+        )
         try:
             async with asyncio.timeout(head_seconds):
                 response = await self._send(self._session, request, content, timeout, options)
@@ -170,7 +177,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     @staticmethod
     async def _send(
-        session: aiohttp.ClientSession, request: httpx.Request, content: bytes, timeout: dict[str, float | None], options: dict[str, Any],
+        session: aiohttp.ClientSession,
+        request: httpx.Request,
+        content: bytes,
+        timeout: dict[str, float | None],
+        options: dict[str, Any],
     ) -> aiohttp.ClientResponse:
         with _translated(request):
             return await session.request(
@@ -180,7 +191,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=content or None,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
-                    total=None, connect=timeout.get("pool"), sock_connect=timeout.get("connect"), sock_read=timeout.get("read"),
+                    total=None,
+                    connect=timeout.get("pool"),
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
                 ),
                 **options,
             )

@@ -9,7 +9,6 @@ import os
 import re
 from urllib.parse import urlsplit
 
-
 from adapters.bounded import QUOTE_CHARS, quote
 from adapters.urlpolicy import RefusedURL, resolve, split_http_url
 
@@ -60,6 +59,7 @@ async def host_ip(url: str) -> str:
         return (await resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)))[0]
     except (RefusedURL, IndexError):
         return ""
+
 
 UPSTREAM_ANSWER_BYTES = 16 << 20
 """The most an upstream (a Dragonfly manager, Kraken) may answer one request with: a job with its rows."""

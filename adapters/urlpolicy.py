@@ -171,9 +171,7 @@ async def resolve(host: str, port: int) -> list[str]:
         pass
     loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), DNS_TIMEOUT_SECONDS
-        )
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), DNS_TIMEOUT_SECONDS)
     except (OSError, TimeoutError) as error:
         raise RefusedURL(f"host {host} cannot be resolved ({error or 'timed out'}): check the URL") from None
     return sorted({info[4][0] for info in infos})

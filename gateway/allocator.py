@@ -46,4 +46,6 @@ _OPERATOR_KNOBS = ("top_pad", "mmap_threshold", "trim_threshold")
 
 def _set_by_operator() -> bool:
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    return any(f"glibc.malloc.{knob}=" in tunables or f"MALLOC_{knob.upper()}_" in os.environ for knob in _OPERATOR_KNOBS)
+    return any(
+        f"glibc.malloc.{knob}=" in tunables or f"MALLOC_{knob.upper()}_" in os.environ for knob in _OPERATOR_KNOBS
+    )

@@ -31,9 +31,9 @@ from adapters.base import Adapter, AdapterContext, ClusterInfo, Deduper
 from adapters.guard import ConnectGuard, urls_in
 from adapters.oci import OciClient
 from adapters.transport import new_client
+from gateway import console
 from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
 from gateway.config import Config
-from gateway import console
 from gateway.endpoints import kraken, legacy, mirror, openapi, probes
 from gateway.fastpath import FastStatusMiddleware
 from gateway.gcpolicy import CollectorPolicy
@@ -75,10 +75,16 @@ class Gateway:
             Path(config.store.secret_key_file) if config.store.secret_key_file else config.state_dir / "secret.key",
         )
         self.auth = Authenticator(config.auth, self.store)
-        self.http = new_client(timeout=httpx.Timeout(config.registries.read_timeout_seconds, connect=10.0), headers={"User-Agent": USER_AGENT}, guard=_connect_guard(config))
+        self.http = new_client(
+            timeout=httpx.Timeout(config.registries.read_timeout_seconds, connect=10.0),
+            headers={"User-Agent": USER_AGENT},
+            guard=_connect_guard(config),
+        )
         self.dedupe = Deduper(window=config.runner.dedupe_window_seconds, floor=config.runner.transfer_floor)
         policy = config.registries.policy()
-        self.oci = OciClient(self.http, policy, user_agent=USER_AGENT, max_in_flight=48, limits=config.registries.limits())
+        self.oci = OciClient(
+            self.http, policy, user_agent=USER_AGENT, max_in_flight=48, limits=config.registries.limits()
+        )
         context = AdapterContext(
             http=self.http,
             oci=self.oci,
@@ -91,7 +97,9 @@ class Gateway:
         )
         self.adapters: dict[int, Adapter] = {
             cluster.id: adapter_registry.load(cluster.config.adapter)(
-                ClusterInfo(id=cluster.id, name=cluster.name, config_path=cluster.config_path, platform=cluster.config.platform),
+                ClusterInfo(
+                    id=cluster.id, name=cluster.name, config_path=cluster.config_path, platform=cluster.config.platform
+                ),
                 cluster.options,
                 context,
             )
@@ -100,7 +108,9 @@ class Gateway:
         self.metrics = Metrics()
         self.store.observe = lambda operation, seconds: self.metrics.store_duration.labels(operation).observe(seconds)
         self.runner = Runner(config, self.store, self.box, self.adapters, self.metrics)
-        self.jobs = JobService(config, self.store, self.box, on_created=self._created, on_deleted=self.runner.cancel_job)
+        self.jobs = JobService(
+            config, self.store, self.box, on_created=self._created, on_deleted=self.runner.cancel_job
+        )
         self.health = ClusterHealth(self.adapters)
         self.create_limit = RateLimiter(config.server.create_rate_per_second, config.server.create_burst)
         self.metrics.watch(self._scraped)
@@ -117,14 +127,18 @@ class Gateway:
         if self.config.auth.mode == "none":
             log.warning("authentication is OFF (auth.mode: none): anyone who can reach this port can run preheats")
         if self.config.server.mirror_anonymous and self.config.auth.mode != "none":
-            log.warning("the registry mirror (/v2/) serves pulls WITHOUT credentials (server.mirror_anonymous): "
-                        "anyone who can reach it can pull every image this gateway preheated; use it for public images only")
+            log.warning(
+                "the registry mirror (/v2/) serves pulls WITHOUT credentials (server.mirror_anonymous): "
+                "anyone who can reach it can pull every image this gateway preheated; use it for public images only"
+            )
         elif self.config.auth.tokens and not await self.store.list_tokens():
             await self._print_first_token()
         await self.runner.start()
         self._lag_watch = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
         self._collector.settle()
-        log.info("serving %d cluster(s) from %s with store %s", len(self.adapters), self.config.source, self.store.dialect)
+        log.info(
+            "serving %d cluster(s) from %s with store %s", len(self.adapters), self.config.source, self.store.dialect
+        )
 
     draining = False
     """A graceful stop has begun (SIGTERM): ``/readyz`` answers 503 while requests are still served."""
@@ -134,7 +148,9 @@ class Gateway:
         false and this replica claims no more tasks, so new work goes to the others at once."""
         if not self.draining:
             self.draining = True
-            log.info("draining: /readyz answers 503 and no new task is claimed; unfinished ones are handed back at exit")
+            log.info(
+                "draining: /readyz answers 503 and no new task is claimed; unfinished ones are handed back at exit"
+            )
         self.runner.drain()
 
     async def stop(self) -> None:
@@ -174,17 +190,35 @@ class Gateway:
     def _scraped(self) -> list[Any]:
         """Counters kept by the adapters, the auth layer and the health cache, read at scrape time."""
         dedupe, checks = self.dedupe, self.oci.fingerprints.checks
-        up = {(self.adapters[i].cluster.name,): float(h["reachable"]) for i, h in self.health.cached().items() if i in self.adapters}
+        up = {
+            (self.adapters[i].cluster.name,): float(h["reachable"])
+            for i, h in self.health.cached().items()
+            if i in self.adapters
+        }
         return [
-            counter_family("blob_fetches", "Blob warm requests: fetched, joined an in-flight fetch, or reused a recent one.",
-                           {("fetched",): dedupe.fetches, ("joined",): dedupe.joined, ("reused",): dedupe.reused}, ["outcome"]),
-            counter_family("blob_checks", "Blob copies read, by check: their own sha256, or a fingerprint compared with a copy that passed it.",
-                           {(check,): checks[check] for check in ("sha256", "fingerprint")}, ["check"]),
+            counter_family(
+                "blob_fetches",
+                "Blob warm requests: fetched, joined an in-flight fetch, or reused a recent one.",
+                {("fetched",): dedupe.fetches, ("joined",): dedupe.joined, ("reused",): dedupe.reused},
+                ["outcome"],
+            ),
+            counter_family(
+                "blob_checks",
+                "Blob copies read, by check: their own sha256, or a fingerprint compared with a copy that passed it.",
+                {(check,): checks[check] for check in ("sha256", "fingerprint")},
+                ["check"],
+            ),
             counter_family("retries", "Transient registry errors retried.", {(): self.oci.retries}, []),
-            counter_family("auth_failures", "Requests refused for their credentials.",
-                           {(reason,): count for reason, count in self.auth.failures.items()}, ["reason"]),
+            counter_family(
+                "auth_failures",
+                "Requests refused for their credentials.",
+                {(reason,): count for reason, count in self.auth.failures.items()},
+                ["reason"],
+            ),
             gauge_family("cluster_up", "1 when the cluster's last health check reached it.", up, ["cluster"]),
-            *_layout_families({(a.cluster.name,): a.layout for a in self.adapters.values() if getattr(a, "layout", None) is not None}),
+            *_layout_families(
+                {(a.cluster.name,): a.layout for a in self.adapters.values() if getattr(a, "layout", None) is not None}
+            ),
             *mirror.metric_families(self),
         ]
 
@@ -205,20 +239,39 @@ class Gateway:
 def _layout_families(layouts: dict[tuple[str, ...], Any]) -> list[Any]:
     """The ``local`` clusters' OCI layouts (adapters.layout): bytes held, their bound, evictions."""
     return [
-        gauge_family("local_cache_bytes", "Bytes a local cluster's cache holds on disk (blobs and files).",
-                     {k: layout.held_bytes for k, layout in layouts.items()}, ["cluster"]),
-        gauge_family("local_cache_max_bytes", "A local cluster's max_bytes.", {k: layout.max_bytes for k, layout in layouts.items()}, ["cluster"]),
-        counter_family("local_cache_evictions", "Images and files a local cluster evicted to stay within max_bytes.",
-                       {k: layout.evictions for k, layout in layouts.items()}, ["cluster"]),
-        counter_family("local_cache_evicted_bytes", "Bytes a local cluster evicted to stay within max_bytes.",
-                       {k: layout.evicted_bytes for k, layout in layouts.items()}, ["cluster"]),
+        gauge_family(
+            "local_cache_bytes",
+            "Bytes a local cluster's cache holds on disk (blobs and files).",
+            {k: layout.held_bytes for k, layout in layouts.items()},
+            ["cluster"],
+        ),
+        gauge_family(
+            "local_cache_max_bytes",
+            "A local cluster's max_bytes.",
+            {k: layout.max_bytes for k, layout in layouts.items()},
+            ["cluster"],
+        ),
+        counter_family(
+            "local_cache_evictions",
+            "Images and files a local cluster evicted to stay within max_bytes.",
+            {k: layout.evictions for k, layout in layouts.items()},
+            ["cluster"],
+        ),
+        counter_family(
+            "local_cache_evicted_bytes",
+            "Bytes a local cluster evicted to stay within max_bytes.",
+            {k: layout.evicted_bytes for k, layout in layouts.items()},
+            ["cluster"],
+        ),
     ]
 
 
 def _connect_guard(config: Config) -> ConnectGuard:
     """The shared client's connect-time policy: ``registries.allow``, plus every URL the operator
     put in a cluster's options (mirrors, endpoints), which may be on any address."""
-    return ConnectGuard(config.registries.policy(), configured=urls_in([cluster.options for cluster in config.clusters]))
+    return ConnectGuard(
+        config.registries.policy(), configured=urls_in([cluster.options for cluster in config.clusters])
+    )
 
 
 def _primary_ip() -> str:
@@ -232,7 +285,7 @@ def _primary_ip() -> str:
 def _lock_exclusive(database: Path) -> Any:
     """One process owns an embedded SQLite store: a second one would re-run the first's tasks."""
     database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = open(database.with_name(database.name + ".lock"), "a+")
+    lock = open(database.with_name(database.name + ".lock"), "a+")  # noqa: SIM115 - held for the process's life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -331,7 +384,9 @@ def create_app(config: Config) -> Starlette:
             await gateway.stop()
 
     # One route per path: a 405's Allow then names every method the path serves.
-    routes = merge_by_path([*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes(), *mirror.routes()])
+    routes = merge_by_path(
+        [*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes(), *mirror.routes()]
+    )
     app = Starlette(
         routes=routes,
         middleware=[
@@ -340,7 +395,9 @@ def create_app(config: Config) -> Starlette:
             Middleware(FastStatusMiddleware, gateway=lambda: gateway),
             Middleware(RequestIdMiddleware),
             Middleware(HTTPMetricsMiddleware, metrics=gateway.metrics, routes=routes),
-            Middleware(AuthMiddleware, authenticator=lambda: gateway.auth, anonymous_pull=config.server.mirror_anonymous),
+            Middleware(
+                AuthMiddleware, authenticator=lambda: gateway.auth, anonymous_pull=config.server.mirror_anonymous
+            ),
         ],
         exception_handlers={
             InvalidRequest: _invalid_request,

@@ -10,5 +10,5 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 
-def gateway_of(request: Request) -> "Gateway":
+def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]

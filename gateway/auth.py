@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import authlib.deprecate  # noqa: F401  (first: importing it installs an "always" filter the one below must override)
 import cachetools
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,8 +47,6 @@ from adapters.guard import ConnectGuard
 from adapters.transport import new_client
 from gateway.config import AuthConfig, JWTConfig
 from gateway.store import SqlStore
-
-import authlib.deprecate  # noqa: F401  (first: importing it installs an "always" filter the one below must override)
 
 with warnings.catch_warnings():
     # Authlib 1.7+ marks authlib.jose deprecated in favour of joserfc; it keeps working before 2.0.
@@ -126,7 +125,6 @@ class TokenVerifier:
             self._verified[digest] = (principal, record.expires_at)
             await self.store.touch_token(record.id)
         return principal
-
 
     def cached(self, token: str) -> Principal | None:
         """The principal of a token verified within ``auth.token_cache_seconds``; no I/O."""
@@ -224,7 +222,9 @@ class JWTVerifier:
             url = self.config.jwks_url or ""
             try:
                 async with new_client(timeout=5.0, guard=ConnectGuard(configured=[url])) as client:
-                    response, body = await send_capped(client, "GET", url, limit=self.MAX_JWKS_BYTES, headers={"Accept": "application/json"})
+                    response, body = await send_capped(
+                        client, "GET", url, limit=self.MAX_JWKS_BYTES, headers={"Accept": "application/json"}
+                    )
                 if response.status_code != 200:
                     raise ValueError(f"HTTP {response.status_code}")
                 self._keys = self._index(JsonWebKey.import_key_set(msgspec.json.decode(body)))
@@ -238,7 +238,9 @@ class JWTVerifier:
             if kid not in self._keys:
                 await self._refresh(forced=True)
             if not self._keys:
-                raise AuthUnavailable("cannot check JWTs: the identity provider's keys (auth.jwt.jwks_url) are unreachable")
+                raise AuthUnavailable(
+                    "cannot check JWTs: the identity provider's keys (auth.jwt.jwks_url) are unreachable"
+                )
         key = self._keys.get(kid)
         if key is None and self.config.public_key_file and len({id(k) for k in self._keys.values()}) == 1:
             key = next(iter(self._keys.values()))  # the one configured key, whatever kid the token names
@@ -256,7 +258,10 @@ class JWTVerifier:
         if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
             raise Unauthorized("malformed JWT: no alg in its header", "jwt_malformed")
         if header["alg"] not in self.config.algorithms:
-            raise Unauthorized("JWT algorithm is not accepted (unsigned and HS* tokens never are; see auth.jwt.algorithms)", "jwt_algorithm")
+            raise Unauthorized(
+                "JWT algorithm is not accepted (unsigned and HS* tokens never are; see auth.jwt.algorithms)",
+                "jwt_algorithm",
+            )
         kid = header.get("kid")
         key = await self._key_for(kid if isinstance(kid, str) else None)
         if _KEY_TYPES[header["alg"][:2]] != key.kty:
@@ -266,7 +271,9 @@ class JWTVerifier:
         except UnsupportedAlgorithmError:
             raise Unauthorized("JWT algorithm is not accepted (see auth.jwt.algorithms)", "jwt_algorithm") from None
         except BadSignatureError:
-            raise Unauthorized("JWT signature does not verify against the identity provider's keys", "jwt_signature") from None
+            raise Unauthorized(
+                "JWT signature does not verify against the identity provider's keys", "jwt_signature"
+            ) from None
         except Exception:  # whatever else a hostile token provokes in the library is a 401, not a 500
             raise Unauthorized("malformed JWT", "jwt_malformed") from None
         return self._check_claims(claims)
@@ -290,7 +297,9 @@ class JWTVerifier:
             raise Unauthorized("JWT audience does not include auth.jwt.audience", "jwt_audience")
         subject = next((str(claims[k]) for k in ("sub", "client_id", "azp") if isinstance(claims.get(k), str)), "?")
         granted = self.config.scope in _scopes(claims)
-        return Principal(name=f"jwt:{subject[:100]}", method="jwt", scopes=frozenset({"job"}) if granted else frozenset())
+        return Principal(
+            name=f"jwt:{subject[:100]}", method="jwt", scopes=frozenset({"job"}) if granted else frozenset()
+        )
 
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
@@ -364,7 +373,8 @@ class Authenticator:
                     raise
                 raise Unauthorized(
                     "Basic credential's secret part is not a valid token: put the gateway token in both of "
-                    "Harbor's username and password fields, or use OAUTH", "unknown_token",
+                    "Harbor's username and password fields, or use OAUTH",
+                    "unknown_token",
                 ) from None
         if authorization:
             raise Unauthorized(f"unsupported Authorization scheme: send {self.accepted()}", "scheme")
@@ -411,8 +421,13 @@ def is_mirror_path(path: str) -> bool:
 class AuthMiddleware:
     """Requires a credential on every route except probes, metrics and the console (own sign-in)."""
 
-    def __init__(self, app: ASGIApp, authenticator: Callable[[], Authenticator | None], public_prefixes: tuple[str, ...] = ("/console",),
-                 anonymous_pull: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Callable[[], Authenticator | None],
+        public_prefixes: tuple[str, ...] = ("/console",),
+        anonymous_pull: bool = False,
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.public_prefixes = public_prefixes
@@ -423,7 +438,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = _route_path(scope)
-        if path in PUBLIC_PATHS or any(path == prefix or path.startswith(prefix + "/") for prefix in self.public_prefixes):
+        if path in PUBLIC_PATHS or any(
+            path == prefix or path.startswith(prefix + "/") for prefix in self.public_prefixes
+        ):
             await self.app(scope, receive, send)
             return
         mirror = is_mirror_path(path)
@@ -452,8 +469,13 @@ class AuthMiddleware:
         if needed not in principal.scopes:
             authenticator.failures["forbidden"] += 1
             log.info("authorization failed", extra={"path": path, "principal": principal.name})
-            reason = authenticator.forbidden_reason(principal) if not mirror else (
-                f"credential {principal.name!r} lacks the 'pull' scope (preheat-gateway token create --scope pull)")
+            reason = (
+                authenticator.forbidden_reason(principal)
+                if not mirror
+                else (
+                    f"credential {principal.name!r} lacks the 'pull' scope (preheat-gateway token create --scope pull)"
+                )
+            )
             await reject(send, 403, f"forbidden: {reason}")
             return
         scope.setdefault("state", {})["principal"] = principal
@@ -463,15 +485,18 @@ class AuthMiddleware:
 def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root = scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _reject_pull(send: Send, status: int, message: str) -> None:
     """A mirror refusal in the registry API's error shape, with a challenge registry clients follow."""
     code = {401: "UNAUTHORIZED", 403: "DENIED"}.get(status, "UNAVAILABLE")
     body = msgspec.json.encode({"errors": [{"code": code, "message": message}]})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"docker-distribution-api-version", b"registry/2.0")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"docker-distribution-api-version", b"registry/2.0"),
+    ]
     if status == 401:
         headers.append((b"www-authenticate", MIRROR_CHALLENGE))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -485,4 +510,3 @@ async def _reject(send: Send, status: int, message: str) -> None:
         headers.append((b"www-authenticate", b'Bearer realm="harbor-preheat-gateway"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-

@@ -57,8 +57,16 @@ class FileResponse:
     ``content-length`` itself; HEAD sends the head alone.
     """
 
-    def __init__(self, file: IO[bytes], *, offset: int, length: int, status: int, headers: list[tuple[bytes, bytes]],
-                 on_sent: Any = None) -> None:
+    def __init__(
+        self,
+        file: IO[bytes],
+        *,
+        offset: int,
+        length: int,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        on_sent: Any = None,
+    ) -> None:
         self.file = file
         self.offset = offset
         self.length = length
@@ -73,7 +81,15 @@ class FileResponse:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             if EXTENSION in scope.get("extensions", {}):
-                await send({"type": EXTENSION, "file": self.file, "offset": self.offset, "count": self.length, "more_body": False})
+                await send(
+                    {
+                        "type": EXTENSION,
+                        "file": self.file,
+                        "offset": self.offset,
+                        "count": self.length,
+                        "more_body": False,
+                    }
+                )
             else:
                 await self._stream(send)
             if self.on_sent is not None:
@@ -132,7 +148,9 @@ class _ZeroCopySend:
                 return
             cycle.expected_content_length -= count
         # uvicorn's own bookkeeping ends the response (keep-alive, pipelining, Connection: close)
-        await self._send({"type": "http.response.body", "body": b"", "more_body": bool(message.get("more_body", False))})
+        await self._send(
+            {"type": "http.response.body", "body": b"", "more_body": bool(message.get("more_body", False))}
+        )
 
     async def _sendfile(self, file_fd: int, offset: int, count: int) -> bool:
         """Send ``count`` bytes; False (the connection closed) when the client went away or stalled."""
@@ -154,8 +172,9 @@ class _ZeroCopySend:
         limiter = _sendfile_threads()
         if limiter.available_tokens >= 1:  # a thread of its own; when all are busy, the event loop drives it
             try:
-                outcome = await anyio.to_thread.run_sync(_blocking_sendfile, fd, file_fd, offset, count, lambda: cycle.disconnected,
-                                                         limiter=limiter)
+                outcome = await anyio.to_thread.run_sync(
+                    _blocking_sendfile, fd, file_fd, offset, count, lambda: cycle.disconnected, limiter=limiter
+                )
             finally:
                 os.close(fd)
             if outcome != "done":

@@ -48,8 +48,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from gateway.mirrorlisten import MirrorListener, with_mirror_listener
 
         mirror_host, mirror_port = config.server.mirror_address
-        served = with_mirror_listener(app, MirrorListener(app, mirror_host, mirror_port, limits,
-                                                          ssl_certfile=tls.cert if tls else None, ssl_keyfile=tls.key if tls else None))
+        served = with_mirror_listener(
+            app,
+            MirrorListener(
+                app,
+                mirror_host,
+                mirror_port,
+                limits,
+                ssl_certfile=tls.cert if tls else None,
+                ssl_keyfile=tls.key if tls else None,
+            ),
+        )
     started = serve(
         served,
         host=host,
@@ -108,7 +117,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return 2
     token = new_token()
     try:
-        record = asyncio.run(_with_store(config, lambda s: s.create_token(args.name, hash_token(token), scopes, expires)))
+        record = asyncio.run(
+            _with_store(config, lambda s: s.create_token(args.name, hash_token(token), scopes, expires))
+        )
     except ValueError as error:
         print(str(error), file=sys.stderr)
         return 1
@@ -125,7 +136,9 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     now = time.time()
     for r in records:
         status = "revoked" if r.revoked_at else "expired" if r.expires_at and r.expires_at <= now else "active"
-        print(f"{r.name:<24} {','.join(r.scopes):<10} {_time(r.created_at):<21} {_time(r.expires_at):<21} {_time(r.last_used_at):<21} {status}")
+        print(
+            f"{r.name:<24} {','.join(r.scopes):<10} {_time(r.created_at):<21} {_time(r.expires_at):<21} {_time(r.last_used_at):<21} {status}"
+        )
     return 0
 
 
@@ -161,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_commands.add_parser("create", help="create a token; it is printed once, alone on the last line")
     create.add_argument("--config")
     create.add_argument("--name", required=True)
-    create.add_argument("--scope", default="job", help="job (run preheats), pull (pull from the /v2/ mirror) or job,pull (default: job)")
+    create.add_argument(
+        "--scope", default="job", help="job (run preheats), pull (pull from the /v2/ mirror) or job,pull (default: job)"
+    )
     create.add_argument("--expires", help="lifetime such as 90d or 12h (default: never)")
     create.set_defaults(func=cmd_token_create)
     listing = token_commands.add_parser("list", help="list tokens (never their values)")

@@ -127,10 +127,16 @@ class ServerConfig(_Section):
             raise ValueError(f"listen: {self.listen!r} is not host:port")
         if self.mirror_listen:
             mirror_host, _, mirror_port = self.mirror_listen.rpartition(":")
-            if not mirror_host or not (mirror_port.isascii() and mirror_port.isdigit()) or not 0 < int(mirror_port) < 65536:
+            if (
+                not mirror_host
+                or not (mirror_port.isascii() and mirror_port.isdigit())
+                or not 0 < int(mirror_port) < 65536
+            ):
                 raise ValueError(f"mirror_listen: {self.mirror_listen!r} is not host:port")
             if self.mirror_listen == self.listen:
-                raise ValueError("mirror_listen: must differ from listen (leave it empty to serve the mirror on listen)")
+                raise ValueError(
+                    "mirror_listen: must differ from listen (leave it empty to serve the mirror on listen)"
+                )
         for name in ("header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds"):
             if not 0 < getattr(self, name) <= 3600:
                 raise ValueError(f"{name}: must be more than 0 and at most 3600")
@@ -181,8 +187,19 @@ class StoreConfig(_Section):
 
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-_RESERVED_HEADERS = frozenset({"authorization", "proxy-authorization", "host", "content-type", "content-length",
-                               "transfer-encoding", "connection", "cookie", "user-agent"})
+_RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "host",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "cookie",
+        "user-agent",
+    }
+)
 
 
 class JWTConfig(_Section):
@@ -218,7 +235,9 @@ class JWTConfig(_Section):
             except OSError as error:
                 raise ValueError(f"public_key_file: cannot read {self.public_key_file} ({error.strerror})") from None
             if not head.startswith((b"-----BEGIN", b"{")):
-                raise ValueError(f"public_key_file: {self.public_key_file} is neither a PEM key or certificate nor a JWK/JWKS JSON file")
+                raise ValueError(
+                    f"public_key_file: {self.public_key_file} is neither a PEM key or certificate nor a JWK/JWKS JSON file"
+                )
         if not self.issuer:
             raise ValueError("issuer: must not be empty")
         if not self.audience:
@@ -315,7 +334,7 @@ class RegistriesConfig(_Section):
 
     def __post_init__(self) -> None:
         for index, pattern in enumerate(self.allow):
-            if not pattern or " " in pattern or "/" in pattern and not re.match(r"^[0-9a-fA-F.:]+/\d+$", pattern):
+            if not pattern or " " in pattern or ("/" in pattern and not re.match(r"^[0-9a-fA-F.:]+/\d+$", pattern)):
                 raise ValueError(f"allow[{index}]: {pattern!r} is not a host, host:port, *.suffix, CIDR or *")
         for key in ("max_manifest_bytes", "max_blob_bytes", "max_error_body_bytes", "max_token_bytes"):
             if getattr(self, key) < 1024:
@@ -332,8 +351,12 @@ class RegistriesConfig(_Section):
     def limits(self) -> ReadLimits:
         """The caps the registry client reads within."""
         return ReadLimits(
-            manifest_bytes=self.max_manifest_bytes, error_body_bytes=self.max_error_body_bytes, token_bytes=self.max_token_bytes,
-            blob_bytes=self.max_blob_bytes, manifest_cache_bytes=self.manifest_cache_bytes, body_seconds=self.body_timeout_seconds,
+            manifest_bytes=self.max_manifest_bytes,
+            error_body_bytes=self.max_error_body_bytes,
+            token_bytes=self.max_token_bytes,
+            blob_bytes=self.max_blob_bytes,
+            manifest_cache_bytes=self.manifest_cache_bytes,
+            body_seconds=self.body_timeout_seconds,
         )
 
 
@@ -559,7 +582,11 @@ def build_config(data: dict[str, Any], *, source: str) -> Config:
         section = _convert_reporting_all(data.get(key) or {}, struct, key, errors)
         if section is not None:
             sections[key] = section
-    state_dir = sections["server"].state_dir if "server" in sections and sections["server"].state_dir else str(default_state_dir())
+    state_dir = (
+        sections["server"].state_dir
+        if "server" in sections and sections["server"].state_dir
+        else str(default_state_dir())
+    )
     raw_clusters = data.get("clusters")
     if raw_clusters is None:
         raw_clusters = [{"id": 1, "name": "local", "adapter": "local", "path": str(Path(state_dir) / "cache")}]
@@ -597,7 +624,9 @@ def _build_clusters(raw_clusters: Any, errors: list[str]) -> list[Cluster]:
         except adapter_registry.UnknownAdapter as error:
             errors.append(f"{where}.adapter: {error}")
             continue
-        options = _convert_reporting_all({k: v for k, v in raw.items() if k not in common}, adapter.Options, where, errors)
+        options = _convert_reporting_all(
+            {k: v for k, v in raw.items() if k not in common}, adapter.Options, where, errors
+        )
         if options is None:
             continue
         clusters.append(Cluster(config=config, options=options, config_path=where))

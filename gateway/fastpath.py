@@ -41,16 +41,23 @@ class FastStatusMiddleware:
             path: str = scope["path"]
             root = scope.get("root_path", "")
             if root and path.startswith(root):
-                path = path[len(root):]
+                path = path[len(root) :]
             prefix, _, job_id = path.rpartition("/")
             target = STATUS_ROUTES.get(prefix + "/")
             if target is not None and (number := ascii_number(job_id)) is not None:
                 gateway = self.gateway()
                 body = gateway.rendered.get((target[0], number))
                 if body is not None and gateway.auth.quick(scope["headers"]):
-                    await send({"type": "http.response.start", "status": 200, "headers": [
-                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    ]})
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                            ],
+                        }
+                    )
                     await send({"type": "http.response.body", "body": body})
                     timer = self._timers.get(target[1])
                     if timer is None:

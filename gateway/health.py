@@ -21,8 +21,14 @@ _PLAIN_WORDS = (
     (re.compile(r"Connect call failed \([^)]*\)|Connection refused", re.I), "connection refused"),
     (re.compile(r"Connection reset by peer", re.I), "connection reset by the peer"),
     (re.compile(r"Server disconnected", re.I), "the server closed the connection"),
-    (re.compile(r"Name or service not known|nodename nor servname provided, or not known|"
-                r"Temporary failure in name resolution", re.I), "name does not resolve"),
+    (
+        re.compile(
+            r"Name or service not known|nodename nor servname provided, or not known|"
+            r"Temporary failure in name resolution",
+            re.I,
+        ),
+        "name does not resolve",
+    ),
     (re.compile(r"wrong version number", re.I), "TLS handshake failed (is it plain http?)"),
     (re.compile(r"certificate verify failed: ?", re.I), "TLS certificate not trusted: "),
 )
@@ -32,7 +38,12 @@ def clean_error(text: str) -> str:
     """A health message as one clean line: the HTTP library's raw phrasing
     (``Cannot connect to host h:p ssl:default [Connection reset by peer]``, ``[Errno 104] ...``)
     in plain words, control characters removed, at most ``MAX_ERROR_CHARS`` characters."""
-    text = _CANNOT_CONNECT.sub(lambda m: f"cannot connect to {m['where']}: {m['why'] if m['why'] not in ('', 'None') else 'connection failed'}", text)
+    text = _CANNOT_CONNECT.sub(
+        lambda m: (
+            f"cannot connect to {m['where']}: {m['why'] if m['why'] not in ('', 'None') else 'connection failed'}"
+        ),
+        text,
+    )
     text = _SSL_ERROR.sub(lambda m: m["why"], _SSL_CODE.sub("", _ERRNO.sub("", text)))
     for pattern, words in _PLAIN_WORDS:
         text = pattern.sub(words, text)

@@ -111,15 +111,25 @@ def charge_job_creations(request: Request, jobs: int) -> None:
         return
     if jobs > limit.burst:
         gateway.metrics.rate_limited.inc()
-        raise APIError(429, f"this request would create {jobs} jobs; this credential may create at most {limit.burst} at once "
-                            "(server.create_burst): send them in smaller requests",
-                       {"Retry-After": str(max(1, round(jobs / limit.rate)))})
+        raise APIError(
+            429,
+            f"this request would create {jobs} jobs; this credential may create at most {limit.burst} at once "
+            "(server.create_burst): send them in smaller requests",
+            {"Retry-After": str(max(1, round(jobs / limit.rate)))},
+        )
     principal = request.scope.get("state", {}).get("principal")
     wait = limit.acquire(principal.name if principal else "anonymous", jobs)
     if wait:
         gateway.metrics.rate_limited.inc()
-        what = "too many jobs created by this credential" if jobs == 1 else (
-            f"this request would create {jobs} jobs, more than this credential may create now; no job was created"
+        what = (
+            "too many jobs created by this credential"
+            if jobs == 1
+            else (
+                f"this request would create {jobs} jobs, more than this credential may create now; no job was created"
+            )
         )
-        raise APIError(429, f"{what}; retry in {wait:.1f}s (server.create_rate_per_second)",
-                       {"Retry-After": str(max(1, math.ceil(wait)))})
+        raise APIError(
+            429,
+            f"{what}; retry in {wait:.1f}s (server.create_rate_per_second)",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )

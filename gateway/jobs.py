@@ -125,7 +125,13 @@ def public_text(text: str, limit: int) -> str:
 
 
 def _describe_char(char: str) -> str:
-    names = {"\r": "a carriage return (CR)", "\n": "a line feed (LF)", "\t": "a tab", " ": "a space", "\x00": "a NUL byte"}
+    names = {
+        "\r": "a carriage return (CR)",
+        "\n": "a line feed (LF)",
+        "\t": "a tab",
+        " ": "a space",
+        "\x00": "a NUL byte",
+    }
     return names.get(char, f"the character U+{ord(char):04X}")
 
 
@@ -162,7 +168,9 @@ class JobService:
         if not spec.urls:
             raise InvalidRequest("a file preheat needs url (or urls): the files' http(s) URLs")
         if len(spec.urls) > self.config.server.max_urls:
-            raise InvalidRequest(f"too many urls ({len(spec.urls)}): at most {self.config.server.max_urls} per job (server.max_urls)")
+            raise InvalidRequest(
+                f"too many urls ({len(spec.urls)}): at most {self.config.server.max_urls} per job (server.max_urls)"
+            )
         for url in spec.urls:
             if len(url) > 8192:
                 raise InvalidRequest("a url is longer than 8192 characters")
@@ -198,12 +206,20 @@ class JobService:
         if spec.timeout_seconds < 0:
             raise InvalidRequest("timeout cannot be negative (it is a Go duration in nanoseconds; 0 means the default)")
         self._check_timeout(spec.timeout_seconds)
-        for name, value in (("piece_length", spec.piece_length), ("count", spec.extra.get("count")),
-                            ("percentage", spec.extra.get("percentage"))):
+        for name, value in (
+            ("piece_length", spec.piece_length),
+            ("count", spec.extra.get("count")),
+            ("percentage", spec.extra.get("percentage")),
+        ):
             if isinstance(value, int) and not -MAX_INT64 <= value <= MAX_INT64:
                 raise InvalidRequest(f"{name} is out of range: at most {MAX_INT64} (a Go int64)")
-        for name, text in (("tag", spec.tag), ("application", spec.application), ("platform", spec.platform),
-                           ("scope", spec.scope), ("username", spec.username)):
+        for name, text in (
+            ("tag", spec.tag),
+            ("application", spec.application),
+            ("platform", spec.platform),
+            ("scope", spec.scope),
+            ("username", spec.username),
+        ):
             if bad := _TEXT_FORBIDDEN.search(text):
                 raise InvalidRequest(f"{name} contains {_describe_char(bad.group())}: remove it")
         if spec.concurrent_count < 0 or spec.concurrent_count > 1000:
@@ -223,7 +239,9 @@ class JobService:
         when none does, every cluster, so each task's error says what to configure instead."""
         if spec.cluster_ids:
             return sorted(set(spec.cluster_ids))
-        supporting = [i for i, c in self.clusters.items() if spec.type in adapter_registry.load(c.config.adapter).supports]
+        supporting = [
+            i for i, c in self.clusters.items() if spec.type in adapter_registry.load(c.config.adapter).supports
+        ]
         return sorted(supporting or self.clusters)
 
     def _check_timeout(self, seconds: float) -> None:
@@ -244,18 +262,20 @@ class JobService:
         now = time.time()
         timeout = spec.timeout_seconds or self.config.runner.default_timeout_seconds
         targets = self.targets(spec)
-        job = await self.store.create_job(NewJob(
-            task_id=f"group_{uuid.uuid4()}",
-            type="preheat",
-            source=spec.source,
-            args=spec.public(),
-            cluster_ids=sorted(set(spec.cluster_ids)) if spec.cluster_ids else None,
-            target_cluster_ids=targets,
-            bio=spec.bio,
-            secret=self.box.seal(spec.secrets()),
-            deadline=now + timeout,
-            created_at=now,
-        ))
+        job = await self.store.create_job(
+            NewJob(
+                task_id=f"group_{uuid.uuid4()}",
+                type="preheat",
+                source=spec.source,
+                args=spec.public(),
+                cluster_ids=sorted(set(spec.cluster_ids)) if spec.cluster_ids else None,
+                target_cluster_ids=targets,
+                bio=spec.bio,
+                secret=self.box.seal(spec.secrets()),
+                deadline=now + timeout,
+                created_at=now,
+            )
+        )
         self.on_created(job)
         return job
 

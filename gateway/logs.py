@@ -85,7 +85,9 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         json = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -121,6 +123,10 @@ class RequestIdMiddleware:
             await self.app(scope, receive, stamp)
         except ClientDisconnect:
             if not scope.get("state", {}).get(DISCONNECT_LOGGED):
-                log.info("client went away before its request body was complete (%s %s)", scope["method"], scope["path"][:200])
+                log.info(
+                    "client went away before its request body was complete (%s %s)",
+                    scope["method"],
+                    scope["path"][:200],
+                )
         finally:
             request_id.reset(token)

@@ -37,19 +37,56 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.jobs_created = Counter(f"{PREFIX}_jobs_created_total", "Jobs accepted, by dialect or client.", ["source"], registry=r)
-        self.jobs_finished = Counter(f"{PREFIX}_jobs_finished_total", "Jobs that ended, by source and state.", ["source", "state"], registry=r)
+        self.jobs_created = Counter(
+            f"{PREFIX}_jobs_created_total", "Jobs accepted, by dialect or client.", ["source"], registry=r
+        )
+        self.jobs_finished = Counter(
+            f"{PREFIX}_jobs_finished_total", "Jobs that ended, by source and state.", ["source", "state"], registry=r
+        )
         self.jobs = Gauge(f"{PREFIX}_jobs", "Jobs in the store by state.", ["state"], registry=r)
-        self.task_duration = Histogram(f"{PREFIX}_task_duration_seconds", "Cluster task run time.", ["cluster", "state"], buckets=TASK_BUCKETS, registry=r)
-        self.bytes_warmed = Counter(f"{PREFIX}_bytes_warmed_total", "Bytes read from sources while warming.", ["cluster"], registry=r)
-        self.blobs = Counter(f"{PREFIX}_blobs_total", "Blobs or files warmed or failed, per host row.", ["cluster", "result"], registry=r)
-        self.http_duration = Histogram(f"{PREFIX}_http_request_duration_seconds", "HTTP request latency.", ["route", "method", "status"], buckets=HTTP_BUCKETS, registry=r)
-        self.store_duration = Histogram(f"{PREFIX}_store_duration_seconds", "Job store call latency.", ["operation"], buckets=HTTP_BUCKETS, registry=r)
-        self.rate_limited = Counter(f"{PREFIX}_rate_limited_total", "Job creations refused by the rate limit.", registry=r)
-        self.loop_lag = Histogram(f"{PREFIX}_event_loop_lag_seconds", "How late a timer fires: high values mean the API waits behind "
-                                  "warming work (lower runner.workers).", buckets=HTTP_BUCKETS, registry=r)
-        self.gc_pauses = Histogram(f"{PREFIX}_gc_pause_seconds", "How long each garbage collection stopped the event loop, by "
-                                   "generation (2: a full collection).", ["generation"], buckets=GC_BUCKETS, registry=r)
+        self.task_duration = Histogram(
+            f"{PREFIX}_task_duration_seconds",
+            "Cluster task run time.",
+            ["cluster", "state"],
+            buckets=TASK_BUCKETS,
+            registry=r,
+        )
+        self.bytes_warmed = Counter(
+            f"{PREFIX}_bytes_warmed_total", "Bytes read from sources while warming.", ["cluster"], registry=r
+        )
+        self.blobs = Counter(
+            f"{PREFIX}_blobs_total", "Blobs or files warmed or failed, per host row.", ["cluster", "result"], registry=r
+        )
+        self.http_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["route", "method", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.store_duration = Histogram(
+            f"{PREFIX}_store_duration_seconds",
+            "Job store call latency.",
+            ["operation"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            f"{PREFIX}_rate_limited_total", "Job creations refused by the rate limit.", registry=r
+        )
+        self.loop_lag = Histogram(
+            f"{PREFIX}_event_loop_lag_seconds",
+            "How late a timer fires: high values mean the API waits behind warming work (lower runner.workers).",
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.gc_pauses = Histogram(
+            f"{PREFIX}_gc_pause_seconds",
+            "How long each garbage collection stopped the event loop, by generation (2: a full collection).",
+            ["generation"],
+            buckets=GC_BUCKETS,
+            registry=r,
+        )
 
     async def watch_loop_lag(self, interval: float = 0.25) -> None:
         """Measure, until cancelled, how late the event loop runs a timer: the delay every request also sees."""
@@ -71,14 +108,18 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def counter_family(name: str, documentation: str, values: Mapping[tuple[str, ...], float], labels: list[str]) -> CounterMetricFamily:
+def counter_family(
+    name: str, documentation: str, values: Mapping[tuple[str, ...], float], labels: list[str]
+) -> CounterMetricFamily:
     family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
     for label_values, value in values.items():
         family.add_metric(list(label_values), value)
     return family
 
 
-def gauge_family(name: str, documentation: str, values: Mapping[tuple[str, ...], float], labels: list[str]) -> GaugeMetricFamily:
+def gauge_family(
+    name: str, documentation: str, values: Mapping[tuple[str, ...], float], labels: list[str]
+) -> GaugeMetricFamily:
     family = GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
     for label_values, value in values.items():
         family.add_metric(list(label_values), value)
@@ -115,4 +156,6 @@ class HTTPMetricsMiddleware:
             route = self.templates.get(scope.get("endpoint"), "other")
             if route == "other" and scope["path"].startswith("/console"):
                 route = "/console"
-            self.metrics.http_duration.labels(route, scope["method"], str(status)).observe(time.perf_counter() - started)
+            self.metrics.http_duration.labels(route, scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )

@@ -31,11 +31,29 @@ STOP_SECONDS = 10.0
 class MirrorListener:
     """The mirror's own listener; :func:`with_mirror_listener` ties it to the application's lifespan."""
 
-    def __init__(self, app: Any, host: str, port: int, limits: Limits, *, ssl_certfile: str | None = None,
-                 ssl_keyfile: str | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        limits: Limits,
+        *,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+    ) -> None:
         self.config = uvicorn.Config(
-            app, host=host, port=port, http=protocol_class(limits), ws="none", lifespan="off", limit_concurrency=None,
-            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_config=None, access_log=False, server_header=False,
+            app,
+            host=host,
+            port=port,
+            http=protocol_class(limits),
+            ws="none",
+            lifespan="off",
+            limit_concurrency=None,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            log_config=None,
+            access_log=False,
+            server_header=False,
         )
         self.limits = limits
         self.state = ServerState()
@@ -45,12 +63,16 @@ class MirrorListener:
         config = self.config
         if not config.loaded:
             config.load()
-        factory = functools.partial(config.http_protocol_class, config=config, server_state=self.state,
-                                    app_state={MIRROR_LISTENER: True})
+        factory = functools.partial(
+            config.http_protocol_class, config=config, server_state=self.state, app_state={MIRROR_LISTENER: True}
+        )
         tls = {"ssl_handshake_timeout": self.limits.header_timeout} if config.ssl is not None else {}
         self.server = await asyncio.get_running_loop().create_server(
-            factory, host=config.host, port=config.port, ssl=config.ssl, backlog=2048, **tls)
-        log.info("serving the registry mirror on %s://%s:%d", "https" if config.ssl else "http", config.host, config.port)
+            factory, host=config.host, port=config.port, ssl=config.ssl, backlog=2048, **tls
+        )
+        log.info(
+            "serving the registry mirror on %s://%s:%d", "https" if config.ssl else "http", config.host, config.port
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let requests under way finish (at most :data:`STOP_SECONDS`), close the rest."""
@@ -86,8 +108,10 @@ def with_mirror_listener(app: Any, listener: MirrorListener) -> Any:
                 try:
                     await listener.start()
                 except OSError as error:
-                    message = {"type": "lifespan.startup.failed",
-                               "message": f"cannot listen on server.mirror_listen {listener.config.host}:{listener.config.port}: {error.strerror}"}
+                    message = {
+                        "type": "lifespan.startup.failed",
+                        "message": f"cannot listen on server.mirror_listen {listener.config.host}:{listener.config.port}: {error.strerror}",
+                    }
             await send(message)
 
         await app(scope, on_receive, on_send)

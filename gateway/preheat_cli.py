@@ -30,7 +30,9 @@ TOKEN_ENV = "PREHEAT_GATEWAY_TOKEN"
 SERVER_ENV = "PREHEAT_GATEWAY_SERVER"
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 MAX_GO_DURATION_NS = 2**63 - 1
-_REFERENCE = re.compile(r"^(?P<host>[^/]+\.[^/]+|[^/]+:\d+|localhost)/(?P<repo>[^:@]+)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
+_REFERENCE = re.compile(
+    r"^(?P<host>[^/]+\.[^/]+|[^/]+:\d+|localhost)/(?P<repo>[^:@]+)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
 
 
 class UsageError(Exception):
@@ -43,7 +45,9 @@ def manifest_url(reference: str, *, plain_http: bool = False) -> str:
         return reference
     match = _REFERENCE.fullmatch(reference)
     if not match:
-        raise UsageError(f"{reference!r} is neither an image reference (registry.example.com/project/image:tag) nor an http(s) URL")
+        raise UsageError(
+            f"{reference!r} is neither an image reference (registry.example.com/project/image:tag) nor an http(s) URL"
+        )
     scheme = "http" if plain_http else "https"
     return f"{scheme}://{match['host']}/v2/{match['repo']}/manifests/{match['digest'] or match['tag'] or 'latest'}"
 
@@ -58,7 +62,9 @@ def timeout_ns(text: str | None) -> int:
         raise UsageError(f"--timeout: {error}") from None
     default_max = RunnerConfig().max_timeout
     if not math.isfinite(seconds) or seconds * 1e9 > MAX_GO_DURATION_NS:
-        raise UsageError(f"--timeout {text[:40]!r} is too long: the gateway accepts at most its runner.max_timeout ({default_max} by default)")
+        raise UsageError(
+            f"--timeout {text[:40]!r} is too long: the gateway accepts at most its runner.max_timeout ({default_max} by default)"
+        )
     return int(seconds * 1_000_000_000)
 
 
@@ -77,9 +83,16 @@ def _server(args: argparse.Namespace) -> str:
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
-    urls = [manifest_url(target, plain_http=args.plain_http) if args.type == "image" else target for target in args.targets]
-    preheat: dict[str, Any] = {"type": args.type, "url": urls[0], "platform": args.platform or "", "scope": args.scope or "",
-                               "timeout": timeout_ns(getattr(args, "timeout", None))}
+    urls = [
+        manifest_url(target, plain_http=args.plain_http) if args.type == "image" else target for target in args.targets
+    ]
+    preheat: dict[str, Any] = {
+        "type": args.type,
+        "url": urls[0],
+        "platform": args.platform or "",
+        "scope": args.scope or "",
+        "timeout": timeout_ns(getattr(args, "timeout", None)),
+    }
     if len(urls) > 1:
         preheat["urls"] = urls[1:]
     if args.username:
@@ -87,7 +100,12 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         if not password:
             raise UsageError("--username needs --password-env naming a set environment variable")
         preheat.update(username=args.username, password=password)
-    return {"type": "preheat", "args": preheat, "scheduler_cluster_ids": args.cluster or None, "bio": args.description or ""}
+    return {
+        "type": "preheat",
+        "args": preheat,
+        "scheduler_cluster_ids": args.cluster or None,
+        "bio": args.description or "",
+    }
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -185,8 +203,14 @@ def _bytes_text(moved: int, size: int, state: str) -> str:
     if not size:
         return f"{_mib(moved)} fetched" if moved else "-"
     moved = min(moved, size)
-    if state == "SUCCESS" and moved < size:  # not fetched: the blobs were already in the cache (or warmed by another job just now)
-        return f"already warm ({_mib(size)})" if moved == 0 else f"{_mib(moved)} fetched, {_mib(size - moved)} already warm"
+    if (
+        state == "SUCCESS" and moved < size
+    ):  # not fetched: the blobs were already in the cache (or warmed by another job just now)
+        return (
+            f"already warm ({_mib(size)})"
+            if moved == 0
+            else f"{_mib(moved)} fetched, {_mib(size - moved)} already warm"
+        )
     return f"{_mib(moved)}/{_mib(size)}"
 
 
@@ -200,7 +224,10 @@ def _print_table(job: dict[str, Any], out: TextIO, kind: str = "image") -> None:
         for result in state["results"]:
             cluster = str(result["scheduler_cluster_id"])
             rows += [(t["url"], t["hostname"], t["ip"], cluster, "SUCCESS", "") for t in result["success_tasks"]]
-            rows += [(t["url"], t["hostname"], t["ip"], cluster, "FAILURE", t.get("description", "")) for t in result["failure_tasks"]]
+            rows += [
+                (t["url"], t["hostname"], t["ip"], cluster, "FAILURE", t.get("description", ""))
+                for t in result["failure_tasks"]
+            ]
     if not rows:
         return
     header = ("FILE URL" if kind == "file" else "BLOB URL", "HOSTNAME", "IP", "CLUSTER", "STATE", "ERROR")
@@ -211,20 +238,32 @@ def _print_table(job: dict[str, Any], out: TextIO, kind: str = "image") -> None:
 
 def add_parser(commands: Any) -> None:
     preheat = commands.add_parser("preheat", help="submit a preheat to a running gateway (and follow it with --wait)")
-    preheat.add_argument("targets", nargs="+", metavar="REF_OR_URL", help="image reference, manifest URL, or file URL(s) with --type file")
+    preheat.add_argument(
+        "targets",
+        nargs="+",
+        metavar="REF_OR_URL",
+        help="image reference, manifest URL, or file URL(s) with --type file",
+    )
     preheat.add_argument("--server", help=f"gateway URL (default: ${SERVER_ENV}, else the config's server.listen)")
     preheat.add_argument("--config", help="config file, to find the gateway's address")
-    preheat.add_argument("--token-env", default=TOKEN_ENV, help=f"environment variable holding the token (default {TOKEN_ENV})")
+    preheat.add_argument(
+        "--token-env", default=TOKEN_ENV, help=f"environment variable holding the token (default {TOKEN_ENV})"
+    )
     preheat.add_argument("--cluster", type=int, action="append", help="cluster id; repeat for several (default: all)")
     preheat.add_argument("--platform", help="os/arch[/variant] or 'all' (default: the cluster's, else linux/amd64)")
     preheat.add_argument("--scope", choices=["single_seed_peer", "all_seed_peers", "all_peers"])
     preheat.add_argument("--type", choices=["image", "file"], default="image")
     preheat.add_argument("--description", help="stored as the job's bio")
-    preheat.add_argument("--timeout", help="the job's time limit, e.g. 30m or 2h (default: the gateway's runner.default_timeout; "
-                         "at most its runner.max_timeout, 24h by default)")
+    preheat.add_argument(
+        "--timeout",
+        help="the job's time limit, e.g. 30m or 2h (default: the gateway's runner.default_timeout; "
+        "at most its runner.max_timeout, 24h by default)",
+    )
     preheat.add_argument("--username", help="registry username sent with the job")
     preheat.add_argument("--password-env", help="environment variable holding the registry password")
-    preheat.add_argument("--plain-http", action="store_true", help="the registry of an image reference speaks http, not https")
+    preheat.add_argument(
+        "--plain-http", action="store_true", help="the registry of an image reference speaks http, not https"
+    )
     preheat.add_argument("--insecure", action="store_true", help="do not verify the gateway's TLS certificate")
     preheat.add_argument("--wait", action="store_true", help="follow the job; exit 0 on SUCCESS, 1 on FAILURE")
     preheat.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)

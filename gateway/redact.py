@@ -29,12 +29,15 @@ URL_CHARS = 2048
 """A row's URL (an adapter's, third-party ones too) is cut to this many characters."""
 
 _SIGNING_NAME = re.compile(
-    r"signature|token|secret|passw|credential|api[-_]?key|^sig$|^key$|^auth|^pwd$|^code$|security", re.IGNORECASE,
+    r"signature|token|secret|passw|credential|api[-_]?key|^sig$|^key$|^auth|^pwd$|^code$|security",
+    re.IGNORECASE,
 )
 """Query parameter names that carry a credential beyond Dragonfly's default filtered list
 (Azure's ``sig``, ``token``, ``access_token``, ``X-Goog-Signature``, ``api_key``, ...)."""
 _ALWAYS = frozenset(name.lower() for name in DEFAULT_FILTERED_QUERY_PARAMS)
-_CONTROLS = re.compile(r" *[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][\x00-\x20\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*")
+_CONTROLS = re.compile(
+    r" *[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][\x00-\x20\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*"
+)
 """C0/C1 controls (CR, LF, ESC, NUL, ...) and the bidirectional overrides that can make a line read differently."""
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,20}://)[^/?#\s@'\"<>]*@")
 

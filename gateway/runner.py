@@ -10,6 +10,7 @@ heartbeat notices the lost lease and cancels the work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -108,7 +109,9 @@ class _Running(msgspec.Struct):
 
 
 class Runner:
-    def __init__(self, config: Config, store: SqlStore, box: SecretBox, adapters: Mapping[int, Adapter], metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: SqlStore, box: SecretBox, adapters: Mapping[int, Adapter], metrics: Metrics
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.store = store
@@ -130,8 +133,10 @@ class Runner:
             if recovered:
                 log.warning("resuming %d task(s) left running by a previous process", recovered)
         self.store.watch(self.wake)
-        self._loops = [asyncio.create_task(self._claim_loop(), name="runner-claim"),
-                       asyncio.create_task(self._tick_loop(), name="runner-tick")]
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="runner-claim"),
+            asyncio.create_task(self._tick_loop(), name="runner-tick"),
+        ]
 
     def drain(self) -> None:
         """Claim no more work (the process is shutting down: another replica takes new tasks); running ones go on."""
@@ -189,10 +194,8 @@ class Runner:
             self._wake.clear()
             if self._stopping:  # drain() may have set the event just before it was cleared
                 break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.runner.poll_seconds)
-            except TimeoutError:
-                pass
 
     async def _tick_loop(self) -> None:
         """Save progress about once a second; renew leases a few times per lease."""
@@ -204,8 +207,12 @@ class Runner:
                     self._count_bytes(running)
                     if running.recorder.dirty and not running.task.done():
                         running.recorder.dirty = False
-                        await self.store.save_progress(task_id, self.owner, running.recorder.progress, running.recorder.result)
-                        await asyncio.sleep(0)  # an embedded store never suspends: let waiting requests in between saves
+                        await self.store.save_progress(
+                            task_id, self.owner, running.recorder.progress, running.recorder.result
+                        )
+                        await asyncio.sleep(
+                            0
+                        )  # an embedded store never suspends: let waiting requests in between saves
                 if time.monotonic() - last_renewal >= self.config.runner.lease_seconds / 3:
                     last_renewal = time.monotonic()
                     held_ids = [i for i, r in self._running.items() if not r.task.done()]
@@ -229,8 +236,10 @@ class Runner:
             elif claim.deadline <= time.time():
                 error = "timed out before any worker was free; raise args.timeout or runner.workers"
             elif (kind := str(claim.args.get("type", "image"))) not in adapter.supports:
-                error = (f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): the {adapter.name} adapter does not "
-                         f"preheat {kind}s; {stored_error(adapter.unsupported_hint)}")
+                error = (
+                    f"cluster {adapter.cluster.name} (id {adapter.cluster.id}): the {adapter.name} adapter does not "
+                    f"preheat {kind}s; {stored_error(adapter.unsupported_hint)}"
+                )
             else:
                 request = self._request(claim, adapter)
                 try:
@@ -251,15 +260,21 @@ class Runner:
             if running is not None and not running.cancelled and not self._stopping:
                 raise
             if running is not None and running.cancelled:
-                log.info("task %d of job %d stopped: the job was canceled, deleted or taken over", claim.task_id, claim.job_id)
+                log.info(
+                    "task %d of job %d stopped: the job was canceled, deleted or taken over",
+                    claim.task_id,
+                    claim.job_id,
+                )
             return  # handed back by stop() otherwise
         except Exception as failure:  # an adapter bug must not take the runner down
             log.exception("adapter failed unexpectedly on task %d", claim.task_id)
             name = adapter.name if adapter else "?"
             error = f"internal error in the {name} adapter ({type(failure).__name__}); see the gateway log for job {claim.job_id}"
         if state == "FAILURE" and recorder.left_out:
-            error += (f" ({recorder.left_out} more result rows were counted but not stored: runner.max_result_bytes "
-                      f"is {recorder.max_result_bytes} bytes per cluster task)")
+            error += (
+                f" ({recorder.left_out} more result rows were counted but not stored: runner.max_result_bytes "
+                f"is {recorder.max_result_bytes} bytes per cluster task)"
+            )
         self._observe_end(claim, adapter, state, time.monotonic() - started)
         try:
             job_state = await self.store.finish_task(
@@ -270,10 +285,17 @@ class Runner:
             if job_state is None:
                 log.warning("task %d finished after its lease was lost; its result was dropped", claim.task_id)
             else:
-                log.info("task %d of job %d ended %s", claim.task_id, claim.job_id, state,
-                         extra={"job_id": claim.job_id, "cluster_id": claim.cluster_id})
+                log.info(
+                    "task %d of job %d ended %s",
+                    claim.task_id,
+                    claim.job_id,
+                    state,
+                    extra={"job_id": claim.job_id, "cluster_id": claim.cluster_id},
+                )
         except Exception:
-            log.exception("recording the end of task %d failed; its lease will expire and it will run again", claim.task_id)
+            log.exception(
+                "recording the end of task %d failed; its lease will expire and it will run again", claim.task_id
+            )
         finally:
             self._running.pop(claim.task_id, None)
 

@@ -20,7 +20,7 @@ class SecretBox:
         self._fernet = Fernet(key)
 
     @classmethod
-    def from_env_or_file(cls, env: str | None, path: Path) -> "SecretBox":
+    def from_env_or_file(cls, env: str | None, path: Path) -> SecretBox:
         """The key in ``$env``, else in ``path`` (created with mode 0600 when missing)."""
         if env:
             return cls(os.environ[env].encode())

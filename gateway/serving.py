@@ -29,6 +29,7 @@ on a request head (httptools buffers a header of any size) and counts idle conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -106,8 +107,10 @@ class _Guard:
 
 def _response(status: int, reason: str, message: str) -> bytes:
     body = msgspec.json.encode({"errors": message})
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
 
 
 class GuardedHttpProtocol(OneSendHttpProtocol):
@@ -118,8 +121,13 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
 
     limits: ClassVar[Limits] = Limits()
 
-    def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limit_concurrency = None  # in-flight requests are limited below, idle connections never
         guard = server_state.__dict__.get("gateway_guard")
@@ -133,7 +141,11 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
         self._timer_at = math.inf
         self._closing = False
         limits = self.limits
-        self._max_head, self._body_timeout, self._max_in_flight = limits.max_header_bytes, limits.body_timeout, limits.max_in_flight
+        self._max_head, self._body_timeout, self._max_in_flight = (
+            limits.max_header_bytes,
+            limits.body_timeout,
+            limits.max_in_flight,
+        )
 
     # --- connection -------------------------------------------------------------------------
 
@@ -141,8 +153,11 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
         super().connection_made(transport)
         guard = self._guard
         if len(self.connections) - guard.closing > self.limits.max_connections and not self._evict_oldest():
-            guard.warn("full", "%d connections are open and every one is in a request: refusing new ones "
-                       "(server.max_connections)", len(self.connections))
+            guard.warn(
+                "full",
+                "%d connections are open and every one is in a request: refusing new ones (server.max_connections)",
+                len(self.connections),
+            )
             self._close(_response(503, "Service Unavailable", "too many connections; retry shortly"))
             return
         guard.waiting[self] = None
@@ -159,15 +174,22 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and self._phase == BODY:
             scope = cycle.scope
-            log.info("client %s went away before its request body was complete (%s %s)",
-                     _peer(self.client), scope.get("method", "?"), scope.get("path", "?")[:200])
+            log.info(
+                "client %s went away before its request body was complete (%s %s)",
+                _peer(self.client),
+                scope.get("method", "?"),
+                scope.get("path", "?")[:200],
+            )
             scope["state"][DISCONNECT_LOGGED] = True
         super().connection_lost(exc)
 
     def _evict_oldest(self) -> bool:
         """Close the connection that has waited longest without a complete request head."""
         for oldest in self._guard.waiting:
-            log.debug("closing %s, the oldest connection without a request head (server.max_connections)", _peer(oldest.client))
+            log.debug(
+                "closing %s, the oldest connection without a request head (server.max_connections)",
+                _peer(oldest.client),
+            )
             oldest._close(b"")
             return True
         return False
@@ -304,7 +326,9 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
         if len(self.tasks) < self._max_in_flight:
             HttpToolsProtocol.on_headers_complete(self)
         else:
-            self._guard.warn("in_flight", "%d requests in flight: answering 503 (server.max_in_flight_requests)", len(self.tasks))
+            self._guard.warn(
+                "in_flight", "%d requests in flight: answering 503 (server.max_in_flight_requests)", len(self.tasks)
+            )
             app, self.app = self.app, service_unavailable
             try:
                 HttpToolsProtocol.on_headers_complete(self)
@@ -387,8 +411,12 @@ def fit_to_fd_limit(limits: Limits, fd_limit: int) -> Limits:
     room = max(64, fd_limit - FD_RESERVE)
     if fd_limit == resource.RLIM_INFINITY or limits.max_connections <= room:
         return limits
-    log.warning("server.max_connections %d is above what the open-file limit (%d) allows: using %d",
-                limits.max_connections, fd_limit, room)
+    log.warning(
+        "server.max_connections %d is above what the open-file limit (%d) allows: using %d",
+        limits.max_connections,
+        fd_limit,
+        room,
+    )
     return Limits(**{**limits.__dict__, "max_connections": room})
 
 
@@ -402,8 +430,14 @@ class GuardedServer(uvicorn.Server):
     lifespan shutdown. A second signal skips what is left of the delay.
     """
 
-    def __init__(self, config: uvicorn.Config, handshake_timeout: float, *, shutdown_delay: float = 0.0,
-                 on_drain: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        handshake_timeout: float,
+        *,
+        shutdown_delay: float = 0.0,
+        on_drain: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.handshake_timeout = handshake_timeout
         self.shutdown_delay = shutdown_delay
@@ -431,8 +465,10 @@ class GuardedServer(uvicorn.Server):
             self.on_drain()
         if self.shutdown_delay <= 0:
             return
-        log.info("shutting down: /readyz answers 503 for %g s before the listener closes (server.shutdown_delay_seconds)",
-                 self.shutdown_delay)
+        log.info(
+            "shutting down: /readyz answers 503 for %g s before the listener closes (server.shutdown_delay_seconds)",
+            self.shutdown_delay,
+        )
         loop = asyncio.get_running_loop()
         until, ticks = loop.time() + self.shutdown_delay, 0
         while not (self._hurry or self.force_exit) and (left := until - loop.time()) > 0:
@@ -453,22 +489,38 @@ class GuardedServer(uvicorn.Server):
             del loop.create_server  # type: ignore[attr-defined]
 
 
-def serve(app: Any, *, host: str, port: int, limits: Limits, ssl_certfile: str | None = None,
-          ssl_keyfile: str | None = None, shutdown_delay: float = 0.0, on_drain: Callable[[], None] | None = None,
-          **options: Any) -> bool:
+def serve(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    limits: Limits,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    shutdown_delay: float = 0.0,
+    on_drain: Callable[[], None] | None = None,
+    **options: Any,
+) -> bool:
     """Run ``app`` until stopped on the guarded protocol (never h11, never WebSockets); False if it never started.
 
     On SIGTERM ``on_drain`` is called and requests are served ``shutdown_delay`` more seconds (see :class:`GuardedServer`).
     """
     limits = fit_to_fd_limit(limits, raise_fd_limit())
     config = uvicorn.Config(
-        app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-        http=protocol_class(limits), ws="none", limit_concurrency=None, timeout_keep_alive=math.ceil(limits.keep_alive),
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        http=protocol_class(limits),
+        ws="none",
+        limit_concurrency=None,
+        timeout_keep_alive=math.ceil(limits.keep_alive),
         **options,
     )
-    server = GuardedServer(config, handshake_timeout=limits.header_timeout, shutdown_delay=shutdown_delay, on_drain=on_drain)
-    try:
+    server = GuardedServer(
+        config, handshake_timeout=limits.header_timeout, shutdown_delay=shutdown_delay, on_drain=on_drain
+    )
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    except KeyboardInterrupt:
-        pass
     return server.started

@@ -19,14 +19,21 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters import registry  # noqa: E402
-from gateway import config  # noqa: E402
+import itertools
+
+from adapters import registry
+from gateway import config
 
 SECTIONS = [
-    ("server", config.ServerConfig), ("server.tls", config.TLSConfig), ("store", config.StoreConfig),
-    ("auth", config.AuthConfig), ("auth.jwt", getattr(config, "JWTConfig", None)),
-    ("registries", config.RegistriesConfig), ("registries.credentials[]", config.RegistryCredential),
-    ("runner", config.RunnerConfig), ("clusters[] (every adapter)", config.ClusterConfig),
+    ("server", config.ServerConfig),
+    ("server.tls", config.TLSConfig),
+    ("store", config.StoreConfig),
+    ("auth", config.AuthConfig),
+    ("auth.jwt", getattr(config, "JWTConfig", None)),
+    ("registries", config.RegistriesConfig),
+    ("registries.credentials[]", config.RegistryCredential),
+    ("runner", config.RunnerConfig),
+    ("clusters[] (every adapter)", config.ClusterConfig),
 ]
 
 
@@ -35,16 +42,28 @@ def field_docs(struct: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     tree = ast.parse(inspect.getsource(struct))
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(following, ast.Expr) \
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+    for node, following in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             docs[node.target.id] = " ".join(following.value.value.split()).replace("``", "`")
     return docs
 
 
 def type_name(annotation: object) -> str:
     text = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    for module in ("gateway.config.", "adapters.mirror.", "adapters.proxy.", "adapters.dragonfly.", "adapters.kraken.", "adapters.local."):
+    for module in (
+        "gateway.config.",
+        "adapters.mirror.",
+        "adapters.proxy.",
+        "adapters.dragonfly.",
+        "adapters.kraken.",
+        "adapters.local.",
+    ):
         text = text.replace(module, "")
     return text.replace("NoneType", "null").replace(" | ", " or ")
 
@@ -95,10 +114,22 @@ def render() -> str:
         if struct is None:
             continue
         out += [f"## `{title}`", "", *own_doc(struct), *table(struct), ""]
-    out += ["## Adapters", "", "Each cluster's keys besides `id`, `name`, `adapter` and `platform` belong to its adapter.", ""]
+    out += [
+        "## Adapters",
+        "",
+        "Each cluster's keys besides `id`, `name`, `adapter` and `platform` belong to its adapter.",
+        "",
+    ]
     for name in registry.BUILTIN:
         adapter = registry.load(name)
-        out += [f"### `adapter: {name}`", "", *((inspect.getdoc(inspect.getmodule(adapter)) or "").split("\n\n")[0].splitlines()), "", *table(adapter.Options), ""]
+        out += [
+            f"### `adapter: {name}`",
+            "",
+            *((inspect.getdoc(inspect.getmodule(adapter)) or "").split("\n\n")[0].splitlines()),
+            "",
+            *table(adapter.Options),
+            "",
+        ]
         for field in msgspec.structs.fields(adapter.Options):
             inner = typing.get_args(typing.get_type_hints(adapter.Options)[field.name])
             for candidate in inner:

@@ -9,8 +9,8 @@ process) should reuse.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -121,9 +121,7 @@ def images(origin: Registry) -> OriginImages:
 
 
 @pytest.fixture
-def make_cache(
-    registry_binary: str, origin: Registry, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[MakeCache]:
+def make_cache(registry_binary: str, origin: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeCache]:
     """Factory for fresh pull-through caches in front of ``origin`` (as ``cache-user``), stopped at test end.
 
     ``token=`` protects the cache itself; other ``proxy_*`` values point it
@@ -161,7 +159,9 @@ def harbor_token(token_service: TokenService) -> HarborToken:
 
 
 class MakeGateway(Protocol):
-    def __call__(self, config: dict[str, Any] | None = None, *, env: Mapping[str, str] | None = None, start: bool = True) -> GatewayProcess: ...
+    def __call__(
+        self, config: dict[str, Any] | None = None, *, env: Mapping[str, str] | None = None, start: bool = True
+    ) -> GatewayProcess: ...
 
 
 @pytest.fixture
@@ -173,7 +173,9 @@ def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeGatew
     """
     started: list[GatewayProcess] = []
 
-    def make(config: dict[str, Any] | None = None, *, env: Mapping[str, str] | None = None, start: bool = True) -> GatewayProcess:
+    def make(
+        config: dict[str, Any] | None = None, *, env: Mapping[str, str] | None = None, start: bool = True
+    ) -> GatewayProcess:
         workdir = tmp_path_factory.mktemp("gateway")
         gateway = GatewayProcess(workdir, config if config is not None else gateway_config(workdir), env)
         started.append(gateway)

@@ -58,8 +58,12 @@ def find_containerd() -> tuple[str, str]:
     return daemon, client
 
 
-def hosts_toml(server: str, mirrors: Sequence[str], headers: Mapping[str, str] | None = None,
-               capabilities: Sequence[str] = ("pull", "resolve")) -> str:
+def hosts_toml(
+    server: str,
+    mirrors: Sequence[str],
+    headers: Mapping[str, str] | None = None,
+    capabilities: Sequence[str] = ("pull", "resolve"),
+) -> str:
     """A ``hosts.toml``: try each mirror in order (with ``headers``), then ``server``."""
     quoted = ", ".join(f'"{c}"' for c in capabilities)
     lines = [f'server = "{server}"']
@@ -138,7 +142,10 @@ class Containerd:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [self.daemon, "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -174,13 +181,28 @@ class Containerd:
 
     def ctr(self, *args: str, timeout: float = 60.0, debug: bool = False) -> CtrResult:
         """``ctr --address SOCKET --namespace NS ARGS``; ``debug`` adds containerd's resolver log."""
-        command = [self.client, "--address", self.address, "--namespace", self.namespace, *(["--debug"] if debug else []), *args]
+        command = [
+            self.client,
+            "--address",
+            self.address,
+            "--namespace",
+            self.namespace,
+            *(["--debug"] if debug else []),
+            *args,
+        ]
         result = subprocess.run(command, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
         output = _ANSI.sub("", (result.stdout + result.stderr).decode(errors="replace"))
         return CtrResult(tuple(args), result.returncode, output)
 
-    def fetch(self, reference: str, hosts_dir: Path, *, platform: str = "linux/amd64", user: str | None = None,
-              plain_http: bool = True) -> CtrResult:
+    def fetch(
+        self,
+        reference: str,
+        hosts_dir: Path,
+        *,
+        platform: str = "linux/amd64",
+        user: str | None = None,
+        plain_http: bool = True,
+    ) -> CtrResult:
         """``ctr content fetch --hosts-dir DIR REF``: resolve and fetch into the content store, no unpacking.
 
         (Test layers are random bytes, not tarballs, so ``images pull``'s unpack step has nothing to do

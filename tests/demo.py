@@ -26,7 +26,14 @@ import httpx
 import yaml
 
 from tests.harbor.driver import SUCCESS, DragonflyDriver
-from tests.registry import MissingPrerequisite, TokenService, find_registry_binary, free_port, push_index, start_registry
+from tests.registry import (
+    MissingPrerequisite,
+    TokenService,
+    find_registry_binary,
+    free_port,
+    push_index,
+    start_registry,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MISSING = 3
@@ -59,8 +66,13 @@ def sha256(data: bytes) -> str:
 
 
 def gateway_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args, "--config", str(config)],
-                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
 
 
 def token(config: Path, name: str, scope: str) -> str:
@@ -72,14 +84,21 @@ def token(config: Path, name: str, scope: str) -> str:
 
 def start_gateway(workdir: Path, config: Path, port: int, processes: list[subprocess.Popen[bytes]]) -> str:
     log = (workdir / "gateway.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        start_new_session=True,
+    )
     processes.append(process)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise StepFailed(f"the gateway exited {process.returncode}:\n{(workdir / 'gateway.log').read_text()[-2000:]}")
+            raise StepFailed(
+                f"the gateway exited {process.returncode}:\n{(workdir / 'gateway.log').read_text()[-2000:]}"
+            )
         try:
             if httpx.get(f"{url}/readyz", timeout=1, trust_env=False).status_code == 200:
                 return url
@@ -97,32 +116,54 @@ def run(workdir: Path, processes: list[subprocess.Popen[bytes]], closers: list) 
         print(f"demo: {missing}", flush=True)
         raise SystemExit(MISSING) from None
 
-    tokens = TokenService({"robot$preheat": "robot-secret"}, workdir / "token-service", grants={"robot$preheat": {"pull"}})
+    tokens = TokenService(
+        {"robot$preheat": "robot-secret"}, workdir / "token-service", grants={"robot$preheat": {"pull"}}
+    )
     closers.append(tokens.close)
     origin = start_registry(workdir / "origin", token=tokens)
     closers.append(origin.stop)
-    clock.step(f"origin registry: docker-registry on {origin.url}, private behind a Harbor-like token service at {tokens.url}")
+    clock.step(
+        f"origin registry: docker-registry on {origin.url}, private behind a Harbor-like token service at {tokens.url}"
+    )
 
-    index = push_index(origin, REPOSITORY, TAG, {"linux/amd64": [512 * 1024, 256 * 1024], "linux/arm64": [512 * 1024, 256 * 1024]}, seed=2026)
+    index = push_index(
+        origin,
+        REPOSITORY,
+        TAG,
+        {"linux/amd64": [512 * 1024, 256 * 1024], "linux/arm64": [512 * 1024, 256 * 1024]},
+        seed=2026,
+    )
     amd64 = index.images["linux/amd64"]
-    clock.step(f"pushed {origin.host}/{REPOSITORY}:{TAG}: an OCI index of linux/amd64 and linux/arm64 ({index.index_digest[:19]}…)")
+    clock.step(
+        f"pushed {origin.host}/{REPOSITORY}:{TAG}: an OCI index of linux/amd64 and linux/arm64 ({index.index_digest[:19]}…)"
+    )
 
     port = free_port()
     config = workdir / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "server": {"listen": f"127.0.0.1:{port}", "state_dir": str(workdir / "gateway-state")},
-        "registries": {"allow": ["127.0.0.1"]},  # the origin and its token service, both on loopback
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"listen": f"127.0.0.1:{port}", "state_dir": str(workdir / "gateway-state")},
+                "registries": {"allow": ["127.0.0.1"]},  # the origin and its token service, both on loopback
+            }
+        )
+    )
     url = start_gateway(workdir, config, port, processes)
     harbor_token, pull_token = token(config, "harbor", "job"), token(config, "nodes", "pull")
-    clock.step(f"gateway on its embedded default (one local cluster) at {url}; tokens: 'harbor' (scope job), 'nodes' (scope pull)")
+    clock.step(
+        f"gateway on its embedded default (one local cluster) at {url}; tokens: 'harbor' (scope job), 'nodes' (scope pull)"
+    )
 
     harbor = DragonflyDriver(url, "OAUTH", {"token": harbor_token})
     bearer = f"Bearer {tokens.mint(REPOSITORY)}"  # what Harbor mints for a preheat task: pull on one repository
-    status = harbor.run_task(f"{origin.url}/v2/{REPOSITORY}/manifests/{TAG}", {"Authorization": bearer}, poll_seconds=0.2, timeout=120)
+    status = harbor.run_task(
+        f"{origin.url}/v2/{REPOSITORY}/manifests/{TAG}", {"Authorization": bearer}, poll_seconds=0.2, timeout=120
+    )
     if status.status != SUCCESS:
         raise StepFailed(f"the preheat ended {status.status}: {status.error}")
-    clock.step(f"preheat as Harbor sends it: GET /healthy, POST /oapi/v1/jobs, polls until SUCCESS ({status.message} in Harbor's table)")
+    clock.step(
+        f"preheat as Harbor sends it: GET /healthy, POST /oapi/v1/jobs, polls until SUCCESS ({status.message} in Harbor's table)"
+    )
 
     origin.stop()
     try:
@@ -134,9 +175,23 @@ def run(workdir: Path, processes: list[subprocess.Popen[bytes]], closers: list) 
 
     dest = workdir / "pulled"
     result = subprocess.run(
-        ["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"nodes:{pull_token}", "--override-os", "linux",
-         "--override-arch", "amd64", f"docker://127.0.0.1:{port}/{REPOSITORY}:{TAG}", f"dir:{dest}"],
-        capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")},
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            "--src-creds",
+            f"nodes:{pull_token}",
+            "--override-os",
+            "linux",
+            "--override-arch",
+            "amd64",
+            f"docker://127.0.0.1:{port}/{REPOSITORY}:{TAG}",
+            f"dir:{dest}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")},
     )
     if result.returncode != 0:
         raise StepFailed(f"skopeo copy from the gateway failed: {result.stderr.strip()[-1000:]}")
@@ -146,8 +201,10 @@ def run(workdir: Path, processes: list[subprocess.Popen[bytes]], closers: list) 
         if sha256((dest / digest.removeprefix("sha256:")).read_bytes()) != digest:
             raise StepFailed(f"blob {digest} differs from the one pushed")
     size = sum(amd64.sizes.values())
-    clock.step(f"skopeo copy docker://127.0.0.1:{port}/{REPOSITORY}:{TAG} (linux/amd64) from the gateway: "
-               f"manifest and {len(amd64.blob_digests)} blobs, {size / 1024:.0f} KiB, each matching the pushed digest")
+    clock.step(
+        f"skopeo copy docker://127.0.0.1:{port}/{REPOSITORY}:{TAG} (linux/amd64) from the gateway: "
+        f"manifest and {len(amd64.blob_digests)} blobs, {size / 1024:.0f} KiB, each matching the pushed digest"
+    )
     clock.detail("the nodes of a cluster pull the same way through containerd's hosts.toml: docs/nodes.md")
 
 

@@ -31,11 +31,17 @@ def gateway_command(*args: str) -> list[str]:
 def run_cli(*args: str, env: Mapping[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``preheat-gateway ARGS`` and capture its output."""
     result = subprocess.run(
-        gateway_command(*args), capture_output=True, text=True, cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})}, timeout=60,
+        gateway_command(*args),
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=60,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"preheat-gateway {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"preheat-gateway {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -76,7 +82,9 @@ class GatewayProcess:
         result = run_cli("token", "create", "--config", str(self.config_path), "--name", name, *extra, env=self.env)
         return result.stdout.strip().splitlines()[-1]
 
-    def cli(self, *args: str, check: bool = True, env_extra: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, env_extra: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env={**self.env, **(env_extra or {})}, check=check)
 
     def start(self, timeout: float = 20.0, *, verify: ssl.SSLContext | None = None) -> GatewayProcess:
@@ -86,8 +94,11 @@ class GatewayProcess:
         self.stderr_path = self.workdir / f"stderr.{self.starts}.log"
         self.process = subprocess.Popen(
             gateway_command("serve", "--config", str(self.config_path)),
-            stdout=self.stdout_path.open("wb"), stderr=self.stderr_path.open("wb"),
-            cwd=REPO_ROOT, env=self.env, start_new_session=True,
+            stdout=self.stdout_path.open("wb"),
+            stderr=self.stderr_path.open("wb"),
+            cwd=REPO_ROOT,
+            env=self.env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -95,7 +106,10 @@ class GatewayProcess:
                 raise RuntimeError(f"gateway exited {self.process.returncode} at start:\n{self.logs()}")
             try:
                 scheme = "https" if verify is not None else "http"
-                if httpx.get(f"{scheme}://127.0.0.1:{self.port}/readyz", timeout=1, verify=verify or True).status_code == 200:
+                if (
+                    httpx.get(f"{scheme}://127.0.0.1:{self.port}/readyz", timeout=1, verify=verify or True).status_code
+                    == 200
+                ):
                     return self
             except httpx.TransportError:
                 pass
@@ -137,7 +151,9 @@ class GatewayProcess:
             headers["Authorization"] = f"Bearer {token}"
         return httpx.Client(base_url=self.url, headers=headers, timeout=35)
 
-    def wait_job(self, job_id: int, *, timeout: float = 60.0, path: str = "/oapi/v1/jobs/{id}", every: float = 0.2) -> dict[str, Any]:
+    def wait_job(
+        self, job_id: int, *, timeout: float = 60.0, path: str = "/oapi/v1/jobs/{id}", every: float = 0.2
+    ) -> dict[str, Any]:
         """Poll a job the way Harbor does (faster: every ``every`` seconds) until it leaves PENDING."""
         deadline = time.monotonic() + timeout
         with self.client() as client:
@@ -167,4 +183,3 @@ def gateway_config(
     for key, value in sections.items():
         config[key] = value
     return config
-

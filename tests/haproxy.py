@@ -63,7 +63,9 @@ class Haproxy:
         lines = "\n".join(f"    server {name} 127.0.0.1:{port} check" for name, port in servers.items())
         self.config.write_text(CONFIG.format(socket=self.socket, port=self.port, servers=lines))
         self.log = workdir / "haproxy.log"
-        self.process = subprocess.Popen([binary, "-db", "-f", str(self.config)], stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [binary, "-db", "-f", str(self.config)], stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 10
         while not self.socket.exists() or self.status() == {}:
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -19,7 +19,9 @@ def find_postgres() -> str:
         with psycopg.connect(ADMIN_URL, connect_timeout=3):
             return ADMIN_URL
     except psycopg.OperationalError as error:
-        raise MissingPrerequisite(f"PostgreSQL is unreachable at {ADMIN_URL.split('@')[-1]}: {' '.join(str(error).split())[:200]}") from None
+        raise MissingPrerequisite(
+            f"PostgreSQL is unreachable at {ADMIN_URL.split('@')[-1]}: {' '.join(str(error).split())[:200]}"
+        ) from None
 
 
 @contextmanager

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
@@ -49,7 +49,6 @@ from cryptography.x509.oid import NameOID
 
 __all__ = [
     "ALL_MANIFEST_MEDIA_TYPES",
-    "AccessLogEntry",
     "DOCKER_CONFIG_MEDIA_TYPE",
     "DOCKER_LAYER_MEDIA_TYPE",
     "DOCKER_MANIFEST_LIST_MEDIA_TYPE",
@@ -59,6 +58,7 @@ __all__ = [
     "OCI_INDEX_MEDIA_TYPE",
     "OCI_LAYER_MEDIA_TYPE",
     "OCI_MANIFEST_MEDIA_TYPE",
+    "AccessLogEntry",
     "MissingPrerequisite",
     "PushedImage",
     "PushedIndex",
@@ -132,7 +132,7 @@ def _b64url(data: bytes) -> str:
 
 
 def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- tokens
@@ -149,7 +149,7 @@ class _SigningIdentity:
     def generate(cls, common_name: str) -> _SigningIdentity:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -353,7 +353,7 @@ class TokenService:
             "token": token,
             "access_token": token,
             "expires_in": self.expires_in,
-            "issued_at": _rfc3339(datetime.fromtimestamp(claims["iat"], timezone.utc)),
+            "issued_at": _rfc3339(datetime.fromtimestamp(claims["iat"], UTC)),
         }
 
     def _grant(self, account: str | None, resource_type: str, name: str, wanted: tuple[str, ...]) -> dict[str, Any]:
@@ -392,7 +392,7 @@ def _make_token_handler(service: TokenService) -> type[BaseHTTPRequestHandler]:
     class TokenHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        def do_GET(self) -> None:
             parts = urlsplit(self.path)
             if parts.path.rstrip("/") != "/service/token":
                 self._send(404, {"errors": [{"code": "NOT_FOUND", "message": parts.path}]})
@@ -410,7 +410,7 @@ def _make_token_handler(service: TokenService) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server signature
+        def log_message(self, format: str, *args: Any) -> None:
             """Quiet: ``TokenService.requests`` is the log."""
 
     return TokenHandler

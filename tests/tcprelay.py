@@ -6,6 +6,7 @@ relay is provably in the middle of a job; ``resume()`` lets them through.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -92,7 +93,5 @@ def _pipe(source: socket.socket, sink: socket.socket, limit: int | None = None, 
         pass
     finally:
         for sock in (source, sink):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

@@ -42,7 +42,11 @@ def rows(text: str) -> list[tuple[str, Any, str]]:
     for number, line in enumerate(text.splitlines(), 1):
         if skip_deeper_than is not None:  # inside a documented key's value
             depth = len(line) - len(line.lstrip())
-            if not line.strip() or depth > skip_deeper_than or depth == skip_deeper_than and line.lstrip().startswith("- "):
+            if (
+                not line.strip()
+                or depth > skip_deeper_than
+                or (depth == skip_deeper_than and line.lstrip().startswith("- "))
+            ):
                 continue
             skip_deeper_than = None
         if match := _DOC.match(line):

@@ -231,8 +231,13 @@ def field_of(message: str) -> str:
     """Which create-form field an API validation message is about (``""``: the form as a whole)."""
     lowered = message.lower()
     for prefix, name in (
-        ("scope ", "scope"), ("platform ", "platform"), ("unknown cluster", "clusters"),
-        ("bio ", "bio"), ("args.type", "type"), ("tag ", "tag"), ("filtered", "filtered_query_params"),
+        ("scope ", "scope"),
+        ("platform ", "platform"),
+        ("unknown cluster", "clusters"),
+        ("bio ", "bio"),
+        ("args.type", "type"),
+        ("tag ", "tag"),
+        ("filtered", "filtered_query_params"),
     ):
         if lowered.startswith(prefix):
             return name

@@ -89,7 +89,7 @@ class Sessions:
         self._token_ok = cachetools.TTLCache(maxsize=10_000, ttl=max(self.token_cache_seconds, 0.001))
 
     @classmethod
-    def for_config(cls, config: Config) -> "Sessions":
+    def for_config(cls, config: Config) -> Sessions:
         material = _key_material(config)
         if material is None:
             log.warning(
@@ -140,7 +140,11 @@ class Sessions:
         if ok is None:
             now = time.time()
             record = next((t for t in await store.list_tokens() if t.name == session.name), None)
-            ok = record is not None and record.revoked_at is None and (record.expires_at is None or record.expires_at > now)
+            ok = (
+                record is not None
+                and record.revoked_at is None
+                and (record.expires_at is None or record.expires_at > now)
+            )
             self._token_ok[session.name] = ok
         return ok
 
@@ -165,10 +169,17 @@ def cookie_path(request: Request) -> str:
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
-        name, value, max_age=max_age, path=cookie_path(request),
-        secure=request.url.scheme == "https", httponly=True, samesite="strict",
+        name,
+        value,
+        max_age=max_age,
+        path=cookie_path(request),
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
     )
 
 
 def clear_cookie(request: Request, response: Response, name: str) -> None:
-    response.delete_cookie(name, path=cookie_path(request), secure=request.url.scheme == "https", httponly=True, samesite="strict")
+    response.delete_cookie(
+        name, path=cookie_path(request), secure=request.url.scheme == "https", httponly=True, samesite="strict"
+    )

@@ -90,11 +90,23 @@ _templates = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _templates.globals.update(
-    timestamp=present.timestamp, iso=present.iso, duration=present.duration, job_duration=present.job_duration,
-    size=present.size, badge=present.badge, subject=present.subject, job_urls=present.job_urls,
-    cluster_name=present.cluster_name, total_progress=present.total_progress, started_at=present.started_at,
-    display_url=present.display_url, job_badge=present.job_badge, task_badge=present.task_badge,
-    job_updated=present.job_updated, progress_view=present.progress_view, kind_of=present.kind_of,
+    timestamp=present.timestamp,
+    iso=present.iso,
+    duration=present.duration,
+    job_duration=present.job_duration,
+    size=present.size,
+    badge=present.badge,
+    subject=present.subject,
+    job_urls=present.job_urls,
+    cluster_name=present.cluster_name,
+    total_progress=present.total_progress,
+    started_at=present.started_at,
+    display_url=present.display_url,
+    job_badge=present.job_badge,
+    task_badge=present.task_badge,
+    job_updated=present.job_updated,
+    progress_view=present.progress_view,
+    kind_of=present.kind_of,
 )
 
 
@@ -140,7 +152,9 @@ def _redirect(url: str) -> Response:
 
 
 def _set_session_cookie(request: Request, response: Response, session: Session) -> None:
-    set_cookie(request, response, SESSION_COOKIE, _sessions(request).encode(session), max(1, int(session.exp - time.time())))
+    set_cookie(
+        request, response, SESSION_COOKIE, _sessions(request).encode(session), max(1, int(session.exp - time.time()))
+    )
 
 
 async def _current(request: Request) -> Session | None:
@@ -206,7 +220,11 @@ def _one(form: Mapping[str, list[str]], name: str) -> str:
 def _csrf_refused(request: Request, session: Session) -> Response:
     log.info("console: refused a form without a valid CSRF token", extra={"path": request.url.path})
     return _render(
-        request, "error.html", session, status=403, title="Form refused",
+        request,
+        "error.html",
+        session,
+        status=403,
+        title="Form refused",
         message="This form could not be verified (it is stale or did not come from this console). "
         "Go back, reload the page and submit it again.",
     )
@@ -233,12 +251,21 @@ def _throttle(request: Request) -> SigninThrottle:
     throttle = getattr(state, "console_throttle", None)
     if throttle is None:
         server = gateway_of(request).config.server
-        throttle = state.console_throttle = SigninThrottle(server.signin_failure_burst, server.signin_failures_per_minute)
+        throttle = state.console_throttle = SigninThrottle(
+            server.signin_failure_burst, server.signin_failures_per_minute
+        )
     return throttle
 
 
-def _signin_form(request: Request, *, error: str = "", notice: str = "", next_target: str | None = None,
-                 status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def _signin_form(
+    request: Request,
+    *,
+    error: str = "",
+    notice: str = "",
+    next_target: str | None = None,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     """The sign-in page; a refused attempt is this page again (200, or 429 when throttled) with the reason, never an error page."""
     sessions = _sessions(request)
     nonce = request.cookies.get(SIGNIN_COOKIE, "")
@@ -247,8 +274,14 @@ def _signin_form(request: Request, *, error: str = "", notice: str = "", next_ta
     if next_target is None:
         next_target = request.query_params.get("next", "")
     response = _render(
-        request, "signin.html", None, status=status, error=error, notice=notice,
-        signin_csrf=sessions.signin_token(nonce), next=_safe_next(request, next_target),
+        request,
+        "signin.html",
+        None,
+        status=status,
+        error=error,
+        notice=notice,
+        signin_csrf=sessions.signin_token(nonce),
+        next=_safe_next(request, next_target),
     )
     response.headers.update(headers or {})
     set_cookie(request, response, SIGNIN_COOKIE, nonce, SIGNIN_SECONDS)
@@ -269,18 +302,27 @@ async def signin(request: Request) -> Response:
     if problem:
         return _signin_form(request, error=problem, next_target=target)
     if not sessions.check_signin(request.cookies.get(SIGNIN_COOKIE), _one(form, "csrf")):
-        return _signin_form(request, error="The sign-in form expired or did not come from this console; try again.", next_target=target)
+        return _signin_form(
+            request, error="The sign-in form expired or did not come from this console; try again.", next_target=target
+        )
     token = _one(form, "token").strip()
     if not token:
-        return _signin_form(request, error="Enter a personal access token (or a bearer token the gateway accepts).", next_target=target)
+        return _signin_form(
+            request, error="Enter a personal access token (or a bearer token the gateway accepts).", next_target=target
+        )
     failures, client = gateway.auth.failures, client_key(request.client.host if request.client else None)
     wait = _throttle(request).acquire(client)
     if wait:
         failures["signin_throttled"] += 1
         seconds = max(1, math.ceil(wait))
         log.info("console: sign-in throttled", extra={"client": client, "retry_after": seconds})
-        return _signin_form(request, error=f"Too many failed sign-ins from your address; try again in {seconds} s.",
-                            next_target=target, status=429, headers={"Retry-After": str(seconds)})
+        return _signin_form(
+            request,
+            error=f"Too many failed sign-ins from your address; try again in {seconds} s.",
+            next_target=target,
+            status=429,
+            headers={"Retry-After": str(seconds)},
+        )
     try:
         principal = await gateway.auth.authenticate({"authorization": f"Bearer {token}"})
     except Unauthorized as error:
@@ -291,10 +333,14 @@ async def signin(request: Request) -> Response:
         failures["unavailable"] += 1
         _throttle(request).refund(client)  # not the person's fault
         log.exception("console: could not check a sign-in credential")
-        return _signin_form(request, error="The gateway cannot check credentials right now; try again shortly.", next_target=target)
+        return _signin_form(
+            request, error="The gateway cannot check credentials right now; try again shortly.", next_target=target
+        )
     if "job" not in principal.scopes:
         failures["forbidden"] += 1
-        return _signin_form(request, error=f"Credential {principal.name!r} lacks the 'job' scope the console needs.", next_target=target)
+        return _signin_form(
+            request, error=f"Credential {principal.name!r} lacks the 'job' scope the console needs.", next_target=target
+        )
     _throttle(request).refund(client)
     session = sessions.new(principal.name, principal.method, not_after=_jwt_expiry(token))
     log.info("console: %s signed in", principal.name, extra={"principal": principal.name, "method": principal.method})
@@ -343,7 +389,9 @@ async def preheats(request: Request, session: Session) -> Response:
     notices: list[str] = []
     state = params.get("state", "")
     if state and state not in STATES:
-        notices.append(f"State {state[:30]!r} is not one of {', '.join(s.lower() for s in STATES)}; showing every state.")
+        notices.append(
+            f"State {state[:30]!r} is not one of {', '.join(s.lower() for s in STATES)}; showing every state."
+        )
         state = ""
     cluster_text = params.get("cluster", "")
     cluster_id = _number(cluster_text)
@@ -353,18 +401,34 @@ async def preheats(request: Request, session: Session) -> Response:
     text = params.get("q", "").strip()[:200]
     page_number = min(_number(params.get("page", "")) or 1, 1_000_000)
     jobs, total = await gateway.store.list_jobs(
-        limit=PER_PAGE, offset=(page_number - 1) * PER_PAGE, state=state or None, cluster_id=cluster_id, text=text or None,
+        limit=PER_PAGE,
+        offset=(page_number - 1) * PER_PAGE,
+        state=state or None,
+        cluster_id=cluster_id,
+        text=text or None,
     )
     last = max(1, -(-total // PER_PAGE))
     filters = {k: v for k, v in (("state", state), ("cluster", cluster_text), ("q", text)) if v}
     created = params.get("created", "")
     return _render(
-        request, "preheats.html", session,
-        jobs=jobs, total=total, page=page_number, last=last, per_page=PER_PAGE, filters=filters,
-        state=state, cluster=cluster_text, q=text, states=STATES, notices=notices,
+        request,
+        "preheats.html",
+        session,
+        jobs=jobs,
+        total=total,
+        page=page_number,
+        last=last,
+        per_page=PER_PAGE,
+        filters=filters,
+        state=state,
+        cluster=cluster_text,
+        q=text,
+        states=STATES,
+        notices=notices,
         created=_number(created),
-        page_url=lambda n: f"{_base(request)}/preheats?" + "&".join(
-            [f"{k}={quote(v, safe='')}" for k, v in filters.items()] + [f"page={n}"]
+        page_url=lambda n: (
+            f"{_base(request)}/preheats?"
+            + "&".join([f"{k}={quote(v, safe='')}" for k, v in filters.items()] + [f"page={n}"])
         ),
         **_row_context(request),
     )
@@ -378,7 +442,9 @@ async def preheat_rows(request: Request, session: Session) -> Response:
     for job_id in dict.fromkeys(ids):
         job = await gateway.jobs.get(job_id)
         if job is not None:
-            rows[str(job_id)] = _render_text(request, "_row.html", session, job=job, created=None, **_row_context(request))
+            rows[str(job_id)] = _render_text(
+                request, "_row.html", session, job=job, created=None, **_row_context(request)
+            )
     return _secure(JSONResponse({"rows": rows}))
 
 
@@ -386,21 +452,37 @@ def _form_values(form: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
     """What the create form shows: the defaults, or what was posted (to re-render it)."""
     if form is None:
         return {
-            "type": "image", "urls": "", "clusters": [], "tag": "", "platform": "", "scope": "", "bio": "",
+            "type": "image",
+            "urls": "",
+            "clusters": [],
+            "tag": "",
+            "platform": "",
+            "scope": "",
+            "bio": "",
             "filtered_query_params": "&".join(DEFAULT_FILTERED_QUERY_PARAMS),
         }
     return {
-        "type": _one(form, "type"), "urls": _one(form, "urls"), "clusters": form.get("clusters", []),
-        "tag": _one(form, "tag"), "platform": _one(form, "platform"), "scope": _one(form, "scope"),
-        "bio": _one(form, "bio"), "filtered_query_params": _one(form, "filtered_query_params"),
+        "type": _one(form, "type"),
+        "urls": _one(form, "urls"),
+        "clusters": form.get("clusters", []),
+        "tag": _one(form, "tag"),
+        "platform": _one(form, "platform"),
+        "scope": _one(form, "scope"),
+        "bio": _one(form, "bio"),
+        "filtered_query_params": _one(form, "filtered_query_params"),
     }
 
 
 def _create_form(request: Request, session: Session, values: dict[str, Any], errors: dict[str, str]) -> Response:
     """The create page; invalid input is this page again (200: it rendered fine) with each message by its field."""
     return _render(
-        request, "new.html", session, values=values, errors=errors,
-        clusters=gateway_of(request).jobs.clusters, scopes=SCOPES,
+        request,
+        "new.html",
+        session,
+        values=values,
+        errors=errors,
+        clusters=gateway_of(request).jobs.clusters,
+        scopes=SCOPES,
     )
 
 
@@ -425,8 +507,12 @@ async def create_preheat(request: Request, session: Session) -> Response:
     body = {
         "type": "preheat",
         "args": {
-            "type": values["type"], "url": urls[0] if urls else "", "urls": urls[1:] or None, "tag": values["tag"].strip(),
-            "filtered_query_params": values["filtered_query_params"].strip(), "platform": values["platform"].strip(),
+            "type": values["type"],
+            "url": urls[0] if urls else "",
+            "urls": urls[1:] or None,
+            "tag": values["tag"].strip(),
+            "filtered_query_params": values["filtered_query_params"].strip(),
+            "platform": values["platform"].strip(),
             "scope": values["scope"],
         },
         "scheduler_cluster_ids": cluster_ids or None,
@@ -437,7 +523,9 @@ async def create_preheat(request: Request, session: Session) -> Response:
         job = await gateway.jobs.create(spec)
     except InvalidRequest as error:
         return _create_form(request, session, values, {present.field_of(str(error)): str(error)})
-    log.info("console: %s created preheat %d", session.name, job.id, extra={"principal": session.name, "job_id": job.id})
+    log.info(
+        "console: %s created preheat %d", session.name, job.id, extra={"principal": session.name, "job_id": job.id}
+    )
     return _redirect(f"{_base(request)}/preheats/{job.id}?notice=created")
 
 
@@ -445,8 +533,14 @@ async def _job_or_404(request: Request, session: Session) -> tuple[JobRecord | N
     job_id: int = request.path_params["id"]
     job = await gateway_of(request).jobs.get(job_id) if job_id <= MAX_ID else None
     if job is None:
-        return None, _render(request, "error.html", session, status=404, title="Preheat not found",
-                             message=f"There is no preheat {job_id}: it may have been deleted.")
+        return None, _render(
+            request,
+            "error.html",
+            session,
+            status=404,
+            title="Preheat not found",
+            message=f"There is no preheat {job_id}: it may have been deleted.",
+        )
     return job, None
 
 
@@ -486,7 +580,9 @@ async def cancel_preheat(request: Request, session: Session) -> Response:
     for key in [k for k in gateway.rendered if k[1] == job.id]:
         gateway.rendered.pop(key, None)
     if canceled:
-        log.info("console: %s canceled preheat %d", session.name, job.id, extra={"principal": session.name, "job_id": job.id})
+        log.info(
+            "console: %s canceled preheat %d", session.name, job.id, extra={"principal": session.name, "job_id": job.id}
+        )
     return _redirect(f"{_base(request)}/preheats/{job.id}?notice={'canceled' if canceled else 'finished'}")
 
 
@@ -505,5 +601,6 @@ async def clusters(request: Request, session: Session) -> Response:
 
 async def not_found(request: Request) -> Response:
     session = await _current(request)
-    return _render(request, "error.html", session, status=404, title="Page not found",
-                   message="There is no such console page.")
+    return _render(
+        request, "error.html", session, status=404, title="Page not found", message="There is no such console page."
+    )

@@ -84,10 +84,15 @@ def parse_create(body: bytes, *, source: str = "openapi") -> JobSpec:
     if not urls:
         raise InvalidRequest("args.url is empty: give the image's manifest URL (or a file's URL)")
     extra = {
-        key: value for key, value in (
-            ("concurrent_task_count", args.concurrent_task_count), ("concurrent_peer_count", args.concurrent_peer_count),
-            ("ips", args.ips), ("count", args.count), ("percentage", args.percentage),
-        ) if value
+        key: value
+        for key, value in (
+            ("concurrent_task_count", args.concurrent_task_count),
+            ("concurrent_peer_count", args.concurrent_peer_count),
+            ("ips", args.ips),
+            ("count", args.count),
+            ("percentage", args.percentage),
+        )
+        if value
     }
     return JobSpec(
         type=kind,  # type: ignore[arg-type]
@@ -232,7 +237,9 @@ def job_body(job: JobRecord, clusters: Mapping[int, Cluster], created_at: float)
         },
         "user_id": 0,
         "source": job.source,
-        "scheduler_clusters": [cluster_body(clusters[t.cluster_id], created_at) for t in job.tasks if t.cluster_id in clusters],
+        "scheduler_clusters": [
+            cluster_body(clusters[t.cluster_id], created_at) for t in job.tasks if t.cluster_id in clusters
+        ],
     }
 
 

@@ -92,11 +92,13 @@ def parse_notification(body: bytes) -> tuple[list[Preheat], int]:
             raise InvalidRequest(f"Events[{index}].Target.Url is empty: a push event needs the manifest URL to preheat")
         if target.digest:
             check_digest(target.digest, f"Events[{index}].Target.Digest")
-        preheats.append(Preheat(
-            index=index,
-            event_id=event.id,
-            spec=JobSpec(type="image", urls=[target.url], tag=target.tag, source="kraken"),
-        ))
+        preheats.append(
+            Preheat(
+                index=index,
+                event_id=event.id,
+                spec=JobSpec(type="image", urls=[target.url], tag=target.tag, source="kraken"),
+            )
+        )
     return preheats, ignored
 
 

@@ -81,7 +81,9 @@ def parse_create(body: bytes) -> JobSpec:
     record: PreheatImage = convert(fold_keys(decode_json(body), "the preheat record"), PreheatImage, "preheat record")
     kind = {"image": "image", "cnai": "image", "file": "file"}.get(record.type)
     if kind is None:
-        raise InvalidRequest(f"type {record.type!r} is not supported: Harbor sends 'image' (or 'cnai' for model artifacts)")
+        raise InvalidRequest(
+            f"type {record.type!r} is not supported: Harbor sends 'image' (or 'cnai' for model artifacts)"
+        )
     if not record.url:
         raise InvalidRequest("url is empty: give the image's manifest URL, http(s)://HOST/v2/REPOSITORY/manifests/TAG")
     if record.digest:

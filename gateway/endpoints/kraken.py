@@ -82,8 +82,13 @@ async def notifications(request: Request) -> Response:
             first = await gateway.store.record_kraken_event(key, job.id)
             if first != job.id:  # a retry of this notification, handled at the same moment, made its job first
                 await gateway.jobs.delete(job.id)
-                log.info("Kraken event %s: job %d was made for it by another delivery; job %d withdrawn",
-                         preheat.event_id[:80], first, job.id, extra={"job_id": first})
+                log.info(
+                    "Kraken event %s: job %d was made for it by another delivery; job %d withdrawn",
+                    preheat.event_id[:80],
+                    first,
+                    job.id,
+                    extra={"job_id": first},
+                )
                 made[key] = first
                 continue
             made[key] = job.id
@@ -95,14 +100,27 @@ async def notifications(request: Request) -> Response:
                 "job %d (Kraken event %s): registries.credentials has no entry for %s, and Kraken events carry no "
                 "registry credentials; the gateway tries anonymous access, which a private project refuses. "
                 "Add %s to registries.credentials (e.g. a Harbor robot account with pull access)",
-                job.id, preheat.event_id[:80] or "-", host, host, extra={"job_id": job.id},
+                job.id,
+                preheat.event_id[:80] or "-",
+                host,
+                host,
+                extra={"job_id": job.id},
             )
     if retried:
-        log.info("Kraken notification delivered again: %d event(s) already have their job (same Id), none made for them", retried)
+        log.info(
+            "Kraken notification delivered again: %d event(s) already have their job (same Id), none made for them",
+            retried,
+        )
     if preheats or ignored:
-        log.info("Kraken notification: %d job(s) created, %d event(s) ignored", len(job_ids), ignored,
-                 extra={"job_ids": ",".join(map(str, job_ids))})
-    every = [made[key] if key is not None else made_here[preheat.index] for preheat, key in zip(preheats, keys, strict=True)]
+        log.info(
+            "Kraken notification: %d job(s) created, %d event(s) ignored",
+            len(job_ids),
+            ignored,
+            extra={"job_ids": ",".join(map(str, job_ids))},
+        )
+    every = [
+        made[key] if key is not None else made_here[preheat.index] for preheat, key in zip(preheats, keys, strict=True)
+    ]
     return json_response({**kraken.accepted_body(every, ignored), "created": len(job_ids)})
 
 

@@ -46,7 +46,9 @@ TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
 ANY_DIGEST = re.compile(r"(?!sha256:)[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{1,256}")
 """A well-formed digest of another algorithm: a miss, not an error (a malformed sha256 one is invalid)."""
-NS = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+NS = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
 MAX_NAME = 255
 MAX_MANIFEST_BYTES = 4 << 20
 """Largest manifest served (the registry client's own cap on what it stores)."""
@@ -75,11 +77,25 @@ def stats_of(gateway: Gateway) -> MirrorStats:
 def metric_families(gateway: Gateway) -> list[Any]:
     """The mirror's counters, read at scrape time (``Gateway._scraped``)."""
     stats = stats_of(gateway)
-    requests = {(kind, outcome): float(stats.requests[kind, outcome]) for kind in ("manifest", "blob") for outcome in ("hit", "miss")}
+    requests = {
+        (kind, outcome): float(stats.requests[kind, outcome])
+        for kind in ("manifest", "blob")
+        for outcome in ("hit", "miss")
+    }
     return [
-        counter_family("mirror_requests", "Pulls of the registry mirror (/v2/), by kind and outcome: hit (served) or miss (404, "
-                       "the node falls through to its next host).", requests, ["kind", "outcome"]),
-        counter_family("mirror_bytes_served", "Manifest and blob bytes the registry mirror sent.", {(): float(stats.bytes_served)}, []),
+        counter_family(
+            "mirror_requests",
+            "Pulls of the registry mirror (/v2/), by kind and outcome: hit (served) or miss (404, "
+            "the node falls through to its next host).",
+            requests,
+            ["kind", "outcome"],
+        ),
+        counter_family(
+            "mirror_bytes_served",
+            "Manifest and blob bytes the registry mirror sent.",
+            {(): float(stats.bytes_served)},
+            [],
+        ),
     ]
 
 
@@ -146,7 +162,11 @@ async def _manifest(request: Request, name: str, reference: str, stats: MirrorSt
         except AmbiguousOrigin as error:
             ambiguous.extend(error.hosts)
             continue
-        path = layout.blob_path(descriptor.digest) if descriptor is not None and descriptor.size <= MAX_MANIFEST_BYTES else None
+        path = (
+            layout.blob_path(descriptor.digest)
+            if descriptor is not None and descriptor.size <= MAX_MANIFEST_BYTES
+            else None
+        )
         if path is None:
             continue
         try:
@@ -158,9 +178,13 @@ async def _manifest(request: Request, name: str, reference: str, stats: MirrorSt
             continue
         layout.touch(descriptor.digest)
         stats.requests["manifest", "hit"] += 1
-        headers = _headers((b"docker-content-digest", descriptor.digest.encode()), (b"etag", f'"{descriptor.digest}"'.encode()))
+        headers = _headers(
+            (b"docker-content-digest", descriptor.digest.encode()), (b"etag", f'"{descriptor.digest}"'.encode())
+        )
         if request.method == "HEAD":
-            response = Response(status_code=200, headers={"content-length": str(len(body))}, media_type=descriptor.mediaType or None)
+            response = Response(
+                status_code=200, headers={"content-length": str(len(body))}, media_type=descriptor.mediaType or None
+            )
         else:
             response = Response(body, status_code=200, media_type=descriptor.mediaType or None)
             stats.sent(len(body))
@@ -169,12 +193,20 @@ async def _manifest(request: Request, name: str, reference: str, stats: MirrorSt
     stats.requests["manifest", "miss"] += 1
     if ambiguous:
         hosts = ", ".join(sorted(set(ambiguous)))
-        return oci_error(404, "MANIFEST_UNKNOWN", f"{name} is cached from several origins ({hosts}): name one with ?ns=<host> "
-                         "(containerd sends it when the gateway is a mirror in hosts.toml)")
-    return oci_error(404, "MANIFEST_UNKNOWN", f"manifest {reference} of {name} is not in this cache (the mirror never fetches: preheat it first)")
+        return oci_error(
+            404,
+            "MANIFEST_UNKNOWN",
+            f"{name} is cached from several origins ({hosts}): name one with ?ns=<host> "
+            "(containerd sends it when the gateway is a mirror in hosts.toml)",
+        )
+    return oci_error(
+        404,
+        "MANIFEST_UNKNOWN",
+        f"manifest {reference} of {name} is not in this cache (the mirror never fetches: preheat it first)",
+    )
 
 
-def _origin(request: Request) -> str | None | bool:
+def _origin(request: Request) -> str | bool | None:
     """The ``ns`` the client named (lowercase), None without one, False when it is malformed."""
     values = request.query_params.getlist("ns")
     if not values:
@@ -197,7 +229,7 @@ async def _blob(request: Request, digest: str, stats: MirrorStats) -> Response:
         if path is None:
             continue
         try:
-            file = open(path, "rb")
+            file = open(path, "rb")  # noqa: SIM115 - closed by the response once sent
         except OSError:
             continue
         try:
@@ -208,27 +240,42 @@ async def _blob(request: Request, digest: str, stats: MirrorStats) -> Response:
         stats.requests["blob", "hit"] += 1
         return _blob_response(request, file, size, digest, stats)
     stats.requests["blob", "miss"] += 1
-    return oci_error(404, "BLOB_UNKNOWN", f"blob {digest} is not in this cache (the mirror never fetches: preheat it first)")
+    return oci_error(
+        404, "BLOB_UNKNOWN", f"blob {digest} is not in this cache (the mirror never fetches: preheat it first)"
+    )
 
 
 def _blob_response(request: Request, file: Any, size: int, digest: str, stats: MirrorStats) -> Any:
     headers = _headers(
-        (b"content-type", b"application/octet-stream"), (b"docker-content-digest", digest.encode()),
-        (b"etag", f'"{digest}"'.encode()), (b"accept-ranges", b"bytes"),
+        (b"content-type", b"application/octet-stream"),
+        (b"docker-content-digest", digest.encode()),
+        (b"etag", f'"{digest}"'.encode()),
+        (b"accept-ranges", b"bytes"),
     )
     wanted = parse_range(request.headers.get("range"), size)
     if wanted is None:
         offset, length, status = 0, size, 200
     elif wanted is False:
         file.close()
-        return oci_error(416, "RANGE_NOT_SATISFIABLE", f"the range is outside the blob's {size} bytes", [(b"content-range", f"bytes */{size}".encode())])
+        return oci_error(
+            416,
+            "RANGE_NOT_SATISFIABLE",
+            f"the range is outside the blob's {size} bytes",
+            [(b"content-range", f"bytes */{size}".encode())],
+        )
     else:
         offset, end = wanted
         length, status = end - offset + 1, 206
         headers.append((b"content-range", f"bytes {offset}-{end}/{size}".encode()))
     headers.append((b"content-length", str(length).encode()))
-    return FileResponse(file, offset=offset, length=length, status=status, headers=headers,
-                        on_sent=stats.sent if request.method == "GET" else None)
+    return FileResponse(
+        file,
+        offset=offset,
+        length=length,
+        status=status,
+        headers=headers,
+        on_sent=stats.sent if request.method == "GET" else None,
+    )
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
@@ -268,8 +315,11 @@ class ListenerSplitMiddleware:
         if self.separate and scope["type"] == "http":
             on_mirror = bool(scope.get("state", {}).get(MIRROR_LISTENER))
             if on_mirror != is_mirror_path(scope["path"]):
-                response = (oci_error(404, "NAME_UNKNOWN", "this address serves the registry mirror only (/v2/)") if on_mirror
-                            else Response(b'{"errors":"not found"}', status_code=404, media_type="application/json"))
+                response = (
+                    oci_error(404, "NAME_UNKNOWN", "this address serves the registry mirror only (/v2/)")
+                    if on_mirror
+                    else Response(b'{"errors":"not found"}', status_code=404, media_type="application/json")
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -49,7 +49,11 @@ async def create_job(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     gateway = gateway_of(request)
     job_id = job_id_of(request)
-    body = await gateway.job_bytes("openapi", job_id, lambda job: dragonfly.encode(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at)))
+    body = await gateway.job_bytes(
+        "openapi",
+        job_id,
+        lambda job: dragonfly.encode(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at)),
+    )
     if body is None:
         raise APIError(404, f"job {job_id} not found")
     return json_response(body)
@@ -65,12 +69,17 @@ async def list_jobs(request: Request) -> Response:
     job_type = request.query_params.get("type") or None
     if job_type is not None and job_type not in JOB_TYPES:
         raise APIError(400, f"type {job_type[:50]!r} is not one of {', '.join(JOB_TYPES)}")
-    jobs, total = await gateway.store.list_jobs(limit=per_page, offset=(page - 1) * per_page, state=state, type=job_type)
+    jobs, total = await gateway.store.list_jobs(
+        limit=per_page, offset=(page - 1) * per_page, state=state, type=job_type
+    )
     body = [dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at) for job in jobs]
     last = max(1, -(-total // per_page))
     base = str(request.url.remove_query_params(["page"]))
     sep = "&" if "?" in base else "?"
-    links = [f'<{base}{sep}page={n}>; rel="{rel}"' for rel, n in (("first", 1), ("prev", max(1, page - 1)), ("next", min(last, page + 1)), ("last", last))]
+    links = [
+        f'<{base}{sep}page={n}>; rel="{rel}"'
+        for rel, n in (("first", 1), ("prev", max(1, page - 1)), ("next", min(last, page + 1)), ("last", last))
+    ]
     return json_response(body, headers={"X-Total-Count": str(total), "Link": ", ".join(links)})
 
 
@@ -102,10 +111,12 @@ async def delete_job(request: Request) -> Response:
 async def list_clusters(request: Request) -> Response:
     gateway = gateway_of(request)
     health = await gateway.health.all()
-    return json_response([
-        dragonfly.cluster_body(cluster, gateway.started_at, health.get(cluster.id))
-        for cluster in gateway.jobs.clusters.values()
-    ])
+    return json_response(
+        [
+            dragonfly.cluster_body(cluster, gateway.started_at, health.get(cluster.id))
+            for cluster in gateway.jobs.clusters.values()
+        ]
+    )
 
 
 def routes() -> list[Route]:

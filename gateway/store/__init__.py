@@ -111,7 +111,7 @@ class StoreUnavailable(Exception):
     """The store cannot be used right now (readiness fails)."""
 
 
-def open_store(url: str) -> "SqlStore":
+def open_store(url: str) -> SqlStore:
     """The store a URL names; not yet connected (call ``await store.open()``)."""
     from gateway.store.sql import SqlStore
 
@@ -129,6 +129,17 @@ def open_store(url: str) -> "SqlStore":
 from gateway.store.sql import SqlStore  # noqa: E402  (re-exported for type hints)
 
 __all__ = [
-    "Claim", "JobRecord", "JobState", "NewJob", "SqlStore", "StoreUnavailable", "TaskProgress",
-    "TaskRecord", "TaskResult", "TaskState", "TokenRecord", "TERMINAL", "open_store",
+    "TERMINAL",
+    "Claim",
+    "JobRecord",
+    "JobState",
+    "NewJob",
+    "SqlStore",
+    "StoreUnavailable",
+    "TaskProgress",
+    "TaskRecord",
+    "TaskResult",
+    "TaskState",
+    "TokenRecord",
+    "open_store",
 ]

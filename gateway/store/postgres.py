@@ -43,9 +43,7 @@ _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, P
 # One lexical unit of SQL that matters when translating parameters: a quoted literal or
 # identifier or a comment (copied, only ``%`` escaped), a ``::`` cast, a ``:name`` parameter,
 # or a bare ``%``. (Dollar-quoted and ``E''`` strings are not recognised; the store uses none.)
-_TOKENS = re.compile(
-    r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|::|:([A-Za-z_][A-Za-z0-9_]*)|%""", re.DOTALL
-)
+_TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|::|:([A-Za-z_][A-Za-z0-9_]*)|%""", re.DOTALL)
 
 
 @lru_cache(maxsize=1024)
@@ -115,8 +113,10 @@ class PostgresDriver:
         self.min_size = int(pool_params.get("pool_min", min_size))
         self.max_size = int(pool_params.get("pool_max", max_size))
         if not 0 <= self.min_size <= self.max_size or self.max_size < 1:
-            raise ValueError(f"PostgreSQL store pool: need 0 <= pool_min <= pool_max and pool_max >= 1, "
-                             f"got {self.min_size} and {self.max_size}")
+            raise ValueError(
+                f"PostgreSQL store pool: need 0 <= pool_min <= pool_max and pool_max >= 1, "
+                f"got {self.min_size} and {self.max_size}"
+            )
         self.open_timeout = open_timeout
         self.acquire_timeout = acquire_timeout
         try:
@@ -200,8 +200,13 @@ class PostgresDriver:
                     async for _ in connection.notifies():
                         on_notify()
             except psycopg.Error as error:
-                log.warning("LISTEN %s on %s failed (%s); retrying in %.0fs", channel, self.description,
-                            self._scrub(" ".join(str(error).split())), delay)
+                log.warning(
+                    "LISTEN %s on %s failed (%s); retrying in %.0fs",
+                    channel,
+                    self.description,
+                    self._scrub(" ".join(str(error).split())),
+                    delay,
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -212,9 +217,8 @@ class PostgresDriver:
         """One transaction on one pooled connection: committed if the block succeeds, else rolled back."""
         pool = self._require_pool()
         with self._unavailable():
-            async with pool.connection() as connection:
-                async with connection.transaction():
-                    yield _Tx(connection, self._unavailable)
+            async with pool.connection() as connection, connection.transaction():
+                yield _Tx(connection, self._unavailable)
 
     async def fetchall(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
         pool = self._require_pool()

@@ -17,6 +17,7 @@ database every few seconds by a worker thread (the only slow, fsyncing step), of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
@@ -29,8 +30,13 @@ from gateway.store import StoreUnavailable
 from gateway.store.sql import Row
 
 # No automatic checkpoints: one would run inside a commit, on the event loop, and fsync.
-_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=0",
-            "PRAGMA wal_autocheckpoint=0")
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=0",
+    "PRAGMA wal_autocheckpoint=0",
+)
 BUSY_PATIENCE_SECONDS = 10.0
 CHECKPOINT_SECONDS = 5.0
 
@@ -92,10 +98,8 @@ class SqliteDriver:
         try:
             while True:
                 await asyncio.sleep(CHECKPOINT_SECONDS)
-                try:
+                with contextlib.suppress(sqlite3.Error):  # busy or transient: the next round folds it in
                     await asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # busy or transient: the next round folds it in
         finally:
             connection.close()
 

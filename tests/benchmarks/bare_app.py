@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -21,7 +22,7 @@ from starlette.routing import Route
 
 from gateway.onesend import OneSendHttpProtocol
 
-BODY = open(sys.argv[2], "rb").read() if len(sys.argv) > 2 else b"{}"
+BODY = Path(sys.argv[2]).read_bytes() if len(sys.argv) > 2 else b"{}"
 
 
 async def job(_request: Request) -> Response:
@@ -32,6 +33,15 @@ app = Starlette(routes=[Route("/oapi/v1/jobs/{id:int}", job), Route("/oapi/v1/jo
 
 if __name__ == "__main__":
     protocol = "httptools" if sys.argv[3:] == ["stock"] else OneSendHttpProtocol
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http=protocol, log_level="warning",
-                access_log=False, server_header=False, backlog=2048)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        loop="uvloop",
+        http=protocol,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        backlog=2048,
+    )
     os._exit(0)

@@ -47,10 +47,36 @@ def pull_all(server: Server, image: PushedImage, pulls: int) -> tuple[float, flo
     curl = shutil.which("curl") or exit("curl is not installed")
     header_args = [arg for name, value in server.headers.items() for arg in ("-H", f"{name}: {value}")]
     manifest = f"{server.url}/v2/{REPOSITORY}/manifests/{TAG}"
-    blobs = [arg for digest in image.blob_digests for arg in ("-o", "/dev/null", f"{server.url}/v2/{REPOSITORY}/blobs/{digest}")]
-    command = [curl, "-sS", "--no-progress-meter", "--fail", "-w", "%{http_code}\n", *header_args, "-H", f"Accept: {MANIFEST_ACCEPT}",
-               "-o", "/dev/null", manifest, "--next", "-sS", "--no-progress-meter", "--fail", "-w", "%{http_code}\n", *header_args,
-               "--parallel", "--parallel-max", "3", *blobs]
+    blobs = [
+        arg
+        for digest in image.blob_digests
+        for arg in ("-o", "/dev/null", f"{server.url}/v2/{REPOSITORY}/blobs/{digest}")
+    ]
+    command = [
+        curl,
+        "-sS",
+        "--no-progress-meter",
+        "--fail",
+        "-w",
+        "%{http_code}\n",
+        *header_args,
+        "-H",
+        f"Accept: {MANIFEST_ACCEPT}",
+        "-o",
+        "/dev/null",
+        manifest,
+        "--next",
+        "-sS",
+        "--no-progress-meter",
+        "--fail",
+        "-w",
+        "%{http_code}\n",
+        *header_args,
+        "--parallel",
+        "--parallel-max",
+        "3",
+        *blobs,
+    ]
     cpu, started = cpu_seconds(server.pid), time.monotonic()
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(pulls)]
     outputs = [run.communicate()[0] for run in runs]
@@ -120,7 +146,7 @@ def main() -> None:
         probes: list[float] = []
         order = list(servers)
         for round_ in range(1, args.rounds + 1):
-            for name in order[round_ - 1:] + order[:round_ - 1]:
+            for name in order[round_ - 1 :] + order[: round_ - 1]:
                 prober = Prober(servers[name]) if name == "gateway" else None
                 if prober is not None:
                     prober.start()
@@ -130,20 +156,36 @@ def main() -> None:
                     prober.join()
                     probes += prober.latencies
                 seconds[name].append(wall)
-                print(f"round {round_}  {name:8} {wall:6.2f} s  {total_mib / wall:7.0f} MiB/s  server CPU {cpu:5.1f} s", flush=True)
-        manifests = {name: wrk(f"{server.url}/v2/{REPOSITORY}/manifests/{TAG}", connections=16, seconds=5,
-                               headers={**server.headers, "Accept": MANIFEST_ACCEPT}) for name, server in servers.items()}
+                print(
+                    f"round {round_}  {name:8} {wall:6.2f} s  {total_mib / wall:7.0f} MiB/s  server CPU {cpu:5.1f} s",
+                    flush=True,
+                )
+        manifests = {
+            name: wrk(
+                f"{server.url}/v2/{REPOSITORY}/manifests/{TAG}",
+                connections=16,
+                seconds=5,
+                headers={**server.headers, "Accept": MANIFEST_ACCEPT},
+            )
+            for name, server in servers.items()
+        }
         rss = peak_rss_mib(gateway.pid)
         median = {name: statistics.median(values) for name, values in seconds.items()}
         ratio = median["registry"] / median["gateway"]
-        by_round = ", ".join(f"{theirs / mine:.2f}" for mine, theirs in zip(seconds["gateway"], seconds["registry"], strict=True))
-        print(f"image {args.mib} MiB in {args.layers} layers, {args.pulls} parallel pulls, {args.rounds} round(s); medians: "
-              + ", ".join(f"{name} {value:.2f} s ({total_mib / value:.0f} MiB/s)" for name, value in median.items()))
+        by_round = ", ".join(
+            f"{theirs / mine:.2f}" for mine, theirs in zip(seconds["gateway"], seconds["registry"], strict=True)
+        )
+        print(
+            f"image {args.mib} MiB in {args.layers} layers, {args.pulls} parallel pulls, {args.rounds} round(s); medians: "
+            + ", ".join(f"{name} {value:.2f} s ({total_mib / value:.0f} MiB/s)" for name, value in median.items())
+        )
         print(f"gateway throughput / registry = {ratio:.2f}x (goal >= 1.0; round by round {by_round})")
         for name, result in manifests.items():
             print(f"manifest GET, wrk 16 connections, {name:8}: {result}")
-        print(f"gateway manifest p99 = {manifests['gateway'].p99_ms:.2f} ms (goal < 10); while serving the blobs: "
-              f"p50 {percentile(probes, 0.5):.2f} ms, p99 {percentile(probes, 0.99):.2f} ms over {len(probes)} probes")
+        print(
+            f"gateway manifest p99 = {manifests['gateway'].p99_ms:.2f} ms (goal < 10); while serving the blobs: "
+            f"p50 {percentile(probes, 0.5):.2f} ms, p99 {percentile(probes, 0.99):.2f} ms over {len(probes)} probes"
+        )
         print(f"gateway peak RSS = {rss:.0f} MiB (goal < 150)")
     finally:
         if gateway is not None:

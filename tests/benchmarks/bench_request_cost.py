@@ -36,21 +36,43 @@ from gateway.store import TaskProgress, TaskResult
 
 HARBOR_CREATE = {
     "type": "preheat",
-    "args": {"type": "image", "url": "http://127.0.0.1:5000/v2/library/service/manifests/v1", "tag": "",
-             "filtered_query_params": "", "headers": {"Authorization": "Bearer " + "x" * 400},
-             "scope": "all_seed_peers", "concurrent_count": 0, "timeout": 0},
+    "args": {
+        "type": "image",
+        "url": "http://127.0.0.1:5000/v2/library/service/manifests/v1",
+        "tag": "",
+        "filtered_query_params": "",
+        "headers": {"Authorization": "Bearer " + "x" * 400},
+        "scope": "all_seed_peers",
+        "concurrent_count": 0,
+        "timeout": 0,
+    },
     "scheduler_cluster_ids": None,
 }
 
 
-async def call(app: Any, method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> int:
+async def call(
+    app: Any, method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+) -> int:
     """One request through the ASGI app, as uvicorn would hand it over; returns the status."""
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()), *(headers or [])],
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080), "state": {},
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(headers or []),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": {},
     }
     delivered = False
     status = 0
@@ -97,11 +119,14 @@ async def main(count: int, rounds: int) -> None:
 
 async def measure(work: Path, count: int, rounds: int) -> dict[str, list[float]]:
     """Microseconds per request of each route, one figure per round."""
-    config = build_config({
-        "server": {"state_dir": str(work), "create_rate_per_second": 0},
-        "registries": {"allow": ["127.0.0.1"]},
-        "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(work / "cache")}],
-    }, source="bench_request_cost")
+    config = build_config(
+        {
+            "server": {"state_dir": str(work), "create_rate_per_second": 0},
+            "registries": {"allow": ["127.0.0.1"]},
+            "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(work / "cache")}],
+        },
+        source="bench_request_cost",
+    )
     app = create_app(config)
     gateway = app.state.gateway
     await gateway.store.open()  # no lifespan: the runner stays stopped
@@ -116,7 +141,9 @@ async def measure(work: Path, count: int, rounds: int) -> dict[str, list[float]]
 
     await create()  # this one finishes, as if a worker had run it
     [claim] = await gateway.store.claim_tasks("bench", 1, 60)
-    await gateway.store.finish_task(claim.task_id, "bench", state="SUCCESS", error="", progress=TaskProgress(), result=TaskResult())
+    await gateway.store.finish_task(
+        claim.task_id, "bench", state="SUCCESS", error="", progress=TaskProgress(), result=TaskResult()
+    )
     await create()  # and this one stays pending
     pending_id = (await gateway.store.list_jobs(limit=1))[0][0].id
     bare = bare_app()
@@ -126,7 +153,9 @@ async def measure(work: Path, count: int, rounds: int) -> dict[str, list[float]]
         "GET /healthy (Harbor, every task)": lambda: call(app, "GET", "/healthy", headers=auth),
         "POST /oapi/v1/jobs (Harbor create)": create,
         "GET /oapi/v1/jobs/{id} (pending)": lambda: call(app, "GET", f"/oapi/v1/jobs/{pending_id}", headers=auth),
-        "GET /oapi/v1/jobs/{id} (finished: fast path)": lambda: call(app, "GET", f"/oapi/v1/jobs/{claim.job_id}", headers=auth),
+        "GET /oapi/v1/jobs/{id} (finished: fast path)": lambda: call(
+            app, "GET", f"/oapi/v1/jobs/{claim.job_id}", headers=auth
+        ),
     }
     try:
         for request in routes.values():  # warm caches, the token cache and the health cache

@@ -66,17 +66,28 @@ def push_tags(origin: object, token: TokenService, count: int, base_sizes: list[
     Returns the unique blob digests and the digest of tag v0's manifest.
     """
     auth = f"Bearer {token.mint(REPOSITORY, ('pull', 'push'), expires_in=3600)}"
-    base = [push_blob(origin, REPOSITORY, b"".join(random_blob_chunks(size, seed=900 + i)), auth_header=auth) for i, size in enumerate(base_sizes)]  # type: ignore[arg-type]
+    base = [
+        push_blob(origin, REPOSITORY, b"".join(random_blob_chunks(size, seed=900 + i)), auth_header=auth)
+        for i, size in enumerate(base_sizes)
+    ]  # type: ignore[arg-type]
 
     def one(tag: int) -> tuple[set[str], str]:
         layer = push_blob(origin, REPOSITORY, f"tag {tag} ".encode() * 200, auth_header=auth)  # type: ignore[arg-type]
-        config = push_blob(origin, REPOSITORY, json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode(), auth_header=auth)  # type: ignore[arg-type]
+        config = push_blob(
+            origin,
+            REPOSITORY,
+            json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode(),
+            auth_header=auth,
+        )  # type: ignore[arg-type]
         manifest = {
-            "schemaVersion": 2, "mediaType": DOCKER_MANIFEST_MEDIA_TYPE,
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST_MEDIA_TYPE,
             "config": {"mediaType": DOCKER_CONFIG_MEDIA_TYPE, "digest": config[0], "size": config[1]},
             "layers": [{"mediaType": DOCKER_LAYER_MEDIA_TYPE, "digest": d, "size": s} for d, s in [*base, layer]],
         }
-        digest = _put_manifest(origin, REPOSITORY, f"v{tag}", json.dumps(manifest).encode(), DOCKER_MANIFEST_MEDIA_TYPE, auth)  # type: ignore[arg-type]
+        digest = _put_manifest(
+            origin, REPOSITORY, f"v{tag}", json.dumps(manifest).encode(), DOCKER_MANIFEST_MEDIA_TYPE, auth
+        )  # type: ignore[arg-type]
         return {layer[0], config[0]}, digest
 
     unique = {digest for digest, _ in base}
@@ -88,19 +99,38 @@ def push_tags(origin: object, token: TokenService, count: int, base_sizes: list[
     return unique, manifests[0]
 
 
-def run_policy(gateway: GatewayProcess, origin_url: str, token: TokenService, tags: int, spread: float, poll: float,
-               generators: int, work: Path) -> Policy:
+def run_policy(
+    gateway: GatewayProcess,
+    origin_url: str,
+    token: TokenService,
+    tags: int,
+    spread: float,
+    poll: float,
+    generators: int,
+    work: Path,
+) -> Policy:
     """Run the tasks in ``generators`` processes (``harbor_tasks``) on one schedule, starting 2 s from now."""
     header = f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"
     begin = time.time() + 2.0  # the generators import and connect meanwhile
-    planned = [(f"{origin_url}/v2/{REPOSITORY}/manifests/v{tag}", begin + random.uniform(0, spread)) for tag in range(tags)]
+    planned = [
+        (f"{origin_url}/v2/{REPOSITORY}/manifests/v{tag}", begin + random.uniform(0, spread)) for tag in range(tags)
+    ]
     processes = []
     for share in range(generators):
         plan = work / f"harbor-tasks-{share}.json"
-        plan.write_text(json.dumps({"gateway": gateway.url, "poll": poll, "header": header, "tasks": planned[share::generators]}))
+        plan.write_text(
+            json.dumps({"gateway": gateway.url, "poll": poll, "header": header, "tasks": planned[share::generators]})
+        )
         with plan.open() as stdin:
-            processes.append(subprocess.Popen([sys.executable, "-m", "tests.benchmarks.harbor_tasks"], stdin=stdin, stdout=subprocess.PIPE,
-                                              text=True, env={**os.environ, "HARBOR_TOKEN": gateway.token}))
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.benchmarks.harbor_tasks"],
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "HARBOR_TOKEN": gateway.token},
+                )
+            )
     outcomes = []
     for process in processes:
         output, _ = process.communicate()
@@ -125,8 +155,10 @@ class Policy:
     def arrivals(self, window: float = 0.05) -> str:
         """The most creates planned, and sent, within any ``window`` seconds (a load generator that
         falls behind sends its overdue tasks together), and how late the generators woke the tasks."""
-        return (f"at most {most_within(self.planned, window)} planned and {most_within(self.sent, window)} sent within any "
-                f"{window * 1000:.0f} ms; the generators woke the tasks late by {percentiles(self.late, 'tasks')}: their own lag")
+        return (
+            f"at most {most_within(self.planned, window)} planned and {most_within(self.sent, window)} sent within any "
+            f"{window * 1000:.0f} ms; the generators woke the tasks late by {percentiles(self.late, 'tasks')}: their own lag"
+        )
 
 
 def most_within(times: list[float], window: float) -> int:
@@ -144,7 +176,9 @@ class CreateProbe:
     def __init__(self, jobs_url: str, gateway_token: str, body: Path) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.benchmarks.create_probe", jobs_url, str(body), "0.1"],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PROBE_TOKEN": gateway_token},
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PROBE_TOKEN": gateway_token},
         )
 
     def stop(self) -> list[tuple[float, float]]:
@@ -157,12 +191,32 @@ class CreateProbe:
 def _job_sized_body(path: Path) -> Path:
     """What the bare route answers a create with: a pending job the size of the gateway's answer."""
     now = datetime.now().astimezone().isoformat(timespec="seconds")
-    path.write_text(json.dumps({
-        "id": 1, "task_id": "group_" + "0" * 36, "bio": "", "type": "preheat", "state": "PENDING",
-        "args": {"type": "image", "url": f"http://127.0.0.1:5000/v2/{REPOSITORY}/manifests/v0", "tag": "", "filtered_query_params": "",
-                 "scope": "all_seed_peers", "concurrent_count": 0, "platform": "", "timeout": 0},
-        "result": None, "user_id": 0, "scheduler_clusters": [{"id": 1}], "created_at": now, "updated_at": now,
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "id": 1,
+                "task_id": "group_" + "0" * 36,
+                "bio": "",
+                "type": "preheat",
+                "state": "PENDING",
+                "args": {
+                    "type": "image",
+                    "url": f"http://127.0.0.1:5000/v2/{REPOSITORY}/manifests/v0",
+                    "tag": "",
+                    "filtered_query_params": "",
+                    "scope": "all_seed_peers",
+                    "concurrent_count": 0,
+                    "platform": "",
+                    "timeout": 0,
+                },
+                "result": None,
+                "user_id": 0,
+                "scheduler_clusters": [{"id": 1}],
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    )
     return path
 
 
@@ -199,7 +253,11 @@ class Scrape:
 
 def server_view(scrape: Scrape) -> dict[str, float]:
     """Mean latencies (ms) the gateway measured itself, from its Prometheus histograms."""
-    view = {"post": scrape.mean_ms("preheat_gateway_http_request_duration_seconds", method="POST", route="/oapi/v1/jobs", status="200")}
+    view = {
+        "post": scrape.mean_ms(
+            "preheat_gateway_http_request_duration_seconds", method="POST", route="/oapi/v1/jobs", status="200"
+        )
+    }
     for op in ("create_job", "claim_tasks", "save_progress", "finish_task", "get_job"):
         view[op] = scrape.mean_ms("preheat_gateway_store_duration_seconds", operation=op)
     return view
@@ -209,7 +267,9 @@ def loop_lag(scrape: Scrape) -> str:
     """Mean and the bucket holding p99 of the gateway's event loop lag histogram."""
     name = "preheat_gateway_event_loop_lag_seconds"
     p99 = scrape.bucket_holding(name, 0.99)
-    return f"mean {scrape.mean_ms(name):.1f} ms, p99 <= {p99 * 1000:.0f} ms ({scrape.total(f'{name}_count'):.0f} samples)"
+    return (
+        f"mean {scrape.mean_ms(name):.1f} ms, p99 <= {p99 * 1000:.0f} ms ({scrape.total(f'{name}_count'):.0f} samples)"
+    )
 
 
 def gc_pauses(scrape: Scrape) -> str:
@@ -233,11 +293,14 @@ class CpuShares:
         own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         loop_ran, loop_waited = self._loop_thread()
         return {
-            "machine": cpu_seconds(), "wall": time.monotonic(), "gateway": cpu_seconds(self.gateway_pid),
+            "machine": cpu_seconds(),
+            "wall": time.monotonic(),
+            "gateway": cpu_seconds(self.gateway_pid),
             **{name: cpu_seconds(pid) for name, pid in self.registry_pids.items()},
             "token service": own.ru_utime + own.ru_stime,
             "load generators and probes": children.ru_utime + children.ru_stime,
-            "loop ran": loop_ran, "loop waited": loop_waited,
+            "loop ran": loop_ran,
+            "loop waited": loop_waited,
         }
 
     def _loop_thread(self) -> tuple[float, float]:
@@ -252,8 +315,10 @@ class CpuShares:
         machine = used.pop("machine")
         loop_ran, loop_waited = used.pop("loop ran"), used.pop("loop waited")
         parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in used.items())
-        return (f"CPU used over the run: machine {machine:.0f} of {capacity:.0f} core-seconds; {parts}. "
-                f"The gateway's event-loop thread ran {loop_ran:.0f} s and waited {loop_waited:.0f} s for a free core")
+        return (
+            f"CPU used over the run: machine {machine:.0f} of {capacity:.0f} core-seconds; {parts}. "
+            f"The gateway's event-loop thread ran {loop_ran:.0f} s and waited {loop_waited:.0f} s for a free core"
+        )
 
 
 def main() -> None:
@@ -264,9 +329,12 @@ def main() -> None:
     parser.add_argument("--base-mib", type=int, default=4, help="size of each of the four base layers")
     parser.add_argument("--workers", type=int, default=32, help="the gateway's runner.workers")
     parser.add_argument("--generators", type=int, default=4, help="load-generator processes the tasks are split over")
-    parser.add_argument("--own-core", action="store_true",
-                        help="give the gateway (and the probe) one core and everything else the other, as if Harbor and "
-                             "the registries were other machines")
+    parser.add_argument(
+        "--own-core",
+        action="store_true",
+        help="give the gateway (and the probe) one core and everything else the other, as if Harbor and "
+        "the registries were other machines",
+    )
     args = parser.parse_args()
     if args.own_core:
         if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
@@ -281,21 +349,38 @@ def main() -> None:
         pushed = time.monotonic()
         unique, first_manifest = push_tags(origin, token, args.tags, [args.base_mib << 20] * 4)
         print(f"pushed {args.tags} tags ({len(unique)} unique blobs) in {time.monotonic() - pushed:.0f}s", flush=True)
-        caches = [start_registry(work / f"cache{i}", proxy_remote=origin.url, proxy_username=CACHE_USER, proxy_password=CACHE_PASSWORD) for i in range(2)]
+        caches = [
+            start_registry(
+                work / f"cache{i}", proxy_remote=origin.url, proxy_username=CACHE_USER, proxy_password=CACHE_PASSWORD
+            )
+            for i in range(2)
+        ]
         cluster = {"id": 1, "name": "mirrors", "adapter": "mirror", "endpoints": [{"url": c.url} for c in caches]}
-        gateway = GatewayProcess(work / "gateway", gateway_config(work, clusters=[cluster], runner={"workers": args.workers})).start()
+        gateway = GatewayProcess(
+            work / "gateway", gateway_config(work, clusters=[cluster], runner={"workers": args.workers})
+        ).start()
         bare = BareApp(_job_sized_body(work / "bare-body.json"))
         if args.own_core:
             pin(gateway.process.pid, {1})  # type: ignore[union-attr]
             pin(bare.process.pid, {1})
-        gateway.token  # created before the clock starts
+        _ = gateway.token  # created before the clock starts
 
         cpu = CpuShares(gateway.process.pid, {"origin": origin.pid, "cache 1": caches[0].pid, "cache 2": caches[1].pid})  # type: ignore[union-attr]
         # The probe's own jobs name v0 by digest: a cache answers those from its disk without
         # asking the origin again, so the instrument adds as little registry work as it can.
         body = work / "probe-body.json"
-        body.write_text(json.dumps({"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/{REPOSITORY}/manifests/{first_manifest}",
-                                                                "headers": {"Authorization": f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"}}}))
+        body.write_text(
+            json.dumps(
+                {
+                    "type": "preheat",
+                    "args": {
+                        "type": "image",
+                        "url": f"{origin.url}/v2/{REPOSITORY}/manifests/{first_manifest}",
+                        "headers": {"Authorization": f"Bearer {token.mint(REPOSITORY, expires_in=3600)}"},
+                    },
+                }
+            )
+        )
         probe = CreateProbe(f"{gateway.url}/oapi/v1/jobs", gateway.token, body)
         bare_probe = CreateProbe(f"{bare.url}/oapi/v1/jobs", gateway.token, body)
         if args.own_core:
@@ -310,23 +395,43 @@ def main() -> None:
         fetched = scrape.total("preheat_gateway_blob_fetches_total", outcome="fetched")
         stored = sum(cache.upstream_blob_fetches() for cache in caches)
         expected = len(unique) * len(caches)
-        print(f"tasks: {args.tags}, outcomes: { {o: policy.states.count(o) for o in set(policy.states)} }; "
-              f"arrivals: {policy.arrivals()}")
-        print(f"create latency of the tasks themselves ({args.generators} load-generator processes, so including their own queueing): "
-              f"{percentiles(policy.creates)}")
-        for name, samples in (("the gateway's create (goal p99 < 50 ms)", probed), ("a bare Starlette route, same machine, same moments", bare_probed)):
-            print(f"create latency seen by a second Harbor (create_probe: one create every 100 ms, kept-alive connection) on {name}: "
-                  f"whole run {percentiles([s for _, s in samples])}; while the tasks arrive {percentiles([s for t, s in samples if t < arrivals_end])}; "
-                  f"afterwards {percentiles([s for t, s in samples if t >= arrivals_end])}")
-        print(f"gateway blob fetches / (unique blobs x caches) = {fetched:.0f} / {expected} = {fetched / expected:.2f} (goal 1.00)")
-        print(f"blobs the caches fetched from the origin and stored / (unique blobs x caches) = {stored} / {expected} = {stored / expected:.2f}")
+        print(
+            f"tasks: {args.tags}, outcomes: { {o: policy.states.count(o) for o in set(policy.states)} }; "
+            f"arrivals: {policy.arrivals()}"
+        )
+        print(
+            f"create latency of the tasks themselves ({args.generators} load-generator processes, so including their own queueing): "
+            f"{percentiles(policy.creates)}"
+        )
+        for name, samples in (
+            ("the gateway's create (goal p99 < 50 ms)", probed),
+            ("a bare Starlette route, same machine, same moments", bare_probed),
+        ):
+            print(
+                f"create latency seen by a second Harbor (create_probe: one create every 100 ms, kept-alive connection) on {name}: "
+                f"whole run {percentiles([s for _, s in samples])}; while the tasks arrive {percentiles([s for t, s in samples if t < arrivals_end])}; "
+                f"afterwards {percentiles([s for t, s in samples if t >= arrivals_end])}"
+            )
+        print(
+            f"gateway blob fetches / (unique blobs x caches) = {fetched:.0f} / {expected} = {fetched / expected:.2f} (goal 1.00)"
+        )
+        print(
+            f"blobs the caches fetched from the origin and stored / (unique blobs x caches) = {stored} / {expected} = {stored / expected:.2f}"
+        )
         server = server_view(scrape)
-        print(f"server side: POST /oapi/v1/jobs mean {server['post']:.1f} ms; store mean per call (ms): "
-              + ", ".join(f"{op} {server[op]:.1f}" for op in ("create_job", "claim_tasks", "save_progress", "finish_task", "get_job")))
+        print(
+            f"server side: POST /oapi/v1/jobs mean {server['post']:.1f} ms; store mean per call (ms): "
+            + ", ".join(
+                f"{op} {server[op]:.1f}"
+                for op in ("create_job", "claim_tasks", "save_progress", "finish_task", "get_job")
+            )
+        )
         print(f"gateway event loop lag (a timer's delay; every request waits it too): {loop_lag(scrape)}")
         print(f"gateway garbage collections (each stops the event loop): {gc_pauses(scrape)}")
         print(shares)
-        print(f"wall time first create -> last job's end: {policy.wall:.0f} s; gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB")  # type: ignore[union-attr]
+        print(
+            f"wall time first create -> last job's end: {policy.wall:.0f} s; gateway peak RSS {peak_rss_mib(gateway.process.pid):.0f} MiB"
+        )  # type: ignore[union-attr]
     finally:
         if gateway is not None:
             gateway.kill()

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-
 from tests.benchmarks.common import cpu_seconds, peak_rss_mib
 from tests.conftest import CACHE_PASSWORD, CACHE_USER, USERS
 from tests.gateway_process import GatewayProcess, gateway_config
@@ -52,7 +51,15 @@ class Rig:
         self.token = TokenService(USERS, work / "token", grants={CACHE_USER: {"pull"}})
         self.origin = start_registry(work / "origin", token=self.token)
         self.image: PushedImage = push_image(self.origin, REPOSITORY, TAG, layer_sizes, seed=7)
-        self.caches = [start_registry(work / f"cache{i}", proxy_remote=self.origin.url, proxy_username=CACHE_USER, proxy_password=CACHE_PASSWORD) for i in range(2)]
+        self.caches = [
+            start_registry(
+                work / f"cache{i}",
+                proxy_remote=self.origin.url,
+                proxy_username=CACHE_USER,
+                proxy_password=CACHE_PASSWORD,
+            )
+            for i in range(2)
+        ]
 
     def wait_on_disk(self, timeout: float = 1200) -> None:
         for cache in self.caches:
@@ -80,8 +87,10 @@ class Timed(NamedTuple):
     peak_rss: float | None = None
 
     def __str__(self) -> str:
-        text = (f"{self.seconds:7.2f} s   machine busy {self.busy:5.1f} of {self.seconds * (os.cpu_count() or 1):5.1f} core-seconds"
-                f"   registries CPU {self.registries_cpu:5.1f} s")
+        text = (
+            f"{self.seconds:7.2f} s   machine busy {self.busy:5.1f} of {self.seconds * (os.cpu_count() or 1):5.1f} core-seconds"
+            f"   registries CPU {self.registries_cpu:5.1f} s"
+        )
         if self.gateway_cpu is not None:
             text += f"   gateway CPU {self.gateway_cpu:5.1f} s   peak RSS {self.peak_rss:.0f} MiB"
         return text
@@ -105,16 +114,31 @@ class Clock:
         registries = self._registries_cpu() - self.registries_cpu
         if self.gateway_pid is None:
             return Timed(seconds, busy, registries)
-        return Timed(seconds, busy, registries, cpu_seconds(self.gateway_pid) - self.gateway_cpu, peak_rss_mib(self.gateway_pid))
+        return Timed(
+            seconds, busy, registries, cpu_seconds(self.gateway_pid) - self.gateway_cpu, peak_rss_mib(self.gateway_pid)
+        )
 
 
 def by_gateway(rig: Rig, work: Path, verify: str = "digest") -> Timed:
-    cluster = {"id": 1, "name": "mirrors", "adapter": "mirror", "endpoints": [{"url": c.url} for c in rig.caches], "verify": verify}
+    cluster = {
+        "id": 1,
+        "name": "mirrors",
+        "adapter": "mirror",
+        "endpoints": [{"url": c.url} for c in rig.caches],
+        "verify": verify,
+    }
     gateway = GatewayProcess(work / "gateway", gateway_config(work, clusters=[cluster])).start()
     try:
         header = f"Bearer {rig.token.mint(REPOSITORY)}"
-        body = {"type": "preheat", "args": {"type": "image", "url": f"{rig.origin.url}/v2/{REPOSITORY}/manifests/{TAG}",
-                                            "headers": {"Authorization": header}, "scope": "all_seed_peers"}}
+        body = {
+            "type": "preheat",
+            "args": {
+                "type": "image",
+                "url": f"{rig.origin.url}/v2/{REPOSITORY}/manifests/{TAG}",
+                "headers": {"Authorization": header},
+                "scope": "all_seed_peers",
+            },
+        }
         client = gateway.client()  # creates the token (a CLI run) before the clock starts
         clock = Clock(rig, gateway.process.pid)  # type: ignore[union-attr]
         job_id = client.post("/oapi/v1/jobs", json=body).json()["id"]
@@ -132,9 +156,19 @@ def by_skopeo(rig: Rig, work: Path) -> Timed:
     if skopeo is None:
         raise SystemExit("skopeo is not installed: apt-get install skopeo")
     clock = Clock(rig)
-    copies = [subprocess.Popen([skopeo, "copy", "--src-tls-verify=false", "--quiet",
-                                f"docker://{cache.host}/{REPOSITORY}:{TAG}", f"dir:{work / f'skopeo{i}'}"])
-              for i, cache in enumerate(rig.caches)]
+    copies = [
+        subprocess.Popen(
+            [
+                skopeo,
+                "copy",
+                "--src-tls-verify=false",
+                "--quiet",
+                f"docker://{cache.host}/{REPOSITORY}:{TAG}",
+                f"dir:{work / f'skopeo{i}'}",
+            ]
+        )
+        for i, cache in enumerate(rig.caches)
+    ]
     if any(copy.wait() for copy in copies):
         raise RuntimeError("skopeo copy failed")
     rig.wait_on_disk()
@@ -144,8 +178,11 @@ def by_skopeo(rig: Rig, work: Path) -> Timed:
 def by_curl(rig: Rig, work: Path) -> Timed:
     curl = shutil.which("curl") or sys.exit("curl is not installed")
     clock = Clock(rig)
-    fetches = [subprocess.Popen([curl, "-sf", "-o", "/dev/null", f"{cache.url}/v2/{REPOSITORY}/blobs/{digest}"])
-               for cache in rig.caches for digest in rig.image.blob_digests]
+    fetches = [
+        subprocess.Popen([curl, "-sf", "-o", "/dev/null", f"{cache.url}/v2/{REPOSITORY}/blobs/{digest}"])
+        for cache in rig.caches
+        for digest in rig.image.blob_digests
+    ]
     if any(fetch.wait() for fetch in fetches):
         raise RuntimeError("curl failed")
     rig.wait_on_disk()
@@ -156,19 +193,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=200, help="image size in MiB")
     parser.add_argument("--layers", type=int, default=5)
-    parser.add_argument("--ways", default="gateway,skopeo,floor",
-                        help="any of gateway, gateway-size (the mirror's verify: size), skopeo, floor")
-    parser.add_argument("--rounds", type=int, default=1, help="run every way this many times, interleaved; medians are compared")
+    parser.add_argument(
+        "--ways",
+        default="gateway,skopeo,floor",
+        help="any of gateway, gateway-size (the mirror's verify: size), skopeo, floor",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every way this many times, interleaved; medians are compared"
+    )
     args = parser.parse_args()
     layer = args.mib * 1024 * 1024 // args.layers
     ways: dict[str, Callable[[Rig, Path], Timed]] = {
-        "gateway": by_gateway, "gateway-size": lambda rig, work: by_gateway(rig, work, "size"), "skopeo": by_skopeo, "floor": by_curl,
+        "gateway": by_gateway,
+        "gateway-size": lambda rig, work: by_gateway(rig, work, "size"),
+        "skopeo": by_skopeo,
+        "floor": by_curl,
     }
     rss: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {}
     order = args.ways.split(",")
     for round_ in range(1, args.rounds + 1):
-        for name in order[round_ - 1:] + order[:round_ - 1]:  # rotated: no way always runs first
+        for name in order[round_ - 1 :] + order[: round_ - 1]:  # rotated: no way always runs first
             work = Path(tempfile.mkdtemp(prefix=f"bench-warm-{name}-", dir="/var/tmp"))
             rig = Rig(work, [layer] * args.layers)
             try:
@@ -181,13 +226,19 @@ def main() -> None:
                 rss.setdefault(name, []).append(timed.peak_rss)
             print(f"round {round_}  {name:12} {timed}", flush=True)
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    print(f"image {args.mib} MiB in {args.layers} layers, 2 cold caches, {args.rounds} round(s); medians: "
-          + ", ".join(f"{name} {value:.2f} s" for name, value in median.items()))
+    print(
+        f"image {args.mib} MiB in {args.layers} layers, 2 cold caches, {args.rounds} round(s); medians: "
+        + ", ".join(f"{name} {value:.2f} s" for name, value in median.items())
+    )
     for gateway in rss:
         for other, label, goal in (("skopeo", "skopeo", "0.80"), ("floor", "floor ", "1.20")):
             if other in median:
-                rounds = ", ".join(f"{mine / theirs:.2f}" for mine, theirs in zip(seconds[gateway], seconds[other], strict=True))
-                print(f"{gateway} / {label} = {median[gateway] / median[other]:.2f}x (goal <= {goal}; round by round {rounds})")
+                rounds = ", ".join(
+                    f"{mine / theirs:.2f}" for mine, theirs in zip(seconds[gateway], seconds[other], strict=True)
+                )
+                print(
+                    f"{gateway} / {label} = {median[gateway] / median[other]:.2f}x (goal <= {goal}; round by round {rounds})"
+                )
         print(f"{gateway} peak RSS = {max(rss[gateway]):.0f} MiB (goal < 150)")
 
 

@@ -28,7 +28,9 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, *, connections: int = 64, threads: int = 2, seconds: int = 10, headers: dict[str, str] | None = None) -> WrkResult:
+def wrk(
+    url: str, *, connections: int = 64, threads: int = 2, seconds: int = 10, headers: dict[str, str] | None = None
+) -> WrkResult:
     """Debian's wrk against a loopback URL, with latency percentiles."""
     binary = shutil.which("wrk")
     if binary is None:
@@ -90,7 +92,9 @@ class BareApp:
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.bare_app", str(port), str(body), *(["stock"] if stock else [])])
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.benchmarks.bare_app", str(port), str(body), *(["stock"] if stock else [])]
+        )
         try:
             wait_http(f"{self.url}/oapi/v1/jobs/1")
         except BaseException:

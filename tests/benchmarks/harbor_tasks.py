@@ -48,8 +48,20 @@ async def harbor_task(client: httpx.AsyncClient, url: str, header: str, start: f
     late = time.time() - start
     if (await get(client, "/healthy")).status_code != 200:
         return "UNHEALTHY", late, 0.0, 0.0, 0.0
-    body = {"type": "preheat", "args": {"type": "image", "url": url, "tag": "", "filtered_query_params": "", "headers": {"Authorization": header},
-                                        "scope": "all_seed_peers", "concurrent_count": 0, "timeout": 0}, "scheduler_cluster_ids": None}
+    body = {
+        "type": "preheat",
+        "args": {
+            "type": "image",
+            "url": url,
+            "tag": "",
+            "filtered_query_params": "",
+            "headers": {"Authorization": header},
+            "scope": "all_seed_peers",
+            "concurrent_count": 0,
+            "timeout": 0,
+        },
+        "scheduler_cluster_ids": None,
+    }
     sent, started = time.time(), time.perf_counter()
     response = await client.post("/oapi/v1/jobs", json=body)
     seconds = time.perf_counter() - started
@@ -68,10 +80,14 @@ async def run(plan: dict[str, Any]) -> list[TaskOutcome]:
     # Harbor's Go client keeps a connection per task; httpcore's pool scheduler is quadratic in
     # its size, so the tasks share the gateway's own aiohttp-backed client.
     limits = httpx.Limits(max_connections=max(1, len(tasks)), max_keepalive_connections=max(1, len(tasks)))
-    client = new_client(timeout=30, limits=limits, trust_env=False, headers={"Authorization": f"Bearer {os.environ['HARBOR_TOKEN']}"})
+    client = new_client(
+        timeout=30, limits=limits, trust_env=False, headers={"Authorization": f"Bearer {os.environ['HARBOR_TOKEN']}"}
+    )
     client.base_url = httpx.URL(plan["gateway"])
     async with client:
-        return await asyncio.gather(*(harbor_task(client, url, plan["header"], start, plan["poll"]) for url, start in tasks))
+        return await asyncio.gather(
+            *(harbor_task(client, url, plan["header"], start, plan["poll"]) for url, start in tasks)
+        )
 
 
 def main() -> None:

@@ -29,8 +29,13 @@ from tests.tcprelay import TcpRelay
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ROBOT_PASSWORD_ENV = "CONSOLE_TEST_ROBOT_PASSWORD"
 
@@ -94,10 +99,13 @@ class ConsoleGateway:
 
 
 @pytest.fixture
-def console_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, paced: PacedRelay, tmp_path: Path) -> ConsoleGateway:
+def console_gateway(
+    make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, paced: PacedRelay, tmp_path: Path
+) -> ConsoleGateway:
     """A gateway with the robot account configured for the origin: the console sends no Harbor token."""
     credentials = [
-        {"host": host, "username": ROBOT_USER, "password_env": ROBOT_PASSWORD_ENV} for host in (origin.host, gate.host, paced.host)
+        {"host": host, "username": ROBOT_USER, "password_env": ROBOT_PASSWORD_ENV}
+        for host in (origin.host, gate.host, paced.host)
     ]
     config = gateway_config(
         tmp_path,
@@ -130,8 +138,15 @@ class Person:
         self.page.get_by_role("button", name="Sign in").click()
         self.page.wait_for_url(re.compile(r".*/console/preheats$"))
 
-    def create_preheat(self, url: str, *, kind: str = "image", platform: str = "", description: str = "",
-                       clusters: tuple[str, ...] = ()) -> None:
+    def create_preheat(
+        self,
+        url: str,
+        *,
+        kind: str = "image",
+        platform: str = "",
+        description: str = "",
+        clusters: tuple[str, ...] = (),
+    ) -> None:
         self.page.get_by_role("link", name="Create preheat", exact=True).first.click()
         self.page.get_by_label("Type").select_option(kind)
         self.page.get_by_label("URL").fill(url)
@@ -177,7 +192,6 @@ def api_error(gateway: ConsoleGateway, args: dict[str, Any]) -> str:
         response = client.post("/oapi/v1/jobs", json={"type": "preheat", "args": args})
     assert response.status_code == 422, response.text
     return str(response.json()["errors"])
-
 
 
 class PacedRelay(TcpRelay):
@@ -258,7 +272,12 @@ def mixed_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, t
         tmp_path,
         clusters=[
             {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
-            {"id": 2, "name": "eu-mirror", "adapter": "mirror", "endpoints": [{"url": f"http://127.0.0.1:{dead_port}"}]},
+            {
+                "id": 2,
+                "name": "eu-mirror",
+                "adapter": "mirror",
+                "endpoints": [{"url": f"http://127.0.0.1:{dead_port}"}],
+            },
         ],
         registries={"allow": ["127.0.0.1"], "credentials": credentials},
     )
@@ -279,7 +298,9 @@ def make_person(browser: Any, tmp_path: Path) -> Iterator[Any]:
         shots = tmp_path / f"screenshots-{len(contexts)}"
         shots.mkdir()
         someone = Person(page=page, console=console, shots=shots)
-        page.on("console", lambda message: message.type == "error" and someone.errors.append(f"{page.url}: {message.text}"))
+        page.on(
+            "console", lambda message: message.type == "error" and someone.errors.append(f"{page.url}: {message.text}")
+        )
         page.on("pageerror", lambda error: someone.errors.append(f"{page.url}: uncaught {error}"))
         return someone
 

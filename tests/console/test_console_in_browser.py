@@ -21,7 +21,9 @@ def expect(target: Any) -> Any:
     return playwright_expect(target)
 
 
-def test_a_person_signs_in_with_a_token_and_a_wrong_token_is_refused(person: Person, console_gateway: ConsoleGateway) -> None:
+def test_a_person_signs_in_with_a_token_and_a_wrong_token_is_refused(
+    person: Person, console_gateway: ConsoleGateway
+) -> None:
     page = person.page
     page.goto(f"{person.console}/preheats")
     expect(page).to_have_url(re.compile(r"/console/signin\?next=%2Fconsole%2Fpreheats$"))
@@ -47,7 +49,9 @@ def test_a_console_preheat_goes_from_pending_to_success_without_a_reload(
 ) -> None:
     page = person.page
     person.sign_in(console_gateway.process.token)
-    person.create_preheat(console_gateway.manifest_url("library/app", "1.0", gated=True), description="warm app 1.0 for the rollout")
+    person.create_preheat(
+        console_gateway.manifest_url("library/app", "1.0", gated=True), description="warm app 1.0 for the rollout"
+    )
 
     job_id = last_job_id(console_gateway)
     expect(page).to_have_url(re.compile(rf"/console/preheats/{job_id}\?notice=created$"))
@@ -80,7 +84,9 @@ def test_a_console_preheat_goes_from_pending_to_success_without_a_reload(
     assert person.errors == []
 
 
-def test_the_detail_page_follows_a_running_preheat_to_its_end(person: Person, console_gateway: ConsoleGateway, images: OriginImages) -> None:
+def test_the_detail_page_follows_a_running_preheat_to_its_end(
+    person: Person, console_gateway: ConsoleGateway, images: OriginImages
+) -> None:
     page = person.page
     person.sign_in(console_gateway.process.token)
     person.create_preheat(console_gateway.manifest_url("library/app", "1.0", gated=True))
@@ -135,7 +141,9 @@ def test_a_failed_preheat_shows_its_error_log(person: Person, console_gateway: C
     assert person.errors == []
 
 
-def test_invalid_input_is_shown_next_to_its_field_in_the_apis_words(person: Person, console_gateway: ConsoleGateway) -> None:
+def test_invalid_input_is_shown_next_to_its_field_in_the_apis_words(
+    person: Person, console_gateway: ConsoleGateway
+) -> None:
     page = person.page
     person.sign_in(console_gateway.process.token)
     jobs_before = console_gateway.job_count()
@@ -144,7 +152,9 @@ def test_invalid_input_is_shown_next_to_its_field_in_the_apis_words(person: Pers
 
     expect(page).to_have_url(re.compile(r"/console/preheats/new$"))
     url_error = page.locator("#urls-error")
-    expect(url_error).to_have_text(api_error(console_gateway, {"type": "image", "url": "registry.example.com/library/app:1.0"}))
+    expect(url_error).to_have_text(
+        api_error(console_gateway, {"type": "image", "url": "registry.example.com/library/app:1.0"})
+    )
     expect(page.get_by_label("URL")).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_label("URL")).to_have_value("registry.example.com/library/app:1.0")
     expect(page.get_by_label("URL")).to_have_attribute("aria-describedby", "urls-hint urls-error")
@@ -203,7 +213,9 @@ def test_after_signing_out_the_console_refuses_the_old_session(person: Person, c
     assert person.errors == []
 
 
-def test_the_clusters_page_shows_each_cluster_its_adapter_and_health(person: Person, console_gateway: ConsoleGateway) -> None:
+def test_the_clusters_page_shows_each_cluster_its_adapter_and_health(
+    person: Person, console_gateway: ConsoleGateway
+) -> None:
     page = person.page
     person.sign_in(console_gateway.process.token)
 

@@ -40,7 +40,9 @@ def signed_in(gateway: GatewayProcess, token: str | None = None) -> Iterator[htt
     """A client that signed in through the console's form, holding the session cookie."""
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         form = client.get("/console/signin")
-        response = client.post("/console/signin", data={"csrf": csrf_of(form.text), "token": token or gateway.token, "next": ""})
+        response = client.post(
+            "/console/signin", data={"csrf": csrf_of(form.text), "token": token or gateway.token, "next": ""}
+        )
         assert response.status_code == 303, response.text
         yield client
 
@@ -75,7 +77,9 @@ def test_the_session_cookie_is_secure_when_the_console_is_reached_over_https(mak
         assert "; secure" in form.headers["set-cookie"].lower()
         signin_cookie = form.headers["set-cookie"].split(";")[0]  # httpx, rightly, keeps Secure cookies off http
         response = browser.post(
-            "/console/signin", data={"csrf": csrf_of(form.text), "token": gateway.token}, headers={"Cookie": signin_cookie}
+            "/console/signin",
+            data={"csrf": csrf_of(form.text), "token": gateway.token},
+            headers={"Cookie": signin_cookie},
         )
     assert response.status_code == 303
     assert all("; secure" in h.lower() for h in response.headers.get_list("set-cookie"))
@@ -105,7 +109,9 @@ def test_sign_in_only_ever_sends_you_on_to_a_console_page(make_gateway: MakeGate
     ):
         with httpx.Client(base_url=gateway.url) as browser:
             form = browser.get("/console/signin", params={"next": target})
-            response = browser.post("/console/signin", data={"csrf": csrf_of(form.text), "token": gateway.token, "next": target})
+            response = browser.post(
+                "/console/signin", data={"csrf": csrf_of(form.text), "token": gateway.token, "next": target}
+            )
         assert response.status_code == 303
         assert response.headers["location"] == expected
 
@@ -134,31 +140,59 @@ def test_no_page_ever_shows_a_secret(make_gateway: MakeGateway, tmp_path: Path) 
         tmp_path,
         clusters=[
             {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
-            {"id": 2, "name": "mirror-eu", "adapter": "mirror",
-             "endpoints": [{"url": "http://127.0.0.1:9", "username": "cache-user", "password_env": "CONSOLE_MIRROR_SECRET"}]},
+            {
+                "id": 2,
+                "name": "mirror-eu",
+                "adapter": "mirror",
+                "endpoints": [
+                    {"url": "http://127.0.0.1:9", "username": "cache-user", "password_env": "CONSOLE_MIRROR_SECRET"}
+                ],
+            },
         ],
-        registries={"allow": ["127.0.0.1"], "credentials": [
-            {"host": "127.0.0.1:9", "username": "robot$preheat", "password_env": "CONSOLE_ROBOT_SECRET"},
-        ]},
+        registries={
+            "allow": ["127.0.0.1"],
+            "credentials": [
+                {"host": "127.0.0.1:9", "username": "robot$preheat", "password_env": "CONSOLE_ROBOT_SECRET"},
+            ],
+        },
     )
     gateway = make_gateway(config, env=env)
     with gateway.client() as api:
-        image = api.post("/oapi/v1/jobs", json={"type": "preheat", "args": {
-            "type": "image", "url": "http://127.0.0.1:9/v2/library/app/manifests/1.0",
-            "headers": {"Authorization": f"Bearer harbor-registry-token-{SECRET}"},
-            "username": "robot", "password": f"registry-password-{SECRET}",
-        }})
-        files = api.post("/oapi/v1/jobs", json={"type": "preheat", "args": {
-            "type": "file", "url": f"http://127.0.0.1:9/models/m.bin?X-Amz-Signature=sig-{SECRET}&X-Amz-Credential=AKIA{SECRET}&version=3",
-        }})
+        image = api.post(
+            "/oapi/v1/jobs",
+            json={
+                "type": "preheat",
+                "args": {
+                    "type": "image",
+                    "url": "http://127.0.0.1:9/v2/library/app/manifests/1.0",
+                    "headers": {"Authorization": f"Bearer harbor-registry-token-{SECRET}"},
+                    "username": "robot",
+                    "password": f"registry-password-{SECRET}",
+                },
+            },
+        )
+        files = api.post(
+            "/oapi/v1/jobs",
+            json={
+                "type": "preheat",
+                "args": {
+                    "type": "file",
+                    "url": f"http://127.0.0.1:9/models/m.bin?X-Amz-Signature=sig-{SECRET}&X-Amz-Credential=AKIA{SECRET}&version=3",
+                },
+            },
+        )
     assert image.status_code == 200 and files.status_code == 200, (image.text, files.text)
     ids = [image.json()["id"], files.json()["id"]]
 
     with signed_in(gateway) as client:
         responses = {
-            path: client.get(path) for path in [
-                "/console/preheats", "/console/clusters", "/console/preheats/new",
-                *(f"/console/preheats/{i}" for i in ids), *(f"/console/preheats/{i}/status" for i in ids),
+            path: client.get(path)
+            for path in [
+                "/console/preheats",
+                "/console/clusters",
+                "/console/preheats/new",
+                *(f"/console/preheats/{i}" for i in ids),
+                *(f"/console/preheats/{i}/status" for i in ids),
                 f"/console/preheats/rows?id={ids[0]}&id={ids[1]}",
             ]
         }
@@ -179,23 +213,42 @@ def test_bad_input_is_answered_with_a_page_never_a_server_error(make_gateway: Ma
         def create(**fields: object) -> httpx.Response:
             return client.post("/console/preheats/new", data={"csrf": csrf, "type": "image", "urls": url, **fields})
 
-        assert field_error(create(clusters="7").text, "clusters").startswith("unknown cluster id 7: this gateway has clusters 1 (local)")
+        assert field_error(create(clusters="7").text, "clusters").startswith(
+            "unknown cluster id 7: this gateway has clusters 1 (local)"
+        )
         assert field_error(create(clusters="x").text, "clusters") == "unknown cluster id 'x'"
-        assert field_error(create(type="video").text, "type") == "args.type 'video' is not supported: use 'image' or 'file'"
+        assert (
+            field_error(create(type="video").text, "type")
+            == "args.type 'video' is not supported: use 'image' or 'file'"
+        )
         assert field_error(create(urls="").text, "urls").startswith("args.url is empty")
-        assert field_error(create(urls=f"{url}\n{url}").text, "urls").startswith("an image preheat takes exactly one url")
+        assert field_error(create(urls=f"{url}\n{url}").text, "urls").startswith(
+            "an image preheat takes exactly one url"
+        )
         assert field_error(create(scope="everyone").text, "scope").startswith("scope 'everyone' is not one of")
         assert field_error(create(bio="x" * 1001).text, "bio") == "bio is longer than 1000 characters"
 
         odd = [
-            client.post("/console/preheats/new", content=b"csrf=" + csrf.encode() + b"&urls=\xff\xfe", headers={"content-type": "application/x-www-form-urlencoded"}),
+            client.post(
+                "/console/preheats/new",
+                content=b"csrf=" + csrf.encode() + b"&urls=\xff\xfe",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            ),
             client.post("/console/preheats/new", files={"urls": ("u", b"x")}),
-            client.post("/console/preheats/new", content=b"x" * (2 << 20), headers={"content-type": "application/x-www-form-urlencoded"}),
+            client.post(
+                "/console/preheats/new",
+                content=b"x" * (2 << 20),
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            ),
             client.post("/console/signin", content=b"{}", headers={"content-type": "application/json"}),
-            client.get("/console/preheats", params={"page": "abc", "state": "RUNNING", "cluster": "x", "q": "%_\\" * 500}),
+            client.get(
+                "/console/preheats", params={"page": "abc", "state": "RUNNING", "cluster": "x", "q": "%_\\" * 500}
+            ),
             client.get("/console/preheats", params={"page": "9" * 5000, "cluster": "\u00b2", "created": "9" * 5000}),
             client.get("/console/preheats/rows", params={"id": ["abc", "-1", "999999", "9" * 5000]}),
-            client.post("/console/preheats/new", data={"csrf": csrf, "type": "image", "urls": url, "clusters": "9" * 5000}),
+            client.post(
+                "/console/preheats/new", data={"csrf": csrf, "type": "image", "urls": url, "clusters": "9" * 5000}
+            ),
             client.get("/console/preheats/999999"),
             client.get(f"/console/preheats/{'9' * 30}"),
             client.get(f"/console/preheats/{'9' * 30}/status"),
@@ -234,7 +287,9 @@ def test_the_console_honours_the_servers_root_path(make_gateway: MakeGateway, tm
         assert page.status_code == 200 and 'href="/p2p/console/clusters"' in page.text
 
 
-def test_with_authentication_off_no_sign_in_is_needed_but_forms_still_need_their_token(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_with_authentication_off_no_sign_in_is_needed_but_forms_still_need_their_token(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, auth={"mode": "none"}))
     with httpx.Client(base_url=gateway.url) as browser:
         page = browser.get("/console/preheats/new")

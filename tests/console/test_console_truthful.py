@@ -128,7 +128,10 @@ def test_a_job_that_failed_in_one_cluster_reads_as_a_failure(
     expect(page.locator("#progress-text")).to_have_text(f"Failed: 1 of 2 clusters failed; {blobs} blobs warmed")
     expect(page.locator("#progress-text")).to_have_class("fail-text")
     expect(page.locator("#status progress")).to_have_count(0)
-    local, mirror = page.get_by_role("article", name=re.compile("^local")), page.get_by_role("article", name=re.compile("^eu-mirror"))
+    local, mirror = (
+        page.get_by_role("article", name=re.compile("^local")),
+        page.get_by_role("article", name=re.compile("^eu-mirror")),
+    )
     expect(local.locator(".badge").first).to_have_text("success")
     expect(mirror.locator("h3 .badge")).to_have_text("failure")
     expect(mirror.locator(".task-progress")).to_contain_text("Failed:")
@@ -136,7 +139,9 @@ def test_a_job_that_failed_in_one_cluster_reads_as_a_failure(
     assert person.errors == []
 
 
-def test_on_a_phone_nothing_is_cut_off_on_the_right(make_person: Any, console_gateway: ConsoleGateway, images: OriginImages) -> None:
+def test_on_a_phone_nothing_is_cut_off_on_the_right(
+    make_person: Any, console_gateway: ConsoleGateway, images: OriginImages
+) -> None:
     person: Person = make_person(console_gateway.console, **PHONE)
     page = person.page
     person.sign_in(console_gateway.process.token)

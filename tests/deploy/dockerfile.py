@@ -27,7 +27,7 @@ class Instruction:
         """The exec (JSON array) form's words, or None for the shell form."""
         text = self.args
         for flag in re.findall(r"^(?:--\S+\s+)*", text)[:1]:
-            text = text[len(flag):]
+            text = text[len(flag) :]
         if not text.startswith("["):
             return None
         return json.loads(text)

@@ -47,14 +47,17 @@ def healthcheck_command(instruction: Instruction) -> list[str]:
 
 
 def test_multi_stage_on_a_pinned_python_3_11_slim_base() -> None:
-    args, found = stages()
+    _args, found = stages()
     assert len(found) >= 2 and found[0].name, "a named build stage, then the runtime stage"
     for stage in found:
         repository, _, tag = stage.base.partition("@")[0].rpartition(":")
         assert repository in ("python", "docker.io/library/python"), stage.base
-        assert re.fullmatch(r"3\.11\.\d+-slim(-\w+)?", tag), f"{stage.base}: pin a 3.11 patch release of -slim, never latest"
-    assert not found[-1].all("RUN") or all("pip install" not in i.args for i in found[-1].all("RUN")), \
+        assert re.fullmatch(r"3\.11\.\d+-slim(-\w+)?", tag), (
+            f"{stage.base}: pin a 3.11 patch release of -slim, never latest"
+        )
+    assert not found[-1].all("RUN") or all("pip install" not in i.args for i in found[-1].all("RUN")), (
         "the runtime stage copies the venv; it installs nothing"
+    )
     assert any(i.args.startswith("--from=") and "/opt/venv" in i.args for i in found[-1].all("COPY"))
 
 
@@ -69,7 +72,9 @@ def test_runs_as_a_numeric_non_root_user_with_state_in_a_volume() -> None:
     volumes = {v for i in stage.all("VOLUME") for v in json.loads(i.args)}
     assert volumes == {STATE_DIR, "/tmp"}, "the only writable paths, so --read-only works"
     setup = " ".join(i.args for i in stage.all("RUN"))
-    assert re.search(rf"install -d -o {uid} -g {gid or uid} .*{STATE_DIR}", setup), "the state directory belongs to the user"
+    assert re.search(rf"install -d -o {uid} -g {gid or uid} .*{STATE_DIR}", setup), (
+        "the state directory belongs to the user"
+    )
 
 
 def test_healthcheck_stopsignal_entrypoint_and_cmd() -> None:
@@ -114,9 +119,15 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 
 def context_files() -> set[str]:
-    patterns = [line.strip() for line in IGNORE_FILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip() for line in IGNORE_FILE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     extra = ["gateway/__pycache__/app.cpython-311.pyc", ".venv/bin/python", ".git/HEAD"]
     return {p for p in [*listed, *extra] if (REPO_ROOT / p).exists() or p in extra if not ignored(p, patterns)}
@@ -125,7 +136,9 @@ def context_files() -> set[str]:
 def test_the_build_context_holds_the_package_and_nothing_else() -> None:
     files = context_files()
     assert "pyproject.toml" in files and "deploy/docker/config.yaml" in files
-    assert any(f.startswith("gateway/console/templates/") for f in files) or not list((REPO_ROOT / "gateway/console").glob("templates/*"))
+    assert any(f.startswith("gateway/console/templates/") for f in files) or not list(
+        (REPO_ROOT / "gateway/console").glob("templates/*")
+    )
     allowed = re.compile(r"^(pyproject\.toml|README\.md|LICENSE|deploy/docker/config\.yaml|(gateway|adapters)/.+)$")
     assert not {f for f in files if not allowed.match(f)}, "only the package's sources may enter the image"
     assert not {f for f in files if "__pycache__" in f or f.endswith(".pyc")}
@@ -158,16 +171,23 @@ def image_like_gateway(tmp_path: Path):  # type: ignore[no-untyped-def]
     state = tmp_path / "state"
     state.mkdir()
     config = tmp_path / "config.yaml"
-    config.write_text(IMAGE_CONFIG.read_text().replace(STATE_DIR, str(state)).replace("0.0.0.0:8080", f"127.0.0.1:{port}"))
+    config.write_text(
+        IMAGE_CONFIG.read_text().replace(STATE_DIR, str(state)).replace("0.0.0.0:8080", f"127.0.0.1:{port}")
+    )
     env = {**os.environ, **{k: v for k, v in stage.env().items() if k != "PATH"}}
-    env.update(PREHEAT_GATEWAY_STATE_DIR=str(state), HOME=str(state), TMPDIR=str(tmp_path),
-               PREHEAT_GATEWAY_HEALTHCHECK_URL=f"http://127.0.0.1:{port}/livez")
+    env.update(
+        PREHEAT_GATEWAY_STATE_DIR=str(state),
+        HOME=str(state),
+        TMPDIR=str(tmp_path),
+        PREHEAT_GATEWAY_HEALTHCHECK_URL=f"http://127.0.0.1:{port}/livez",
+    )
     command = [i.json_args() for i in stage.all("CMD")][-1]
     assert command is not None
     command = [c.replace("/etc/preheat-gateway/config.yaml", str(config)) for c in command]
     log = tmp_path / "gateway.log"
-    process = subprocess.Popen([sys.executable, "-m", "gateway", *command], env=env, cwd=state,
-                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", *command], env=env, cwd=state, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -49,7 +49,10 @@ CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/
 STATE_DIR = "/var/lib/preheat-gateway"
 CONFIG_PATH = "/etc/preheat-gateway/config.yaml"
 ALERTS = {
-    "PreheatGatewayJobsFailing", "PreheatGatewayClusterUnreachable", "PreheatGatewayEventLoopLag", "PreheatGatewayLocalCacheNearMax",
+    "PreheatGatewayJobsFailing",
+    "PreheatGatewayClusterUnreachable",
+    "PreheatGatewayEventLoopLag",
+    "PreheatGatewayLocalCacheNearMax",
     "PreheatGatewayStateVolumeFull",
 }
 # Series the alerts may use besides the gateway's own: the kubelet's, for the state volume.
@@ -72,8 +75,12 @@ def helm_home() -> dict[str, str]:
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [require(find_helm), *args], capture_output=True, text=True, timeout=120,
-        env={**os.environ, **helm_home()}, cwd=REPO_ROOT,
+        [require(find_helm), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **helm_home()},
+        cwd=REPO_ROOT,
     )
 
 
@@ -161,7 +168,9 @@ def test_every_object_validates_against_the_kubernetes_schemas(target: str) -> N
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as error:
                 path = ".".join(str(p) for p in error.path)
-                pytest.fail(f"{target}: {obj['kind']}/{obj['metadata']['name']} against {version}: {path}: {error.message}")
+                pytest.fail(
+                    f"{target}: {obj['kind']}/{obj['metadata']['name']} against {version}: {path}: {error.message}"
+                )
             validated += 1
     assert validated >= 2 * 6
 
@@ -206,7 +215,9 @@ def test_single_is_one_replica_recreated_on_a_claim(target: str) -> None:
     assert pvc["metadata"]["name"] == claim and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", "helm uninstall keeps the store"
     config = config_of(target)
-    assert config["server"]["state_dir"] == STATE_DIR and not config["store"].get("url"), "SQLite in the state directory"
+    assert config["server"]["state_dir"] == STATE_DIR and not config["store"].get("url"), (
+        "SQLite in the state directory"
+    )
 
 
 def test_ha_runs_three_replicas_rolling_on_postgresql_with_secrets_from_existing_secrets() -> None:
@@ -214,7 +225,10 @@ def test_ha_runs_three_replicas_rolling_on_postgresql_with_secrets_from_existing
     assert spec["replicas"] == 3
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
-    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
     for constraint in pod["topologySpreadConstraints"]:
         assert constraint["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
     assert not objects("ha", "PersistentVolumeClaim")
@@ -310,7 +324,11 @@ def test_no_secret_is_rendered_and_none_is_inline(target: str) -> None:
         text = yaml.safe_dump(obj)
         assert "BEGIN" not in text, obj["kind"]
         assert not list(inline_secrets(obj)), f"{obj['kind']}: {list(inline_secrets(obj))}"
-        config = yaml.safe_load(obj["data"]["config.yaml"]) if obj["kind"] == "ConfigMap" and "config.yaml" in obj["data"] else {}
+        config = (
+            yaml.safe_load(obj["data"]["config.yaml"])
+            if obj["kind"] == "ConfigMap" and "config.yaml" in obj["data"]
+            else {}
+        )
         assert not list(inline_secrets(config)), list(inline_secrets(config))
         assert not re.search(r"://[^/@:\s]+:[^/@\s]+@", text), f"{obj['kind']}: a URL with a password"
 
@@ -333,19 +351,28 @@ def test_the_rendered_config_passes_check_config_with_the_pods_environment(targe
         assert all(Path(f).parent == Path(tls_mount["mountPath"]) for f in config["server"]["tls"].values())
     blank = {name: "" for name in env_names}  # whatever the test runner's environment has
     # Paths under the pod's state directory stay as they are: check-config does not create them.
-    result = run_cli("check-config", str(path), env={**blank, **given, "PREHEAT_GATEWAY_STATE_DIR": str(tmp_path)}, check=False)
+    result = run_cli(
+        "check-config", str(path), env={**blank, **given, "PREHEAT_GATEWAY_STATE_DIR": str(tmp_path)}, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert config["server"]["listen"] == f"0.0.0.0:{container(target)['ports'][0]['containerPort']}"
 
 
-@pytest.mark.parametrize(("target", "endpoint"), [
-    ("ha", "http://preheat-gateway.preheat-gateway.svc:8080"), ("ingress-tls", "https://preheat-gateway.example.com"),
-])
+@pytest.mark.parametrize(
+    ("target", "endpoint"),
+    [
+        ("ha", "http://preheat-gateway.preheat-gateway.svc:8080"),
+        ("ingress-tls", "https://preheat-gateway.example.com"),
+    ],
+)
 def test_the_install_notes_say_where_harbor_reaches_the_gateway(target: str, endpoint: str) -> None:
     result = helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *values_args(target))
     assert result.returncode == 0, result.stderr
-    notes = result.stdout[result.stdout.index("NOTES:"):]
-    assert f"rollout status deploy/{RELEASE}" in notes and "token create --config /etc/preheat-gateway/config.yaml" in notes
+    notes = result.stdout[result.stdout.index("NOTES:") :]
+    assert (
+        f"rollout status deploy/{RELEASE}" in notes
+        and "token create --config /etc/preheat-gateway/config.yaml" in notes
+    )
     assert re.search(rf"^\s+{re.escape(endpoint)}$", notes, re.M), notes
 
 
@@ -375,13 +402,18 @@ def test_a_separate_mirror_listener_gets_its_own_container_and_service_port() ->
     ports = {p["name"]: p["containerPort"] for p in container("single", *MIRROR_PORT)["ports"]}
     assert ports == {"http": 8080, "mirror": 5000}
     service = one("single", "Service", *MIRROR_PORT)
-    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", 8080, "http"), ("mirror", 5000, "mirror")]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", 8080, "http"),
+        ("mirror", 5000, "mirror"),
+    ]
     server = config_of("single", *MIRROR_PORT)["server"]
     assert server["mirror_listen"] == "0.0.0.0:5000" and server["listen"] == "0.0.0.0:8080"
     policy = one("single", "NetworkPolicy", *MIRROR_PORT)
     assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ["http", "mirror"]
     ingress = one("ingress-tls", "Ingress", *MIRROR_PORT)
-    assert {p["backend"]["service"]["port"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]} == {"http"}
+    assert {p["backend"]["service"]["port"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]} == {
+        "http"
+    }
     import kubernetes_validate
 
     for obj in rendered("single", *MIRROR_PORT):
@@ -392,7 +424,9 @@ def test_a_separate_mirror_listener_passes_check_config(tmp_path: Path) -> None:
     from gateway.config import ServerConfig
 
     if "mirror_listen" not in ServerConfig.__struct_fields__:
-        pytest.skip("this gateway has no server.mirror_listen yet (the nodes issue): nothing to check the chart's key against")
+        pytest.skip(
+            "this gateway has no server.mirror_listen yet (the nodes issue): nothing to check the chart's key against"
+        )
     path = tmp_path / "config.yaml"
     path.write_text(gateway_configmap("single", *MIRROR_PORT)["data"]["config.yaml"])
     env = {e["name"]: e.get("value", "x") for e in container("single", *MIRROR_PORT)["env"]}
@@ -408,7 +442,10 @@ def test_ingress_with_tls_reaches_the_api_port_and_the_pods_serve_https() -> Non
     [rule] = ingress["spec"]["rules"]
     assert rule["host"] == "preheat-gateway.example.com"
     [path] = rule["http"]["paths"]
-    assert path["backend"]["service"] == {"name": one("ingress-tls", "Service")["metadata"]["name"], "port": {"name": "http"}}
+    assert path["backend"]["service"] == {
+        "name": one("ingress-tls", "Service")["metadata"]["name"],
+        "port": {"name": "http"},
+    }
     tls = config_of("ingress-tls")["server"]["tls"]
     volumes = {v["name"]: v for v in deployment("ingress-tls")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == values["tls"]["secretName"]
@@ -438,7 +475,11 @@ def gateway_series() -> set[str]:
             series.add(name if name.endswith("_total") else f"{name}_total")
         else:
             series.add(name)
-    assert {"preheat_gateway_jobs_finished_total", "preheat_gateway_cluster_up", "preheat_gateway_event_loop_lag_seconds_bucket"} <= series
+    assert {
+        "preheat_gateway_jobs_finished_total",
+        "preheat_gateway_cluster_up",
+        "preheat_gateway_event_loop_lag_seconds_bucket",
+    } <= series
     return series
 
 
@@ -471,12 +512,19 @@ def test_the_prometheus_rule_alerts_on_metrics_that_exist() -> None:
             expr = entry["expr"]
             assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
             names = metric_names(expr)
-            assert names and names <= series | KUBELET_SERIES, f"{entry['alert']}: {sorted(names - series - KUBELET_SERIES)} are not exported"
+            assert names and names <= series | KUBELET_SERIES, (
+                f"{entry['alert']}: {sorted(names - series - KUBELET_SERIES)} are not exported"
+            )
             for name in names & series:
-                assert re.search(rf'{name}\{{namespace="{NAMESPACE}", job="{RELEASE}"', expr), f"{entry['alert']}: {name} not scoped to the release"
+                assert re.search(rf'{name}\{{namespace="{NAMESPACE}", job="{RELEASE}"', expr), (
+                    f"{entry['alert']}: {name} not scoped to the release"
+                )
             alerts[entry["alert"]] = entry
     assert set(alerts) == ALERTS
-    assert 'state="FAILURE"' in alerts["PreheatGatewayJobsFailing"]["expr"] and "> 0.1" in alerts["PreheatGatewayJobsFailing"]["expr"]
+    assert (
+        'state="FAILURE"' in alerts["PreheatGatewayJobsFailing"]["expr"]
+        and "> 0.1" in alerts["PreheatGatewayJobsFailing"]["expr"]
+    )
     claim = one("monitoring", "PersistentVolumeClaim")["metadata"]["name"]
     assert f'persistentvolumeclaim="{claim}"' in alerts["PreheatGatewayStateVolumeFull"]["expr"]
     # The Prometheus templates in annotations survive Helm's: they reach Prometheus as written.
@@ -485,7 +533,9 @@ def test_the_prometheus_rule_alerts_on_metrics_that_exist() -> None:
 
 def test_without_a_claim_there_is_no_state_volume_alert() -> None:
     rule = one("ha", "PrometheusRule", "--set", "metrics.prometheusRule.enabled=true")
-    assert {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]} == ALERTS - {"PreheatGatewayStateVolumeFull"}
+    assert {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]} == ALERTS - {
+        "PreheatGatewayStateVolumeFull"
+    }
 
 
 def test_the_dashboard_configmap_is_the_grafana_dashboard() -> None:
@@ -508,15 +558,23 @@ def node_objects() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def test_the_node_daemonset_is_locked_down_but_for_the_hosts_directory() -> None:
-    daemonset, files = node_objects()
+    daemonset, _files = node_objects()
     spec = daemonset["spec"]
     assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "node-hosts"
     gateway_selector = deployment("node-daemonset")["spec"]["selector"]["matchLabels"]
-    assert not gateway_selector.items() <= spec["template"]["metadata"]["labels"].items(), "the Service must not select it"
+    assert not gateway_selector.items() <= spec["template"]["metadata"]["labels"].items(), (
+        "the Service must not select it"
+    )
     pod = spec["template"]["spec"]
     [writer] = pod["containers"]
-    assert writer["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
-    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert writer["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
     host_paths = [v["hostPath"] for v in pod["volumes"] if "hostPath" in v]
     assert host_paths == [{"path": "/etc/containerd/certs.d", "type": "DirectoryOrCreate"}]
     assert writer["resources"]["limits"]["memory"]
@@ -537,8 +595,12 @@ def test_the_node_daemonset_writes_hosts_toml_that_containerd_reads(tmp_path: Pa
         (config_dir / key).write_text(value)
     (hosts_dir / "unrelated.example.com").mkdir(parents=True)
     (hosts_dir / "unrelated.example.com" / "hosts.toml").write_text('server = "https://unrelated.example.com"\n')
-    result = subprocess.run([sys.executable, str(config_dir / "write_hosts.py"), str(config_dir), str(hosts_dir), "--once"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, str(config_dir / "write_hosts.py"), str(config_dir), str(hosts_dir), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     written = {p.parent.name: tomllib.loads(p.read_text()) for p in hosts_dir.glob("*/hosts.toml")}
     assert set(written) == {"harbor.example.com", "docker.io", "unrelated.example.com"}
@@ -548,12 +610,23 @@ def test_the_node_daemonset_writes_hosts_toml_that_containerd_reads(tmp_path: Pa
     }
     assert written["docker.io"] == {
         "server": "https://registry-1.docker.io",
-        "host": {"https://harbor.example.com/v2/dockerhub-proxy": {"capabilities": ["pull", "resolve"], "override_path": True}},
+        "host": {
+            "https://harbor.example.com/v2/dockerhub-proxy": {
+                "capabilities": ["pull", "resolve"],
+                "override_path": True,
+            }
+        },
     }
     # A registry dropped from the values goes on the next run; what the writer did not write stays.
-    (config_dir / "hosts.json").write_text(json.dumps({"docker.io": (hosts_dir / "docker.io" / "hosts.toml").read_text()}))
-    subprocess.run([sys.executable, str(config_dir / "write_hosts.py"), str(config_dir), str(hosts_dir), "--once"], check=True,
-                   capture_output=True, timeout=30)
+    (config_dir / "hosts.json").write_text(
+        json.dumps({"docker.io": (hosts_dir / "docker.io" / "hosts.toml").read_text()})
+    )
+    subprocess.run(
+        [sys.executable, str(config_dir / "write_hosts.py"), str(config_dir), str(hosts_dir), "--once"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     assert sorted(p.parent.name for p in hosts_dir.glob("*/hosts.toml")) == ["docker.io", "unrelated.example.com"]
     assert not (hosts_dir / "harbor.example.com").exists()
 
@@ -562,7 +635,9 @@ def test_node_mirrors_default_to_the_mirror_clusters_endpoints() -> None:
     extra = ("--set", "nodeDaemonSet.enabled=true", "--set", "nodeDaemonSet.registries[0].host=harbor.example.com")
     [files] = [c for c in objects("single", "ConfigMap", *extra) if "hosts.json" in c["data"]]
     hosts = tomllib.loads(json.loads(files["data"]["hosts.json"])["harbor.example.com"])
-    endpoints = [e["url"] for c in example("single")["config"]["clusters"] if c["adapter"] == "mirror" for e in c["endpoints"]]
+    endpoints = [
+        e["url"] for c in example("single")["config"]["clusters"] if c["adapter"] == "mirror" for e in c["endpoints"]
+    ]
     assert list(hosts["host"]) == endpoints
 
 
@@ -582,19 +657,47 @@ WRONG = {
         r"/store/type.*value must be 'postgresql'",
     ),
     "an inline registry password": (
-        {"config": {"registries": {"credentials": [{"host": "h.example.com", "username": "u", "password": "hunter2"}]}, "clusters": SINGLE_CLUSTERS}},
+        {
+            "config": {
+                "registries": {"credentials": [{"host": "h.example.com", "username": "u", "password": "hunter2"}]},
+                "clusters": SINGLE_CLUSTERS,
+            }
+        },
         r"/config/registries/credentials/0.*additional propert(y|ies) 'password' not allowed",
     ),
     "an inline password in a cluster": (
-        {"config": {"clusters": [{"id": 1, "name": "m", "adapter": "mirror", "endpoints": [{"url": "http://m:5000", "username": "u", "password": "hunter2"}]}]}},
+        {
+            "config": {
+                "clusters": [
+                    {
+                        "id": 1,
+                        "name": "m",
+                        "adapter": "mirror",
+                        "endpoints": [{"url": "http://m:5000", "username": "u", "password": "hunter2"}],
+                    }
+                ]
+            }
+        },
         r"config\.clusters\[0\]\.endpoints\[0\]\.password: inline secrets are refused: name an environment variable \(password_env\)",
     ),
     "an inline token": (
-        {"config": {"clusters": [{"id": 1, "name": "df", "adapter": "dragonfly", "manager": "http://df:8080", "token": "t0ken"}]}},
+        {
+            "config": {
+                "clusters": [
+                    {"id": 1, "name": "df", "adapter": "dragonfly", "manager": "http://df:8080", "token": "t0ken"}
+                ]
+            }
+        },
         r"config\.clusters\[0\]\.token: inline secrets are refused",
     ),
     "a URL with a password": (
-        {"config": {"clusters": [{"id": 1, "name": "m", "adapter": "mirror", "endpoints": [{"url": "http://u:hunter2@m:5000"}]}]}},
+        {
+            "config": {
+                "clusters": [
+                    {"id": 1, "name": "m", "adapter": "mirror", "endpoints": [{"url": "http://u:hunter2@m:5000"}]}
+                ]
+            }
+        },
         r"config\.clusters\[0\]\.endpoints\[0\]\.url: a URL with a password is refused",
     ),
     "an unknown adapter": (
@@ -602,7 +705,13 @@ WRONG = {
         r"/config/clusters/0/adapter.*must be one of 'local', 'mirror', 'proxy', 'dragonfly', 'kraken'",
     ),
     "a PostgreSQL password in the URL": (
-        {**example("ha"), "store": {**example("ha")["store"], "postgresql": {**example("ha")["store"]["postgresql"], "url": "postgresql://u:hunter2@db/gw"}}},
+        {
+            **example("ha"),
+            "store": {
+                **example("ha")["store"],
+                "postgresql": {**example("ha")["store"]["postgresql"], "url": "postgresql://u:hunter2@db/gw"},
+            },
+        },
         r"store\.postgresql\.url: a password in the URL would sit in a ConfigMap",
     ),
     "ha without a shared sealing key": (
@@ -610,11 +719,23 @@ WRONG = {
         r"store\.secretKey\.secretName: with store\.type postgresql every replica",
     ),
     "a *_env no Secret fills": (
-        {"config": {"registries": {"credentials": [{"host": "h.example.com", "username": "u", "password_env": "NOT_SET"}]}, "clusters": SINGLE_CLUSTERS}},
+        {
+            "config": {
+                "registries": {"credentials": [{"host": "h.example.com", "username": "u", "password_env": "NOT_SET"}]},
+                "clusters": SINGLE_CLUSTERS,
+            }
+        },
         r"config\.registries\.credentials\[0\]\.password_env: NOT_SET is not set in the pod: add it to secretEnv",
     ),
     "a *_file no Secret is mounted at": (
-        {"config": {"registries": {"credentials": [{"host": "h.example.com", "username": "u", "password_file": "/etc/robot"}]}, "clusters": SINGLE_CLUSTERS}},
+        {
+            "config": {
+                "registries": {
+                    "credentials": [{"host": "h.example.com", "username": "u", "password_file": "/etc/robot"}]
+                },
+                "clusters": SINGLE_CLUSTERS,
+            }
+        },
         r"config\.registries\.credentials\[0\]\.password_file: /etc/robot is not in a mounted Secret",
     ),
     "a key the chart sets": (
@@ -657,8 +778,10 @@ def test_sqlite_with_two_replicas_is_refused_by_the_template_too(tmp_path: Path)
     """For --skip-schema-validation: the template's own message says why."""
     result = template("--skip-schema-validation", "--set", "replicas=2")
     assert result.returncode != 0
-    assert re.search(r"replicas: 2 with store\.type sqlite is refused: SQLite allows one gateway process per database.*store\.type: postgresql",
-                     result.stderr), result.stderr
+    assert re.search(
+        r"replicas: 2 with store\.type sqlite is refused: SQLite allows one gateway process per database.*store\.type: postgresql",
+        result.stderr,
+    ), result.stderr
 
 
 def test_the_schema_knows_the_builtin_adapters() -> None:
@@ -693,7 +816,7 @@ def test_every_value_is_documented_and_the_readme_reference_is_generated_from_va
 
 def test_the_reference_generator_refuses_an_undocumented_key() -> None:
     reference = load_reference()
-    with pytest.raises(reference.UndocumentedKey, match="image.tag"):
+    with pytest.raises(reference.UndocumentedKey, match=r"image\.tag"):
         reference.rows("image:\n  # -- Documented.\n  repository: x\n  tag: ''\n")
 
 
@@ -701,7 +824,7 @@ def documented_counts() -> dict[str, dict[str, int]]:
     """The README's table of rendered objects: example -> kind -> count."""
     readme = README.read_text()
     start = readme.index("<!-- rendered objects -->")
-    lines = readme[start:readme.index("<!-- end of rendered objects -->")].splitlines()
+    lines = readme[start : readme.index("<!-- end of rendered objects -->")].splitlines()
     header = [cell.strip().strip("`") for cell in lines[2].strip("|").split("|")]
     assert header[0] == "object"
     counts: dict[str, dict[str, int]] = {name: {} for name in header[1:]}
@@ -711,10 +834,10 @@ def documented_counts() -> dict[str, dict[str, int]]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         kind = cells[0].strip("`")
         if kind == "total":
-            for name, cell in zip(header[1:], cells[1:]):
+            for name, cell in zip(header[1:], cells[1:], strict=False):
                 assert int(cell) == sum(counts[name].values()), f"README: the total of {name}"
             continue
-        for name, cell in zip(header[1:], cells[1:]):
+        for name, cell in zip(header[1:], cells[1:], strict=False):
             if cell:
                 counts[name][kind] = int(cell)
     return counts
@@ -732,7 +855,15 @@ def test_the_chart_renders_the_objects_the_readme_shows() -> None:
 
 def test_the_readme_installs_with_helm_and_the_kustomize_copy_is_gone() -> None:
     readme = README.read_text()
-    for command in ("helm install", "helm upgrade", "helm rollback", "helm uninstall", "helm lint", "docker build", "docker push"):
+    for command in (
+        "helm install",
+        "helm upgrade",
+        "helm rollback",
+        "helm uninstall",
+        "helm lint",
+        "docker build",
+        "docker push",
+    ):
         assert command in readme, command
     for name in EXAMPLES:
         assert f"examples/{name}.yaml" in readme

@@ -60,10 +60,12 @@ class FakeService:
 class QuietHandler(BaseHTTPRequestHandler):
     """No access log on stderr; JSON and plain answers in one line each."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def send_body(self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+    def send_body(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

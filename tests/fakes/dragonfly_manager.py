@@ -39,8 +39,14 @@ def _now() -> str:
 
 
 class FakeDragonflyManager(FakeService):
-    def __init__(self, token: str | None = "df-token", *, mode: str = "succeed", pending_seconds: float = 0.0,
-                 unknown_state: str = "RUNNING") -> None:
+    def __init__(
+        self,
+        token: str | None = "df-token",
+        *,
+        mode: str = "succeed",
+        pending_seconds: float = 0.0,
+        unknown_state: str = "RUNNING",
+    ) -> None:
         self.token = token
         self.mode = mode
         self.pending_seconds = pending_seconds
@@ -70,12 +76,24 @@ class FakeDragonflyManager(FakeService):
             cluster_ids = body.get("scheduler_cluster_ids") or [1]
             now = _now()
             job = {
-                "id": job_id, "created_at": now, "updated_at": now, "is_del": 0,
-                "task_id": f"group_{uuid.uuid4()}", "bio": "", "type": "preheat", "state": "PENDING",
-                "args": args, "result": None, "user_id": 1,
-                "scheduler_clusters": [{"id": i, "name": f"cluster-{i}", "created_at": now, "updated_at": now} for i in cluster_ids],
-                "_created": time.monotonic(), "_urls": [body["args"].get("url")] if body["args"].get("url") else body["args"].get("urls") or [],
-                "_type": body["args"].get("type", "image"), "_clusters": cluster_ids,
+                "id": job_id,
+                "created_at": now,
+                "updated_at": now,
+                "is_del": 0,
+                "task_id": f"group_{uuid.uuid4()}",
+                "bio": "",
+                "type": "preheat",
+                "state": "PENDING",
+                "args": args,
+                "result": None,
+                "user_id": 1,
+                "scheduler_clusters": [
+                    {"id": i, "name": f"cluster-{i}", "created_at": now, "updated_at": now} for i in cluster_ids
+                ],
+                "_created": time.monotonic(),
+                "_urls": [body["args"].get("url")] if body["args"].get("url") else body["args"].get("urls") or [],
+                "_type": body["args"].get("type", "image"),
+                "_clusters": cluster_ids,
             }
             self._jobs[job_id] = job
             return _public(job)
@@ -100,26 +118,42 @@ class FakeDragonflyManager(FakeService):
         state = {"succeed": "SUCCESS", "fail": "FAILURE"}.get(self.mode, self.unknown_state)
         job_states = []
         for cluster_id in job["_clusters"]:
-            rows = [{"url": url, "hostname": f"seed-{cluster_id}-0", "ip": f"10.0.{cluster_id}.5"} for url in _task_urls(job)]
+            rows = [
+                {"url": url, "hostname": f"seed-{cluster_id}-0", "ip": f"10.0.{cluster_id}.5"}
+                for url in _task_urls(job)
+            ]
             failed = state == "FAILURE"
             for row in rows if failed else []:
                 row["description"] = "download failed: origin answered 503 Service Unavailable"
-            job_states.append({
-                "created_at": job["created_at"], "updated_at": _now(),
-                "error": f"scheduler cluster {cluster_id}: preheat failed: seed peer seed-{cluster_id}-0 could not download "
-                         "from the origin (503 Service Unavailable)" if failed else "",
-                "results": [{
-                    "scheduler_cluster_id": cluster_id,
-                    "success_tasks": None if failed else rows,
-                    "failure_tasks": rows if failed else None,
-                }],
-                "state": state, "task_name": "preheat", "task_uuid": f"task_{uuid.uuid4()}", "ttl": 0,
-            })
+            job_states.append(
+                {
+                    "created_at": job["created_at"],
+                    "updated_at": _now(),
+                    "error": f"scheduler cluster {cluster_id}: preheat failed: seed peer seed-{cluster_id}-0 could not download "
+                    "from the origin (503 Service Unavailable)"
+                    if failed
+                    else "",
+                    "results": [
+                        {
+                            "scheduler_cluster_id": cluster_id,
+                            "success_tasks": None if failed else rows,
+                            "failure_tasks": rows if failed else None,
+                        }
+                    ],
+                    "state": state,
+                    "task_name": "preheat",
+                    "task_uuid": f"task_{uuid.uuid4()}",
+                    "ttl": 0,
+                }
+            )
         job["state"] = state
         job["updated_at"] = _now()
         job["result"] = {
-            "created_at": job["created_at"], "updated_at": job["updated_at"], "group_uuid": job["task_id"],
-            "state": state, "job_states": job_states,
+            "created_at": job["created_at"],
+            "updated_at": job["updated_at"],
+            "group_uuid": job["task_id"],
+            "state": state,
+            "job_states": job_states,
         }
 
 
@@ -154,7 +188,7 @@ class _Handler(QuietHandler):
             return False
         return True
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/healthy":
             self._json(200, "OK")
@@ -176,7 +210,7 @@ class _Handler(QuietHandler):
             return
         self._json(404, {"message": "404 page not found"})
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+    def do_POST(self) -> None:
         if self.path != "/oapi/v1/jobs":
             self._json(404, {"message": "404 page not found"})
             return
@@ -188,7 +222,9 @@ class _Handler(QuietHandler):
             if body.get("type") != "preheat" or not isinstance(body.get("args"), dict):
                 raise ValueError("Key: 'CreateJobRequest.Type' Error:Field validation for 'Type' failed")
             if not isinstance(body.get("args", {}).get("timeout", 0), int):
-                raise ValueError("json: cannot unmarshal number into Go struct field PreheatArgs.args.timeout of type time.Duration")
+                raise ValueError(
+                    "json: cannot unmarshal number into Go struct field PreheatArgs.args.timeout of type time.Duration"
+                )
         except ValueError as error:
             self._json(422, {"errors": str(error)})
             return

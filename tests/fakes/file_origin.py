@@ -33,7 +33,7 @@ class _Handler(QuietHandler):
     def origin(self) -> FileOrigin:
         return self.server.owner  # type: ignore[attr-defined, no-any-return]
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         with self.origin._lock:
             self.origin.requests.append((self.path, dict(self.headers.items())))
         kind, _, name = urlsplit(self.path).path.lstrip("/").partition("/")

@@ -19,10 +19,19 @@ from urllib.parse import urlsplit
 
 from tests.fakes._server import FakeService, QuietHandler
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-    "transfer-encoding", "upgrade", "proxy-connection",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
 CHUNK = 64 * 1024
 
 
@@ -52,10 +61,10 @@ class _Handler(QuietHandler):
     def proxy(self) -> ForwardProxy:
         return self.server.owner  # type: ignore[attr-defined, no-any-return]
 
-    def do_CONNECT(self) -> None:  # noqa: N802 - http.server naming
+    def do_CONNECT(self) -> None:
         self.send_body(501, b"CONNECT is not supported by this test proxy", "text/plain")
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         target = urlsplit(self.path)
         if target.scheme != "http" or not target.hostname:
             self.send_body(400, b"a forward proxy wants an absolute http:// URL", "text/plain")
@@ -66,7 +75,9 @@ class _Handler(QuietHandler):
             if self.headers.get("Proxy-Authorization") != want:
                 with self.proxy._lock:
                     self.proxy.refused += 1
-                self.send_body(407, b"proxy authentication required", "text/plain", {"Proxy-Authenticate": 'Basic realm="proxy"'})
+                self.send_body(
+                    407, b"proxy authentication required", "text/plain", {"Proxy-Authenticate": 'Basic realm="proxy"'}
+                )
                 return
         self.proxy.record(self.path)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}

@@ -29,13 +29,13 @@ class _Handler(QuietHandler):
     def fake(self) -> FakeKrakenProxy:
         return self.server.owner  # type: ignore[attr-defined, no-any-return]
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         if self.path == "/health":
             self.send_body(200, b"OK", "text/plain")
         else:
             self.send_body(404, b"not found", "text/plain")
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+    def do_POST(self) -> None:
         body = self.read_body()
         if self.path != "/registry/notifications":
             self.send_body(404, b"not found", "text/plain")

@@ -27,7 +27,10 @@ CUSTOM_HEADER = "X-Api-Key"
 
 def robot_credentials(origin: Registry) -> dict[str, Any]:
     """``registries`` for a gateway that may read ``origin`` as Harbor's preheat robot."""
-    return {"allow": ["127.0.0.1"], "credentials": [{"host": origin.host, "username": ROBOT_USER, "password_env": ROBOT_ENV}]}
+    return {
+        "allow": ["127.0.0.1"],
+        "credentials": [{"host": origin.host, "username": ROBOT_USER, "password_env": ROBOT_ENV}],
+    }
 
 
 @dataclass
@@ -79,7 +82,9 @@ def idp() -> Iterator[IdentityProvider]:
 
 
 @pytest.fixture(scope="session")
-def secured(origin: Registry, idp: IdentityProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredGateway]:
+def secured(
+    origin: Registry, idp: IdentityProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecuredGateway]:
     tmp = tmp_path_factory.mktemp("secured-gateway")
     config = gateway_config(
         tmp,

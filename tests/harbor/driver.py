@@ -75,14 +75,19 @@ def go_unmarshal(data: bytes, fields: dict[str, type]) -> dict[str, Any]:
             continue
         kind = fields[name]
         if type(value) is not kind:
-            raise GoDecodeError(f"json: cannot unmarshal {type(value).__name__} into Go struct field .{name} of type {kind.__name__}")
+            raise GoDecodeError(
+                f"json: cannot unmarshal {type(value).__name__} into Go struct field .{name} of type {kind.__name__}"
+            )
         result[name] = value
     return result
 
 
 def basic_forms(info: dict[str, str]) -> list[dict[str, str]]:
     """Every header Harbor's BASIC mode may send for ``info``: one per map entry."""
-    return [{"Authorization": "Basic " + base64.b64encode(f"{key}:{value}".encode()).decode()} for key, value in info.items()]
+    return [
+        {"Authorization": "Basic " + base64.b64encode(f"{key}:{value}".encode()).decode()}
+        for key, value in info.items()
+    ]
 
 
 def auth_header(mode: str, info: dict[str, str]) -> dict[str, str]:
@@ -179,7 +184,14 @@ class DragonflyDriver:
     job_path = "/oapi/v1/jobs"
     default_version = "2.13"
 
-    def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None, *, version: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        auth_mode: str = "NONE",
+        auth_info: dict[str, str] | None = None,
+        *,
+        version: str | None = None,
+    ) -> None:
         self.endpoint = endpoint.removesuffix("/")  # strings.TrimSuffix(endpoint, "/"): one slash
         self.auth_mode = auth_mode
         self.auth_info = auth_info or {}
@@ -203,26 +215,42 @@ class DragonflyDriver:
         return response.content
 
     def health(self) -> bool:
-        """"Test connection" in the UI, and the first step of every task."""
+        """ "Test connection" in the UI, and the first step of every task."""
         try:
             self._send("GET", self.health_path)
         except (HarborError, httpx.TransportError):
             return False
         return True
 
-    def create_body(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None, type: str = "image") -> dict[str, Any]:
+    def create_body(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        scope: str = "",
+        cluster_ids: list[int] | None = None,
+        type: str = "image",
+    ) -> dict[str, Any]:
         """Exactly what Go marshals: zero values present, a nil slice as null."""
         return {
             "type": "preheat",
             "args": {
-                "type": type, "url": url, "tag": "", "filtered_query_params": "", "headers": headers,
-                "scope": scope, "concurrent_count": 0, "timeout": 0,
+                "type": type,
+                "url": url,
+                "tag": "",
+                "filtered_query_params": "",
+                "headers": headers,
+                "scope": scope,
+                "concurrent_count": 0,
+                "timeout": 0,
             },
             # 2.12.x never sends cluster ids (it keeps them in extra_attrs but does not pass them on).
             "scheduler_cluster_ids": cluster_ids if cluster_ids and version_tuple(self.version) >= (2, 13) else None,
         }
 
-    def preheat(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None) -> PreheatingStatus:
+    def preheat(
+        self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None
+    ) -> PreheatingStatus:
         data = self._send("POST", self.job_path, self.create_body(url, headers, scope=scope, cluster_ids=cluster_ids))
         job = msgspec.json.decode(data, type=DragonflyJobResponse)
         return PreheatingStatus(task_id=str(job.id), status=RUNNING)
@@ -235,16 +263,34 @@ class DragonflyDriver:
             rows = []
             for state in (job.result.job_states or []) if job.result else []:
                 for result in state.results or []:
-                    rows += [(t.url, t.hostname, t.ip, str(result.scheduler_cluster_id), "SUCCESS", "") for t in result.success_tasks or [] if t]
-                    rows += [(t.url, t.hostname, t.ip, str(result.scheduler_cluster_id), "FAILURE", t.description) for t in result.failure_tasks or [] if t]
+                    rows += [
+                        (t.url, t.hostname, t.ip, str(result.scheduler_cluster_id), "SUCCESS", "")
+                        for t in result.success_tasks or []
+                        if t
+                    ]
+                    rows += [
+                        (t.url, t.hostname, t.ip, str(result.scheduler_cluster_id), "FAILURE", t.description)
+                        for t in result.failure_tasks or []
+                        if t
+                    ]
             return PreheatingStatus(task_id, SUCCESS, message=f"{len(rows)} rows", rows=rows)
         if job.state == "FAILURE":
             errors = [state.error for state in (job.result.job_states or [])] if job.result else []
-            return PreheatingStatus(task_id, FAIL, error=harbor_error_list(errors), sent="; ".join(e for e in errors if e))
+            return PreheatingStatus(
+                task_id, FAIL, error=harbor_error_list(errors), sent="; ".join(e for e in errors if e)
+            )
         return PreheatingStatus(task_id, FAIL, error=f"unknown state: {job.state}")
 
-    def run_task(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None,
-                 poll_seconds: float = 0.2, timeout: float = 60.0) -> PreheatingStatus:
+    def run_task(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        scope: str = "",
+        cluster_ids: list[int] | None = None,
+        poll_seconds: float = 0.2,
+        timeout: float = 60.0,
+    ) -> PreheatingStatus:
         """One Harbor preheat task: health check, create, poll until it is no longer running."""
         if not self.health():
             return PreheatingStatus("", FAIL, error="provider unhealthy")
@@ -284,7 +330,14 @@ class LegacyDragonflyDriver(DragonflyDriver):
     preheat_path = "/preheats"
     default_version = "2.11"
 
-    def __init__(self, endpoint: str, auth_mode: str = "NONE", auth_info: dict[str, str] | None = None, *, version: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        auth_mode: str = "NONE",
+        auth_info: dict[str, str] | None = None,
+        *,
+        version: str | None = None,
+    ) -> None:
         super().__init__(endpoint, auth_mode, auth_info, version=version)
         if not (2, 1) <= version_tuple(self.version) <= (2, 11):
             raise ValueError(f"Harbor {self.version} does not speak the legacy dialect (2.1-2.11 do)")
@@ -299,7 +352,16 @@ class LegacyDragonflyDriver(DragonflyDriver):
             raise harbor_error(method, response)
         return response.content
 
-    def record(self, url: str, headers: dict[str, str], *, image: str = "", tag: str = "", digest: str = "", type: str = "image") -> dict[str, Any]:
+    def record(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        image: str = "",
+        tag: str = "",
+        digest: str = "",
+        type: str = "image",
+    ) -> dict[str, Any]:
         """``json.Marshal(PreheatImage)``: struct order, ``omitempty`` fields dropped when empty."""
         record: dict[str, Any] = {"type": type, "url": url}
         if headers:
@@ -317,8 +379,17 @@ class LegacyDragonflyDriver(DragonflyDriver):
         created = go_unmarshal(data, {"ID": str})
         return PreheatingStatus(task_id=created["ID"], status=PENDING)
 
-    def preheat(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
-                image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
+    def preheat(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        scope: str = "",
+        cluster_ids: list[int] | None = None,  # type: ignore[override]
+        image: str = "",
+        tag: str = "",
+        digest: str = "",
+    ) -> PreheatingStatus:
         return self.preheat_record(self.record(url, headers, image=image, tag=tag, digest=digest))
 
     def check_progress(self, task_id: str) -> PreheatingStatus:
@@ -338,8 +409,19 @@ class LegacyDragonflyDriver(DragonflyDriver):
             status = LEGACY_STATUS.get(status, status)
         return PreheatingStatus(task_id, status, error="", sent=message)
 
-    def run_task(self, url: str, headers: dict[str, str], *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
-                 poll_seconds: float = 0.2, timeout: float = 60.0, image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
+    def run_task(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        scope: str = "",
+        cluster_ids: list[int] | None = None,  # type: ignore[override]
+        poll_seconds: float = 0.2,
+        timeout: float = 60.0,
+        image: str = "",
+        tag: str = "",
+        digest: str = "",
+    ) -> PreheatingStatus:
         if not self.health():
             return PreheatingStatus("", FAIL, error="provider unhealthy")
         try:
@@ -349,7 +431,9 @@ class LegacyDragonflyDriver(DragonflyDriver):
         deadline = time.monotonic() + timeout
         while status.status not in (SUCCESS, FAIL):
             if status.status not in POLLED_ON:
-                raise AssertionError(f"Harbor {self.version} would poll status {status.status!r} until {HARBOR_TIMEOUT}")
+                raise AssertionError(
+                    f"Harbor {self.version} would poll status {status.status!r} until {HARBOR_TIMEOUT}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"task {status.task_id} still {status.status} after {timeout}s")
             time.sleep(poll_seconds)
@@ -392,29 +476,61 @@ class KrakenDriver(DragonflyDriver):
         super().__init__(endpoint, auth_mode, auth_info)
         self.last_body: bytes = b""
 
-    def notification(self, url: str, *, image: str, tag: str = "", digest: str = "", event_id: str | None = None) -> dict[str, Any]:
-        return {"Events": [{
-            "Id": event_id or go_random_string(),
-            "TimeStamp": go_time_now(),
-            "Action": "push",
-            "Target": {"MediaType": self.MEDIA_TYPE, "Digest": digest, "Repository": image, "Url": url, "Tag": tag},
-            "Request": None,
-            "Actor": None,
-        }]}
+    def notification(
+        self, url: str, *, image: str, tag: str = "", digest: str = "", event_id: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "Events": [
+                {
+                    "Id": event_id or go_random_string(),
+                    "TimeStamp": go_time_now(),
+                    "Action": "push",
+                    "Target": {
+                        "MediaType": self.MEDIA_TYPE,
+                        "Digest": digest,
+                        "Repository": image,
+                        "Url": url,
+                        "Tag": tag,
+                    },
+                    "Request": None,
+                    "Actor": None,
+                }
+            ]
+        }
 
     def notify(self, notification: dict[str, Any]) -> bytes:
         self.last_body = self._send("POST", self.notify_path, notification)
         return self.last_body
 
-    def preheat(self, url: str, headers: dict[str, str] | None = None, *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
-                image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
+    def preheat(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        *,
+        scope: str = "",
+        cluster_ids: list[int] | None = None,  # type: ignore[override]
+        image: str = "",
+        tag: str = "",
+        digest: str = "",
+    ) -> PreheatingStatus:
         """``headers`` are dropped: the Kraken driver sends none (the gateway needs its own credentials)."""
         notification = self.notification(url, image=image, tag=tag, digest=digest)
         self.notify(notification)
         return PreheatingStatus(task_id=notification["Events"][0]["Id"], status=SUCCESS)
 
-    def run_task(self, url: str, headers: dict[str, str] | None = None, *, scope: str = "", cluster_ids: list[int] | None = None,  # type: ignore[override]
-                 poll_seconds: float = 0.2, timeout: float = 60.0, image: str = "", tag: str = "", digest: str = "") -> PreheatingStatus:
+    def run_task(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        *,
+        scope: str = "",
+        cluster_ids: list[int] | None = None,  # type: ignore[override]
+        poll_seconds: float = 0.2,
+        timeout: float = 60.0,
+        image: str = "",
+        tag: str = "",
+        digest: str = "",
+    ) -> PreheatingStatus:
         if not self.health():
             return PreheatingStatus("", FAIL, error="provider unhealthy")
         try:

@@ -40,18 +40,38 @@ class SigningKey:
     def __init__(self, kid: str, kind: str = "RSA") -> None:
         self.kid = kid
         self.kind = kind
-        self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "RSA" else ec.generate_private_key(ec.SECP256R1())
+        self.private: Any = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if kind == "RSA"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         self.alg = "RS256" if kind == "RSA" else "ES256"
 
     def jwk(self) -> dict[str, str]:
         numbers = self.private.public_key().public_numbers()
         if self.kind == "RSA":
-            return {"kty": "RSA", "kid": self.kid, "use": "sig", "alg": "RS256", "n": b64url(_int_bytes(numbers.n)), "e": b64url(_int_bytes(numbers.e))}
-        return {"kty": "EC", "kid": self.kid, "use": "sig", "alg": "ES256", "crv": "P-256",
-                "x": b64url(_int_bytes(numbers.x, 32)), "y": b64url(_int_bytes(numbers.y, 32))}
+            return {
+                "kty": "RSA",
+                "kid": self.kid,
+                "use": "sig",
+                "alg": "RS256",
+                "n": b64url(_int_bytes(numbers.n)),
+                "e": b64url(_int_bytes(numbers.e)),
+            }
+        return {
+            "kty": "EC",
+            "kid": self.kid,
+            "use": "sig",
+            "alg": "ES256",
+            "crv": "P-256",
+            "x": b64url(_int_bytes(numbers.x, 32)),
+            "y": b64url(_int_bytes(numbers.y, 32)),
+        }
 
     def public_pem(self) -> bytes:
-        return self.private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def sign(self, signing_input: bytes) -> bytes:
         if self.kind == "RSA":
@@ -61,7 +81,11 @@ class SigningKey:
 
 
 def _segments(header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
-    return b64url(json.dumps(header, separators=(",", ":")).encode()) + "." + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    return (
+        b64url(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    )
 
 
 class TokenMinter:
@@ -86,8 +110,13 @@ class TokenMinter:
         """Good claims; ``name=None`` removes a claim."""
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "aud": [self.audience, "account"], "sub": "harbor-preheat",
-            "scope": "openid job", "exp": now + 300, "nbf": now - 5, "iat": now - 5,
+            "iss": self.issuer,
+            "aud": [self.audience, "account"],
+            "sub": "harbor-preheat",
+            "scope": "openid job",
+            "exp": now + 300,
+            "nbf": now - 5,
+            "iat": now - 5,
         }
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
@@ -141,7 +170,7 @@ class IdentityProvider(TokenMinter):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 with provider._lock:
                     provider.jwks_requests += 1
                 body = json.dumps(provider.jwks()).encode()
@@ -151,7 +180,7 @@ class IdentityProvider(TokenMinter):
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler

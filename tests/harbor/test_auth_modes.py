@@ -45,7 +45,10 @@ def bearer(token: str) -> dict[str, str]:
 FORGERIES: dict[str, tuple[Callable[[IdentityProvider], str], str]] = {
     "wrong issuer": (lambda idp: idp.token(iss="https://evil.example.test"), "issuer"),
     "wrong audience": (lambda idp: idp.token(aud="some-other-service"), "audience"),
-    "expired": (lambda idp: idp.token(exp=int(time.time()) - 120, iat=int(time.time()) - 600, nbf=int(time.time()) - 600), "expired"),
+    "expired": (
+        lambda idp: idp.token(exp=int(time.time()) - 120, iat=int(time.time()) - 600, nbf=int(time.time()) - 600),
+        "expired",
+    ),
     "not yet valid": (lambda idp: idp.token(nbf=int(time.time()) + 3600), "not yet valid"),
     "without exp": (lambda idp: idp.token(exp=None), "exp"),
     "unsigned (alg none)": (lambda idp: idp.unsigned(), "algorithm"),
@@ -91,8 +94,11 @@ def test_a_rotated_signing_key_is_picked_up_without_a_restart(secured: SecuredGa
     rotated = SigningKey("rsa-2026-rotated")
     idp.publish(rotated)
 
-    wait_until(lambda: status_of(secured.url, bearer(idp.token(rotated))).status_code == 200, timeout=15,
-               message="a token signed by the newly published key is accepted")
+    wait_until(
+        lambda: status_of(secured.url, bearer(idp.token(rotated))).status_code == 200,
+        timeout=15,
+        message="a token signed by the newly published key is accepted",
+    )
 
 
 def test_the_jwks_is_fetched_once_not_per_request(secured: SecuredGateway) -> None:
@@ -109,8 +115,15 @@ def test_a_configured_public_key_file_replaces_the_jwks_url(make_gateway: MakeGa
     try:
         key_file = tmp_path / "idp.pem"
         key_file.write_bytes(idp.keys[0].public_pem())
-        gateway = make_gateway(gateway_config(tmp_path, auth={"tokens": False, "jwt": {
-            "public_key_file": str(key_file), "issuer": idp.issuer, "audience": idp.audience}}))
+        gateway = make_gateway(
+            gateway_config(
+                tmp_path,
+                auth={
+                    "tokens": False,
+                    "jwt": {"public_key_file": str(key_file), "issuer": idp.issuer, "audience": idp.audience},
+                },
+            )
+        )
 
         assert status_of(gateway.url, bearer(idp.token(kid="any-kid-at-all"))).status_code == 200
         assert status_of(gateway.url, bearer(idp.token(idp.keys[1]))).status_code == 401  # not the configured key
@@ -121,8 +134,12 @@ def test_a_configured_public_key_file_replaces_the_jwks_url(make_gateway: MakeGa
 
 
 def test_an_unreachable_identity_provider_is_a_503_not_a_crash(make_gateway: MakeGateway, tmp_path: Path) -> None:
-    gateway = make_gateway(gateway_config(tmp_path, auth={"jwt": {
-        "jwks_url": "http://127.0.0.1:9/jwks.json", "issuer": "https://idp", "audience": "preheat"}}))
+    gateway = make_gateway(
+        gateway_config(
+            tmp_path,
+            auth={"jwt": {"jwks_url": "http://127.0.0.1:9/jwks.json", "issuer": "https://idp", "audience": "preheat"}},
+        )
+    )
     minter = TokenMinter("https://idp", "preheat")
 
     response = status_of(gateway.url, bearer(minter.token()))
@@ -143,7 +160,11 @@ def test_custom_mode_reads_only_the_configured_header(secured: SecuredGateway) -
 
 
 def test_a_malformed_basic_credential_is_a_401_not_a_500(secured: SecuredGateway) -> None:
-    for value in ("Basic !!!not-base64!!!", "Basic " + base64.b64encode(b"no-colon").decode(), "Basic " + base64.b64encode(b"\xff\xfe:x").decode()):
+    for value in (
+        "Basic !!!not-base64!!!",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+    ):
         response = status_of(secured.url, {"Authorization": value})
         assert response.status_code == 401 and "Basic" in response.json()["errors"]
 
@@ -157,7 +178,9 @@ def test_basic_can_be_switched_off(make_gateway: MakeGateway, tmp_path: Path) ->
     assert response.status_code == 401 and "auth.basic" in response.json()["errors"]
 
 
-def test_without_an_explicit_mode_none_a_request_without_credentials_is_refused(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_without_an_explicit_mode_none_a_request_without_credentials_is_refused(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
 
     response = status_of(gateway.url, {})
@@ -166,15 +189,31 @@ def test_without_an_explicit_mode_none_a_request_without_credentials_is_refused(
     assert "authentication is OFF" not in gateway.logs()
 
 
-@pytest.mark.parametrize(("auth", "words"), [
-    ({"jwt": {"issuer": "https://idp", "audience": "preheat"}}, "auth.jwt.jwks_url: give exactly one of jwks_url or public_key_file"),
-    ({"jwt": {"jwks_url": "https://idp/jwks", "issuer": "https://idp", "audience": "p", "algorithms": ["HS256"]}}, "auth.jwt.algorithms: HS256 not accepted"),
-    ({"jwt": {"jwks_url": "https://idp/jwks", "audience": "p"}}, "auth.jwt.issuer: required key is missing"),
-    ({"custom_header": "Authorization"}, "auth.custom_header: 'Authorization' is reserved"),
-    ({"custom_header": "X Api Key"}, "auth.custom_header: 'X Api Key' is not an HTTP header name"),
-    ({"tokens": False}, "say mode: none explicitly"),
-    ({"mode": "sometimes"}, "auth.mode: invalid enum value 'sometimes' (allowed: none, required)"),
-])
+@pytest.mark.parametrize(
+    ("auth", "words"),
+    [
+        (
+            {"jwt": {"issuer": "https://idp", "audience": "preheat"}},
+            "auth.jwt.jwks_url: give exactly one of jwks_url or public_key_file",
+        ),
+        (
+            {
+                "jwt": {
+                    "jwks_url": "https://idp/jwks",
+                    "issuer": "https://idp",
+                    "audience": "p",
+                    "algorithms": ["HS256"],
+                }
+            },
+            "auth.jwt.algorithms: HS256 not accepted",
+        ),
+        ({"jwt": {"jwks_url": "https://idp/jwks", "audience": "p"}}, "auth.jwt.issuer: required key is missing"),
+        ({"custom_header": "Authorization"}, "auth.custom_header: 'Authorization' is reserved"),
+        ({"custom_header": "X Api Key"}, "auth.custom_header: 'X Api Key' is not an HTTP header name"),
+        ({"tokens": False}, "say mode: none explicitly"),
+        ({"mode": "sometimes"}, "auth.mode: invalid enum value 'sometimes' (allowed: none, required)"),
+    ],
+)
 def test_auth_config_mistakes_are_reported_by_path(auth: dict[str, object], words: str, tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(json.dumps(gateway_config(tmp_path, auth=auth)))
@@ -189,7 +228,11 @@ def test_a_public_key_file_that_is_no_key_is_a_config_error(tmp_path: Path) -> N
     key_file = tmp_path / "idp.pem"
     key_file.write_text("not a key\n")
     config = tmp_path / "gateway.yaml"
-    config.write_text(json.dumps(gateway_config(tmp_path, auth={"jwt": {"public_key_file": str(key_file), "issuer": "i", "audience": "a"}})))
+    config.write_text(
+        json.dumps(
+            gateway_config(tmp_path, auth={"jwt": {"public_key_file": str(key_file), "issuer": "i", "audience": "a"}})
+        )
+    )
 
     result = run_cli("check-config", str(config), check=False)
 
@@ -200,8 +243,12 @@ def test_a_public_key_file_that_is_no_key_is_a_config_error(tmp_path: Path) -> N
 # --- in-process: failures are counted by kind ---------------------------------------------
 
 
-def test_failures_are_counted_by_kind_and_the_secret_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    config = build_config({"server": {"state_dir": str(tmp_path)}, "auth": {"custom_header": "X-Api-Key"}}, source="test")
+def test_failures_are_counted_by_kind_and_the_secret_is_never_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = build_config(
+        {"server": {"state_dir": str(tmp_path)}, "auth": {"custom_header": "X-Api-Key"}}, source="test"
+    )
     store = open_store(config.store_url)
     authenticator = Authenticator(config.auth, store)
     token, wrong = new_token(), "phg_" + "Z" * 43
@@ -210,16 +257,25 @@ def test_failures_are_counted_by_kind_and_the_secret_is_never_logged(tmp_path: P
     async def ok(_request: Request) -> PlainTextResponse:
         return PlainTextResponse("OK")
 
-    app = Starlette(routes=[Route("/healthy", ok)], middleware=[Middleware(AuthMiddleware, authenticator=lambda: authenticator)])
+    app = Starlette(
+        routes=[Route("/healthy", ok)], middleware=[Middleware(AuthMiddleware, authenticator=lambda: authenticator)]
+    )
 
     async def calls() -> list[int]:
         await store.open()
         try:
             await store.create_token("harbor", hash_token(token), ["job"], None)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-                return [(await client.get("/healthy", headers=headers)).status_code for headers in (
-                    bearer(token), bearer(wrong), {"X-Api-Key": wrong}, {}, {"Authorization": "Digest abc"},
-                )]
+                return [
+                    (await client.get("/healthy", headers=headers)).status_code
+                    for headers in (
+                        bearer(token),
+                        bearer(wrong),
+                        {"X-Api-Key": wrong},
+                        {},
+                        {"Authorization": "Digest abc"},
+                    )
+                ]
         finally:
             await store.close()
 
@@ -244,7 +300,9 @@ def test_token_checks_never_compare_the_secret_itself(monkeypatch: pytest.Monkey
         await store.open()
         try:
             await store.create_token("harbor", hash_token(token), ["job"], None)
-            await Authenticator(config.auth, store).authenticate({"authorization": f"Bearer {token}"})  # as the middleware passes them
+            await Authenticator(config.auth, store).authenticate(
+                {"authorization": f"Bearer {token}"}
+            )  # as the middleware passes them
         finally:
             await store.close()
 

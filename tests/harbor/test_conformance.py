@@ -40,7 +40,9 @@ SECURED_MODES = ["OAUTH-PAT", "OAUTH-JWT", "CUSTOM", "BASIC"]
 @pytest.fixture
 def image(origin: Registry) -> PushedImage:
     """A fresh two-layer image per test, so every task really fetches something."""
-    return push_image(origin, unique_repository("harbor/conformance"), "v1", [40 * 1024, 60 * 1024], seed=random.randrange(1 << 30))
+    return push_image(
+        origin, unique_repository("harbor/conformance"), "v1", [40 * 1024, 60 * 1024], seed=random.randrange(1 << 30)
+    )
 
 
 def manifest_url(origin: Registry, image: PushedImage) -> str:
@@ -78,8 +80,14 @@ def assert_no_secret_leaked(gateway: GatewayProcess, driver: DragonflyDriver, se
         assert secret not in logs, "a secret appeared in the gateway log"
 
 
-def assert_whole_task_succeeded(gateway: GatewayProcess, cache: Path, driver: DragonflyDriver, status: PreheatingStatus,
-                                image: PushedImage, source: str) -> None:
+def assert_whole_task_succeeded(
+    gateway: GatewayProcess,
+    cache: Path,
+    driver: DragonflyDriver,
+    status: PreheatingStatus,
+    image: PushedImage,
+    source: str,
+) -> None:
     assert status.status == SUCCESS, status.error
     job = gateway.wait_job(gateway_job_id(driver, status))  # the same job, read through the Open API
     assert job["state"] == "SUCCESS", job
@@ -94,8 +102,9 @@ SOURCES = {LegacyDragonflyDriver: "legacy", DragonflyDriver: "openapi", KrakenDr
 
 @pytest.mark.parametrize("mode", SECURED_MODES)
 @pytest.mark.parametrize("generation", GENERATIONS)
-def test_a_whole_task_succeeds_in_each_auth_mode(generation: str, mode: str, secured: SecuredGateway, origin: Registry,
-                                                 image: PushedImage, harbor_token: HarborToken) -> None:
+def test_a_whole_task_succeeds_in_each_auth_mode(
+    generation: str, mode: str, secured: SecuredGateway, origin: Registry, image: PushedImage, harbor_token: HarborToken
+) -> None:
     instance = secured.instance(mode)
     driver = GENERATIONS[generation](secured.url, instance.mode, instance.info)
     pull_token = harbor_token(image.repository)
@@ -107,8 +116,9 @@ def test_a_whole_task_succeeds_in_each_auth_mode(generation: str, mode: str, sec
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)
-def test_a_whole_task_succeeds_with_auth_mode_none_when_the_gateway_says_so(generation: str, unsecured: GatewayProcess, origin: Registry,
-                                                                          image: PushedImage, harbor_token: HarborToken) -> None:
+def test_a_whole_task_succeeds_with_auth_mode_none_when_the_gateway_says_so(
+    generation: str, unsecured: GatewayProcess, origin: Registry, image: PushedImage, harbor_token: HarborToken
+) -> None:
     driver = GENERATIONS[generation](unsecured.url, "NONE")
     pull_token = harbor_token(image.repository)
 
@@ -133,7 +143,9 @@ def wrong_instances(secured: SecuredGateway) -> dict[str, HarborInstance]:
 
 @pytest.mark.parametrize("mistake", ["NONE", "OAUTH-PAT", "OAUTH-JWT", "CUSTOM", "CUSTOM-wrong-header", "BASIC"])
 @pytest.mark.parametrize("generation", GENERATIONS)
-def test_a_wrong_credential_is_unhealthy_at_test_connection(generation: str, mistake: str, secured: SecuredGateway) -> None:
+def test_a_wrong_credential_is_unhealthy_at_test_connection(
+    generation: str, mistake: str, secured: SecuredGateway
+) -> None:
     instance = wrong_instances(secured)[mistake]
     driver = GENERATIONS[generation](secured.url, instance.mode, instance.info)
 
@@ -143,7 +155,9 @@ def test_a_wrong_credential_is_unhealthy_at_test_connection(generation: str, mis
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)
-def test_basic_accepts_either_form_harbor_sends_when_both_fields_hold_the_token(generation: str, secured: SecuredGateway) -> None:
+def test_basic_accepts_either_form_harbor_sends_when_both_fields_hold_the_token(
+    generation: str, secured: SecuredGateway
+) -> None:
     token = secured.process.token
     for header in basic_forms({"username": token, "password": token}):
         driver = GENERATIONS[generation](secured.url)
@@ -175,7 +189,9 @@ def test_harbors_basic_mode_with_a_normal_username_fails_one_request_in_eight(se
     assert 0.07 < refused < 0.18, refused
 
 
-def test_a_missing_tag_fails_with_an_actionable_error_that_every_generation_shows(secured: SecuredGateway, origin: Registry, harbor_token: HarborToken) -> None:
+def test_a_missing_tag_fails_with_an_actionable_error_that_every_generation_shows(
+    secured: SecuredGateway, origin: Registry, harbor_token: HarborToken
+) -> None:
     """2.1-2.11 show only HTTP errors, so the legacy create answers it; 2.12+ show the job's error list."""
     instance = secured.instance("OAUTH-PAT")
     url = f"{origin.url}/v2/library/app/manifests/no-such-tag"

@@ -44,7 +44,9 @@ def legacy_status(gateway: GatewayProcess, job_id: int | str) -> dict[str, Any]:
     with gateway.client() as client:
         response = client.get(f"/preheats/{job_id}")
     assert response.status_code == 200, response.text
-    return go_unmarshal(response.content, {"ID": str, "status": str, "startTime": str, "finishTime": str, "errorMsg": str}) | {"raw": response.json()}
+    return go_unmarshal(
+        response.content, {"ID": str, "status": str, "startTime": str, "finishTime": str, "errorMsg": str}
+    ) | {"raw": response.json()}
 
 
 def openapi_job(gateway: GatewayProcess, job_id: int) -> dict[str, Any]:
@@ -66,10 +68,14 @@ def pat(gateway: GatewayProcess) -> dict[str, str]:
 # --- one store, three views -----------------------------------------------------------------
 
 
-def test_a_legacy_job_is_the_same_job_in_the_open_api(secured: SecuredGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken) -> None:
+def test_a_legacy_job_is_the_same_job_in_the_open_api(
+    secured: SecuredGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
     harbor = LegacyDragonflyDriver(secured.url, "OAUTH", pat(secured.process))
 
-    status = harbor.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0")
+    status = harbor.run_task(
+        manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0"
+    )
 
     assert status.status == SUCCESS
     job = openapi_job(secured.process, int(status.task_id))
@@ -78,7 +84,9 @@ def test_a_legacy_job_is_the_same_job_in_the_open_api(secured: SecuredGateway, o
     assert int(status.task_id) in listed_ids(secured.process)
 
 
-def test_an_open_api_job_reads_back_through_the_legacy_status_route(secured: SecuredGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken) -> None:
+def test_an_open_api_job_reads_back_through_the_legacy_status_route(
+    secured: SecuredGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
     harbor = DragonflyDriver(secured.url, "OAUTH", pat(secured.process))
 
     status = harbor.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")})
@@ -87,7 +95,9 @@ def test_an_open_api_job_reads_back_through_the_legacy_status_route(secured: Sec
     assert legacy["ID"] == status.task_id and legacy["status"] == "SUCCESS" and legacy["errorMsg"] == ""
 
 
-def test_a_kraken_job_reads_back_through_the_legacy_status_route_and_the_open_api(secured: SecuredGateway, origin: Registry, images: OriginImages) -> None:
+def test_a_kraken_job_reads_back_through_the_legacy_status_route_and_the_open_api(
+    secured: SecuredGateway, origin: Registry, images: OriginImages
+) -> None:
     harbor = KrakenDriver(secured.url, "OAUTH", pat(secured.process))
 
     status = harbor.run_task(manifest_url(origin), image="library/app", tag="1.0", digest=images.single.manifest_digest)
@@ -139,7 +149,9 @@ def silent_registry() -> Iterator[str]:
         server.close()
 
 
-def test_legacy_status_walks_waiting_running_fail_and_is_never_anything_else(make_gateway: MakeGateway, silent_registry: str, tmp_path: Path) -> None:
+def test_legacy_status_walks_waiting_running_fail_and_is_never_anything_else(
+    make_gateway: MakeGateway, silent_registry: str, tmp_path: Path
+) -> None:
     # A registry that never answers leaves the create-time manifest check undecided: the job is accepted after 3 s.
     gateway = make_gateway(gateway_config(tmp_path, runner={"workers": 1, "default_timeout": "8s"}))
     harbor = LegacyDragonflyDriver(gateway.url, "OAUTH", pat(gateway))
@@ -165,27 +177,42 @@ def test_legacy_status_walks_waiting_running_fail_and_is_never_anything_else(mak
     assert harbor.check_progress(stuck).status == FAIL
 
 
-def test_legacy_never_answers_208_even_for_an_image_preheated_before(secured: SecuredGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken) -> None:
+def test_legacy_never_answers_208_even_for_an_image_preheated_before(
+    secured: SecuredGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
     harbor = LegacyDragonflyDriver(secured.url, "OAUTH", pat(secured.process))
-    first = harbor.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0")
-    again = harbor.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0")
+    first = harbor.run_task(
+        manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0"
+    )
+    again = harbor.run_task(
+        manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0"
+    )
 
     assert first.status == again.status == SUCCESS
     assert first.task_id != again.task_id and again.task_id
     assert 208 not in harbor.http_statuses
 
 
-@pytest.mark.parametrize(("record", "words"), [
-    (b"{nope", "not valid JSON"),
-    (b"[]", "must be a JSON object"),
-    ({"type": "chart", "url": "http://127.0.0.1:5000/v2/a/manifests/b"}, "type 'chart' is not supported"),
-    ({"type": "image", "url": ""}, "url is empty"),
-    ({"type": "image"}, "url is empty"),
-    ({"type": "image", "url": "http://127.0.0.1:5000/a:b"}, "not a manifest URL"),
-    ({"type": "image", "url": 42}, "Expected str, got int"),
-    ({"type": "image", "url": "http://127.0.0.1:5000/v2/a/manifests/b", "headers": {"Authorization": 7}}, "headers.Authorization must be a string"),
-    ({"type": "image", "url": "http://127.0.0.1:5000/v2/a/manifests/b", "scope": "everyone"}, "scope 'everyone' is not one of"),
-])
+@pytest.mark.parametrize(
+    ("record", "words"),
+    [
+        (b"{nope", "not valid JSON"),
+        (b"[]", "must be a JSON object"),
+        ({"type": "chart", "url": "http://127.0.0.1:5000/v2/a/manifests/b"}, "type 'chart' is not supported"),
+        ({"type": "image", "url": ""}, "url is empty"),
+        ({"type": "image"}, "url is empty"),
+        ({"type": "image", "url": "http://127.0.0.1:5000/a:b"}, "not a manifest URL"),
+        ({"type": "image", "url": 42}, "Expected str, got int"),
+        (
+            {"type": "image", "url": "http://127.0.0.1:5000/v2/a/manifests/b", "headers": {"Authorization": 7}},
+            "headers.Authorization must be a string",
+        ),
+        (
+            {"type": "image", "url": "http://127.0.0.1:5000/v2/a/manifests/b", "scope": "everyone"},
+            "scope 'everyone' is not one of",
+        ),
+    ],
+)
 def test_a_bad_legacy_record_is_a_422_that_says_what_to_fix(record: Any, words: str, secured: SecuredGateway) -> None:
     with secured.process.client() as client:
         body = record if isinstance(record, bytes) else json.dumps(record).encode()
@@ -195,9 +222,17 @@ def test_a_bad_legacy_record_is_a_422_that_says_what_to_fix(record: Any, words: 
     assert words in response.json()["errors"]
 
 
-def test_legacy_keys_match_case_insensitively_and_null_means_absent_as_in_go(secured: SecuredGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken) -> None:
-    record = {"Type": "image", "URL": manifest_url(origin), "Headers": {"Authorization": harbor_token("library/app")},
-              "Image": "library/app", "TAG": "1.0", "digest": None}
+def test_legacy_keys_match_case_insensitively_and_null_means_absent_as_in_go(
+    secured: SecuredGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
+    record = {
+        "Type": "image",
+        "URL": manifest_url(origin),
+        "Headers": {"Authorization": harbor_token("library/app")},
+        "Image": "library/app",
+        "TAG": "1.0",
+        "digest": None,
+    }
     with secured.process.client() as client:
         response = client.post("/preheats", json=record)
 
@@ -211,21 +246,37 @@ def test_legacy_keys_match_case_insensitively_and_null_means_absent_as_in_go(sec
 
 
 def event(action: str, url: str, media_type: str = KrakenDriver.MEDIA_TYPE, **target: Any) -> dict[str, Any]:
-    return {"Id": "e-" + action, "TimeStamp": "2026-11-27T10:00:00Z", "Action": action,
-            "Target": {"MediaType": media_type, "Digest": "", "Repository": "library/app", "Url": url, "Tag": "1.0", **target},
-            "Request": None, "Actor": None}
+    return {
+        "Id": "e-" + action,
+        "TimeStamp": "2026-11-27T10:00:00Z",
+        "Action": action,
+        "Target": {
+            "MediaType": media_type,
+            "Digest": "",
+            "Repository": "library/app",
+            "Url": url,
+            "Tag": "1.0",
+            **target,
+        },
+        "Request": None,
+        "Actor": None,
+    }
 
 
-def test_kraken_turns_only_manifest_pushes_into_jobs(secured: SecuredGateway, origin: Registry, images: OriginImages) -> None:
+def test_kraken_turns_only_manifest_pushes_into_jobs(
+    secured: SecuredGateway, origin: Registry, images: OriginImages
+) -> None:
     harbor = KrakenDriver(secured.url, "OAUTH", pat(secured.process))
     blob = f"{origin.url}/v2/library/app/blobs/{images.single.config_digest}"
-    notification = {"Events": [
-        event("pull", manifest_url(origin)),
-        event("delete", manifest_url(origin)),
-        event("push", blob, "application/vnd.docker.image.rootfs.diff.tar.gzip"),
-        event("push", manifest_url(origin)),
-        event("push", manifest_url(origin, "library/multi", "2.0"), "application/vnd.oci.image.index.v1+json"),
-    ]}
+    notification = {
+        "Events": [
+            event("pull", manifest_url(origin)),
+            event("delete", manifest_url(origin)),
+            event("push", blob, "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            event("push", manifest_url(origin)),
+            event("push", manifest_url(origin, "library/multi", "2.0"), "application/vnd.oci.image.index.v1+json"),
+        ]
+    }
 
     answer = json.loads(harbor.notify(notification))
 
@@ -234,11 +285,24 @@ def test_kraken_turns_only_manifest_pushes_into_jobs(secured: SecuredGateway, or
         assert secured.process.wait_job(job_id)["state"] == "SUCCESS"
 
 
-def test_kraken_accepts_a_registrys_own_lower_case_notification(secured: SecuredGateway, origin: Registry, images: OriginImages) -> None:
+def test_kraken_accepts_a_registrys_own_lower_case_notification(
+    secured: SecuredGateway, origin: Registry, images: OriginImages
+) -> None:
     """Go decodes case-insensitively, so distribution's ``events``/``url`` shape is the same notification."""
-    body = {"events": [{"id": "x", "action": "push", "target": {
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "repository": "library/app",
-        "url": manifest_url(origin, reference=images.single.manifest_digest), "digest": images.single.manifest_digest}}]}
+    body = {
+        "events": [
+            {
+                "id": "x",
+                "action": "push",
+                "target": {
+                    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "repository": "library/app",
+                    "url": manifest_url(origin, reference=images.single.manifest_digest),
+                    "digest": images.single.manifest_digest,
+                },
+            }
+        ]
+    }
     with secured.process.client() as client:
         response = client.post("/registry/notifications", json=body)
 
@@ -247,15 +311,26 @@ def test_kraken_accepts_a_registrys_own_lower_case_notification(secured: Secured
     assert secured.process.wait_job(job_id)["state"] == "SUCCESS"
 
 
-@pytest.mark.parametrize(("body", "words"), [
-    (b"not json", "not valid JSON"),
-    ({"Events": {"Id": "x"}}, "Events must be a list"),
-    ({"Events": ["push"]}, "Events[0] must be a JSON object"),
-    ({"Events": [{"Action": "push", "Target": {"MediaType": KrakenDriver.MEDIA_TYPE, "Url": ""}}]}, "Events[0].Target.Url is empty"),
-    ({"Events": [{"Action": "push", "Target": {"MediaType": KrakenDriver.MEDIA_TYPE, "Url": 5}}]}, "Expected str, got int"),
-    ({"Events": [event("push", "http://127.0.0.1:5000/library/app:1.0")]}, "not a manifest URL"),
-])
-def test_a_bad_kraken_notification_is_a_422_and_creates_nothing(body: Any, words: str, make_gateway: MakeGateway, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"not json", "not valid JSON"),
+        ({"Events": {"Id": "x"}}, "Events must be a list"),
+        ({"Events": ["push"]}, "Events[0] must be a JSON object"),
+        (
+            {"Events": [{"Action": "push", "Target": {"MediaType": KrakenDriver.MEDIA_TYPE, "Url": ""}}]},
+            "Events[0].Target.Url is empty",
+        ),
+        (
+            {"Events": [{"Action": "push", "Target": {"MediaType": KrakenDriver.MEDIA_TYPE, "Url": 5}}]},
+            "Expected str, got int",
+        ),
+        ({"Events": [event("push", "http://127.0.0.1:5000/library/app:1.0")]}, "not a manifest URL"),
+    ],
+)
+def test_a_bad_kraken_notification_is_a_422_and_creates_nothing(
+    body: Any, words: str, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     with gateway.client() as client:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -266,7 +341,9 @@ def test_a_bad_kraken_notification_is_a_422_and_creates_nothing(body: Any, words
     assert listed_ids(gateway) == set()
 
 
-def test_a_kraken_event_for_a_registry_without_credentials_fails_naming_the_config_key(make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path) -> None:
+def test_a_kraken_event_for_a_registry_without_credentials_fails_naming_the_config_key(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))  # no registries.credentials
     harbor = KrakenDriver(gateway.url, "OAUTH", pat(gateway))
 
@@ -282,11 +359,15 @@ def test_a_kraken_event_for_a_registry_without_credentials_fails_naming_the_conf
     assert "registries.credentials has no entry for " + origin.host in gateway.logs()
 
 
-def test_a_kraken_event_uses_the_configured_robot_account(make_gateway: MakeGateway, origin: Registry, images: OriginImages, token_service: Any, tmp_path: Path) -> None:
+def test_a_kraken_event_uses_the_configured_robot_account(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, token_service: Any, tmp_path: Path
+) -> None:
     from tests.conftest import ROBOT_PASSWORD, ROBOT_USER
     from tests.harbor.conftest import ROBOT_ENV
 
-    gateway = make_gateway(gateway_config(tmp_path, registries=robot_credentials(origin)), env={ROBOT_ENV: ROBOT_PASSWORD})
+    gateway = make_gateway(
+        gateway_config(tmp_path, registries=robot_credentials(origin)), env={ROBOT_ENV: ROBOT_PASSWORD}
+    )
     before = len(token_service.requests_by(ROBOT_USER))
     harbor = KrakenDriver(gateway.url, "OAUTH", pat(gateway))
 
@@ -300,7 +381,9 @@ def test_a_kraken_event_uses_the_configured_robot_account(make_gateway: MakeGate
 # --- a policy's extra_attrs ------------------------------------------------------------------
 
 
-def test_a_policy_restricted_to_cluster_2_warms_cluster_2_only(make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_a_policy_restricted_to_cluster_2_warms_cluster_2_only(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     clusters = [
         {"id": 1, "name": "local-a", "adapter": "local", "path": str(tmp_path / "cache-1")},
         {"id": 2, "name": "local-b", "adapter": "local", "path": str(tmp_path / "cache-2")},
@@ -309,7 +392,9 @@ def test_a_policy_restricted_to_cluster_2_warms_cluster_2_only(make_gateway: Mak
     harbor = DragonflyDriver(gateway.url, "OAUTH", pat(gateway))
 
     # extra_attrs {"scope": "all_peers", "cluster_ids": [2]} as Harbor 2.12+ sends them
-    status = harbor.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")}, scope="all_peers", cluster_ids=[2])
+    status = harbor.run_task(
+        manifest_url(origin), {"Authorization": harbor_token("library/app")}, scope="all_peers", cluster_ids=[2]
+    )
 
     assert status.status == SUCCESS, status.error
     assert {row[3] for row in status.rows or []} == {"2"}
@@ -323,16 +408,29 @@ def test_a_policy_restricted_to_cluster_2_warms_cluster_2_only(make_gateway: Mak
 
 
 @pytest.mark.parametrize("driver", [LegacyDragonflyDriver, KrakenDriver, DragonflyDriver])
-def test_every_dialect_works_under_a_path_prefix(driver: type[DragonflyDriver], make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                  harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_every_dialect_works_under_a_path_prefix(
+    driver: type[DragonflyDriver],
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
     from tests.conftest import ROBOT_PASSWORD
     from tests.harbor.conftest import ROBOT_ENV
 
-    gateway = make_gateway(gateway_config(tmp_path, server={"root_path": "/harbor"}, registries=robot_credentials(origin)), env={ROBOT_ENV: ROBOT_PASSWORD})
-    harbor = driver(f"http://127.0.0.1:{gateway.port}/harbor/", "OAUTH", pat(gateway))  # as typed into Harbor, slash and all
+    gateway = make_gateway(
+        gateway_config(tmp_path, server={"root_path": "/harbor"}, registries=robot_credentials(origin)),
+        env={ROBOT_ENV: ROBOT_PASSWORD},
+    )
+    harbor = driver(
+        f"http://127.0.0.1:{gateway.port}/harbor/", "OAUTH", pat(gateway)
+    )  # as typed into Harbor, slash and all
 
     if isinstance(harbor, (LegacyDragonflyDriver, KrakenDriver)):
-        status = harbor.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0")
+        status = harbor.run_task(
+            manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0"
+        )
     else:
         status = harbor.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")})
 
@@ -341,6 +439,6 @@ def test_every_dialect_works_under_a_path_prefix(driver: type[DragonflyDriver], 
 
 def test_harbors_http_errors_carry_the_gateways_message(secured: SecuredGateway) -> None:
     harbor = LegacyDragonflyDriver(secured.url, "OAUTH", pat(secured.process))
-    with pytest.raises(HarborError, match="error: 422 Unprocessable Entity .*not a manifest URL"):
+    with pytest.raises(HarborError, match=r"error: 422 Unprocessable Entity .*not a manifest URL"):
         harbor.preheat("http://127.0.0.1:1/nothing", {})
     assert httpx.get(secured.url + "/preheats", timeout=5).status_code == 401

@@ -46,7 +46,9 @@ DIALECTS = ["legacy", "openapi", "kraken"]
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-def test_a_host_outside_the_allowlist_is_refused_at_once_through_every_dialect(dialect: str, make_gateway: MakeGateway, origin: Registry, tmp_path: Path) -> None:
+def test_a_host_outside_the_allowlist_is_refused_at_once_through_every_dialect(
+    dialect: str, make_gateway: MakeGateway, origin: Registry, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, allow=[origin.host]))
 
     with pytest.raises(HarborError) as refused:
@@ -57,13 +59,17 @@ def test_a_host_outside_the_allowlist_is_refused_at_once_through_every_dialect(d
     assert job_count(gateway) == 0
 
 
-def test_a_kraken_notification_with_one_refused_event_creates_no_job_at_all(make_gateway: MakeGateway, origin: Registry, tmp_path: Path) -> None:
+def test_a_kraken_notification_with_one_refused_event_creates_no_job_at_all(
+    make_gateway: MakeGateway, origin: Registry, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, allow=[origin.host]))
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     good = harbor.notification(f"{origin.url}/v2/library/app/manifests/1.0", image="library/app")["Events"][0]
     bad = harbor.notification("http://10.1.2.3/v2/library/app/manifests/1.0", image="library/app")["Events"][0]
 
-    with pytest.raises(HarborError, match=r"error: 422 .*no job was created: Events\[1\]: host 10\.1\.2\.3:80 is not allowed"):
+    with pytest.raises(
+        HarborError, match=r"error: 422 .*no job was created: Events\[1\]: host 10\.1\.2\.3:80 is not allowed"
+    ):
         harbor.notify({"Events": [good, bad]})
 
     assert job_count(gateway) == 0
@@ -71,7 +77,10 @@ def test_a_kraken_notification_with_one_refused_event_creates_no_job_at_all(make
 
 def test_every_url_of_a_file_preheat_is_checked(make_gateway: MakeGateway, origin: Registry, tmp_path: Path) -> None:
     gateway = make_gateway(gateway_config(tmp_path, allow=[origin.host]))
-    body = {"type": "preheat", "args": {"type": "file", "urls": [f"{origin.url}/files/a.bin", "http://169.254.169.254/latest/meta-data/"]}}
+    body = {
+        "type": "preheat",
+        "args": {"type": "file", "urls": [f"{origin.url}/files/a.bin", "http://169.254.169.254/latest/meta-data/"]},
+    }
     with gateway.client() as client:
         response = client.post("/oapi/v1/jobs", json=body)
 
@@ -92,15 +101,19 @@ def redirector() -> Iterator[Callable[[str], str]]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             hits.append(self.path)
-            location = target["base"] if "://" in target["base"] and not target["base"].startswith("http") else target["base"] + self.path
+            location = (
+                target["base"]
+                if "://" in target["base"] and not target["base"].startswith("http")
+                else target["base"] + self.path
+            )
             self.send_response(307)
             self.send_header("Location", location)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -119,16 +132,25 @@ def redirector() -> Iterator[Callable[[str], str]]:
         thread.join(5)
 
 
-@pytest.mark.parametrize(("target", "why"), [
-    ("loopback, another port", "resolves to a non-public address (127.0.0.1)"),
-    ("localhost by name", "resolves to a non-public address (127.0.0.1)"),
-    ("cloud metadata", "resolves to a non-public address (169.254.169.254)"),
-    ("a private network", "resolves to a non-public address (10.0.0.7)"),
-    ("a file URL", "is not an http(s) URL"),
-])
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("loopback, another port", "resolves to a non-public address (127.0.0.1)"),
+        ("localhost by name", "resolves to a non-public address (127.0.0.1)"),
+        ("cloud metadata", "resolves to a non-public address (169.254.169.254)"),
+        ("a private network", "resolves to a non-public address (10.0.0.7)"),
+        ("a file URL", "is not an http(s) URL"),
+    ],
+)
 def test_a_redirect_from_an_allowed_registry_to_an_internal_address_is_refused(
-    target: str, why: str, redirector: Callable[[str], str], make_gateway: MakeGateway, origin: Registry,
-    images: OriginImages, harbor_token: HarborToken, tmp_path: Path,
+    target: str,
+    why: str,
+    redirector: Callable[[str], str],
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
 ) -> None:
     base = {
         "loopback, another port": origin.url,
@@ -141,7 +163,9 @@ def test_a_redirect_from_an_allowed_registry_to_an_internal_address_is_refused(
     gateway = make_gateway(gateway_config(tmp_path, allow=[allowed]))  # only the redirecting registry itself
     harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
 
-    status = harbor.run_task(f"http://{allowed}/v2/library/app/manifests/1.0", {"Authorization": harbor_token("library/app")})
+    status = harbor.run_task(
+        f"http://{allowed}/v2/library/app/manifests/1.0", {"Authorization": harbor_token("library/app")}
+    )
 
     assert status.status != SUCCESS
     assert "redirect" in status.error and "refused" in status.error and why in status.error, status.error
@@ -149,8 +173,12 @@ def test_a_redirect_from_an_allowed_registry_to_an_internal_address_is_refused(
 
 
 def test_a_redirect_to_an_explicitly_allowed_internal_host_is_followed_without_the_callers_token(
-    redirector: Callable[[str], str], make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-    harbor_token: HarborToken, tmp_path: Path,
+    redirector: Callable[[str], str],
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
 ) -> None:
     allowed = redirector(origin.url)
     gateway = make_gateway(gateway_config(tmp_path, allow=[allowed, origin.host]))
@@ -169,7 +197,9 @@ def test_a_redirect_to_an_explicitly_allowed_internal_host_is_followed_without_t
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-def test_with_no_allowlist_a_name_resolving_to_loopback_is_refused_through_every_dialect(dialect: str, make_gateway: MakeGateway, origin: Registry, tmp_path: Path) -> None:
+def test_with_no_allowlist_a_name_resolving_to_loopback_is_refused_through_every_dialect(
+    dialect: str, make_gateway: MakeGateway, origin: Registry, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, allow=[]))
 
     with pytest.raises(HarborError) as refused:
@@ -181,22 +211,41 @@ def test_with_no_allowlist_a_name_resolving_to_loopback_is_refused_through_every
     assert job_count(gateway) == 0
 
 
-def test_a_name_resolving_to_loopback_works_once_explicitly_allowed(make_gateway: MakeGateway, origin: Registry, token_service: TokenService,
-                                                                   images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
-    gateway = make_gateway(gateway_config(tmp_path, allow=[f"localhost:{origin.port}", token_service.url.removeprefix("http://")]))
+def test_a_name_resolving_to_loopback_works_once_explicitly_allowed(
+    make_gateway: MakeGateway,
+    origin: Registry,
+    token_service: TokenService,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
+    gateway = make_gateway(
+        gateway_config(tmp_path, allow=[f"localhost:{origin.port}", token_service.url.removeprefix("http://")])
+    )
     harbor = LegacyDragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
 
-    status = harbor.run_task(f"http://localhost:{origin.port}/v2/library/app/manifests/1.0", {"Authorization": harbor_token("library/app")},
-                             image="library/app", tag="1.0")
+    status = harbor.run_task(
+        f"http://localhost:{origin.port}/v2/library/app/manifests/1.0",
+        {"Authorization": harbor_token("library/app")},
+        image="library/app",
+        tag="1.0",
+    )
 
     assert status.status == SUCCESS, status.error
 
 
-def test_refusals_never_echo_the_callers_token(make_gateway: MakeGateway, origin: Registry, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_refusals_never_echo_the_callers_token(
+    make_gateway: MakeGateway, origin: Registry, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, allow=[origin.host]))
     token = harbor_token("library/app")
     with gateway.client() as client:
-        response = client.post("/preheats", content=json.dumps({"type": "image", "url": "http://10.0.0.1/v2/a/manifests/b", "headers": {"Authorization": token}}))
+        response = client.post(
+            "/preheats",
+            content=json.dumps(
+                {"type": "image", "url": "http://10.0.0.1/v2/a/manifests/b", "headers": {"Authorization": token}}
+            ),
+        )
 
     assert response.status_code == 422
     assert token.split()[1] not in response.text and token.split()[1] not in gateway.logs()

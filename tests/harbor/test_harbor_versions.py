@@ -67,8 +67,9 @@ def one_dead_cluster(make_gateway: MakeGateway, tmp_path: Path) -> GatewayProces
 
 
 @pytest.mark.parametrize("version", LEGACY_VERSIONS + OPENAPI_VERSIONS)
-def test_every_generation_ends_a_failing_preheat_as_failed_in_seconds(version: str, one_dead_cluster: GatewayProcess, origin: Registry,
-                                                                      images: OriginImages, harbor_token: HarborToken) -> None:
+def test_every_generation_ends_a_failing_preheat_as_failed_in_seconds(
+    version: str, one_dead_cluster: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
     driver = harbor(version, one_dead_cluster)
     started = time.monotonic()
 
@@ -86,10 +87,13 @@ def test_every_generation_ends_a_failing_preheat_as_failed_in_seconds(version: s
         assert messages[1].startswith("cluster dead (id 2): ")
 
 
-def test_a_legacy_failure_is_fail_the_one_status_harbor_2_1_ends_a_task_on(one_dead_cluster: GatewayProcess, origin: Registry,
-                                                                           images: OriginImages, harbor_token: HarborToken) -> None:
+def test_a_legacy_failure_is_fail_the_one_status_harbor_2_1_ends_a_task_on(
+    one_dead_cluster: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
     driver = harbor("2.1", one_dead_cluster)
-    task = driver.preheat(manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0")
+    task = driver.preheat(
+        manifest_url(origin), {"Authorization": harbor_token("library/app")}, image="library/app", tag="1.0"
+    )
     one_dead_cluster.wait_job(int(task.task_id))
 
     with one_dead_cluster.client() as client:
@@ -103,8 +107,14 @@ def test_a_legacy_failure_is_fail_the_one_status_harbor_2_1_ends_a_task_on(one_d
 
 
 @pytest.mark.parametrize("version", LEGACY_VERSIONS)
-def test_a_missing_tag_is_the_create_calls_404_which_every_legacy_harbor_logs(version: str, make_gateway: MakeGateway, origin: Registry,
-                                                                             images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_a_missing_tag_is_the_create_calls_404_which_every_legacy_harbor_logs(
+    version: str,
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     driver = harbor(version, gateway)
 
@@ -117,8 +127,9 @@ def test_a_missing_tag_is_the_create_calls_404_which_every_legacy_harbor_logs(ve
     assert "POST /preheats answered 404" in gateway.logs()
 
 
-def test_a_refused_caller_token_is_the_create_calls_403(make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                      harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_a_refused_caller_token_is_the_create_calls_403(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))  # no registries.credentials to fall back on
     token = harbor_token("library/other")  # pull on another repository only
 
@@ -130,22 +141,28 @@ def test_a_refused_caller_token_is_the_create_calls_403(make_gateway: MakeGatewa
     assert job_count(gateway) == 0
 
 
-def test_a_refused_caller_token_falls_back_to_configured_credentials_as_the_adapters_do(secured: Any, origin: Registry, images: OriginImages,
-                                                                                        harbor_token: HarborToken) -> None:
+def test_a_refused_caller_token_falls_back_to_configured_credentials_as_the_adapters_do(
+    secured: Any, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
     driver = LegacyDragonflyDriver(secured.url, "OAUTH", {"token": secured.process.token})
 
-    status = driver.run_task(manifest_url(origin), {"Authorization": harbor_token("library/other")}, image="library/app", tag="1.0")
+    status = driver.run_task(
+        manifest_url(origin), {"Authorization": harbor_token("library/other")}, image="library/app", tag="1.0"
+    )
 
     assert status.status == SUCCESS, status.error  # the robot account of registries.credentials reads it
 
 
-def test_the_open_api_and_kraken_accept_a_missing_tag_and_fail_the_job(make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                                       harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_the_open_api_and_kraken_accept_a_missing_tag_and_fail_the_job(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     """Harbor 2.12+ show the job's error; Kraken's notification is refused only for what is wrong with the event itself."""
     gateway = make_gateway(gateway_config(tmp_path))
     url = manifest_url(origin, "no-such-tag")
 
-    openapi = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}).preheat(url, {"Authorization": harbor_token("library/app")})
+    openapi = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}).preheat(
+        url, {"Authorization": harbor_token("library/app")}
+    )
     kraken = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     kraken.preheat(url, image="library/app", tag="no-such-tag")
 
@@ -157,16 +174,29 @@ def test_the_open_api_and_kraken_accept_a_missing_tag_and_fail_the_job(make_gate
 
 
 @pytest.mark.parametrize("rule", ["any", "all"])
-def test_a_clusters_success_rule_decides_whether_a_failed_endpoint_fails_the_task(rule: str, make_gateway: MakeGateway, make_cache: MakeCache,
-                                                                                   origin: Registry, images: OriginImages,
-                                                                                   harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_a_clusters_success_rule_decides_whether_a_failed_endpoint_fails_the_task(
+    rule: str,
+    make_gateway: MakeGateway,
+    make_cache: MakeCache,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
     cache = make_cache()
-    cluster = {"id": 1, "name": "edge", "adapter": "mirror", "success": rule,
-               "endpoints": [{"url": cache.url}, {"url": f"http://127.0.0.1:{free_port()}"}]}
+    cluster = {
+        "id": 1,
+        "name": "edge",
+        "adapter": "mirror",
+        "success": rule,
+        "endpoints": [{"url": cache.url}, {"url": f"http://127.0.0.1:{free_port()}"}],
+    }
     gateway = make_gateway(gateway_config(tmp_path, clusters=[cluster]))
     driver = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}, version="2.12")
 
-    status = driver.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")}, scope="all_seed_peers", timeout=60)
+    status = driver.run_task(
+        manifest_url(origin), {"Authorization": harbor_token("library/app")}, scope="all_seed_peers", timeout=60
+    )
 
     if rule == "any":
         assert status.status == SUCCESS, status.error  # every blob reached one cache; the dead one is listed
@@ -174,24 +204,37 @@ def test_a_clusters_success_rule_decides_whether_a_failed_endpoint_fails_the_tas
     else:
         assert status.status == FAIL
         (message,) = error_list(status.error)
-        assert message.startswith("cluster edge (id 1): ") and "every endpoint got every blob (success: all)" in message, message
+        assert (
+            message.startswith("cluster edge (id 1): ") and "every endpoint got every blob (success: all)" in message
+        ), message
 
 
 def test_an_unknown_success_rule_is_a_config_error(tmp_path: Path) -> None:
     from gateway.config import ConfigError, build_config
 
     with pytest.raises(ConfigError, match="success"):
-        build_config({"clusters": [{"id": 1, "name": "a", "adapter": "local", "path": str(tmp_path), "success": "most"}]}, source="test")
+        build_config(
+            {"clusters": [{"id": 1, "name": "a", "adapter": "local", "path": str(tmp_path), "success": "most"}]},
+            source="test",
+        )
 
 
 # --- 2.12 without cluster ids -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("version", "warmed"), [("2.12", {"1", "2"}), ("2.13", {"2"})])
-def test_harbor_2_12_sends_no_cluster_ids_so_its_policies_warm_every_cluster(version: str, warmed: set[str], make_gateway: MakeGateway,
-                                                                              origin: Registry, images: OriginImages,
-                                                                              harbor_token: HarborToken, tmp_path: Path) -> None:
-    clusters = [{"id": i, "name": f"local-{i}", "adapter": "local", "path": str(tmp_path / f"cache-{i}")} for i in (1, 2)]
+def test_harbor_2_12_sends_no_cluster_ids_so_its_policies_warm_every_cluster(
+    version: str,
+    warmed: set[str],
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
+    clusters = [
+        {"id": i, "name": f"local-{i}", "adapter": "local", "path": str(tmp_path / f"cache-{i}")} for i in (1, 2)
+    ]
     gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
     driver = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}, version=version)
 
@@ -247,11 +290,14 @@ def find_go() -> str:
     return go
 
 
-def test_times_have_fractional_seconds_and_decode_in_gos_time_type(make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                                   harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_times_have_fractional_seconds_and_decode_in_gos_time_type(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     go = require(find_go)
     gateway = make_gateway(gateway_config(tmp_path))
-    status = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}).run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")})
+    status = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}).run_task(
+        manifest_url(origin), {"Authorization": harbor_token("library/app")}
+    )
     assert status.status == SUCCESS, status.error
     with gateway.client() as client:
         job = client.get(f"/oapi/v1/jobs/{status.task_id}").content
@@ -260,9 +306,13 @@ def test_times_have_fractional_seconds_and_decode_in_gos_time_type(make_gateway:
     (tmp_path / "info.json").write_bytes(info)
     (tmp_path / "decode.go").write_text(GO_DECODER)
 
-    decoded = subprocess.run([go, "run", str(tmp_path / "decode.go"), str(tmp_path / "job.json"), str(tmp_path / "info.json")],
-                             capture_output=True, text=True, timeout=180, env={"GOCACHE": str(tmp_path / "gocache"), "HOME": str(tmp_path),
-                                                                              "PATH": "/usr/bin:/bin"})
+    decoded = subprocess.run(
+        [go, "run", str(tmp_path / "decode.go"), str(tmp_path / "job.json"), str(tmp_path / "info.json")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"GOCACHE": str(tmp_path / "gocache"), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
 
     assert decoded.returncode == 0, decoded.stdout + decoded.stderr
     job_ns, legacy_ns = map(int, decoded.stdout.split())

@@ -48,7 +48,9 @@ def two_events(harbor: KrakenDriver, origin: Registry) -> dict[str, Any]:
     return {"Events": first["Events"] + second["Events"]}
 
 
-def test_a_notification_delivered_again_is_accepted_and_makes_no_second_job(make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path) -> None:
+def test_a_notification_delivered_again_is_accepted_and_makes_no_second_job(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+) -> None:
     gateway = start(make_gateway, origin, tmp_path)
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     notification = two_events(harbor, origin)
@@ -64,28 +66,39 @@ def test_a_notification_delivered_again_is_accepted_and_makes_no_second_job(make
     assert "already have their job (same Id)" in gateway.logs()
 
 
-def test_the_same_id_for_another_image_or_no_id_at_all_is_a_new_event(make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path) -> None:
+def test_the_same_id_for_another_image_or_no_id_at_all_is_a_new_event(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+) -> None:
     gateway = start(make_gateway, origin, tmp_path)
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     app = harbor.notification(manifest_url(origin), image="library/app", tag="1.0", event_id="same-id")
-    multi = harbor.notification(manifest_url(origin, "library/multi", "2.0"), image="library/multi", tag="2.0", event_id="same-id")
+    multi = harbor.notification(
+        manifest_url(origin, "library/multi", "2.0"), image="library/multi", tag="2.0", event_id="same-id"
+    )
     anonymous = harbor.notification(manifest_url(origin), image="library/app", tag="1.0")
     anonymous["Events"][0]["Id"] = ""
 
     answers = [json.loads(harbor.notify(n)) for n in (app, multi, anonymous, anonymous)]
 
-    assert [a["created"] for a in answers] == [1, 1, 1, 1], "an event is its Id *and* its Url; without an Id it cannot be told apart"
+    assert [a["created"] for a in answers] == [1, 1, 1, 1], (
+        "an event is its Id *and* its Url; without an Id it cannot be told apart"
+    )
     assert len(job_ids(gateway)) == 4
 
 
-def test_a_repeat_costs_nothing_against_the_creation_rate_but_a_new_event_with_it_still_does(make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path) -> None:
+def test_a_repeat_costs_nothing_against_the_creation_rate_but_a_new_event_with_it_still_does(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+) -> None:
     gateway = start(make_gateway, origin, tmp_path, create_rate_per_second=0.01, create_burst=2)
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     notification = two_events(harbor, origin)
     assert post(gateway, notification).status_code == 200  # the whole burst: the bucket is empty now
 
     repeat = post(gateway, notification)
-    grown = {"Events": notification["Events"] + harbor.notification(manifest_url(origin), image="library/app", tag="1.0")["Events"]}
+    grown = {
+        "Events": notification["Events"]
+        + harbor.notification(manifest_url(origin), image="library/app", tag="1.0")["Events"]
+    }
     refused = post(gateway, grown)
 
     assert repeat.status_code == 200 and repeat.json()["created"] == 0, repeat.text
@@ -94,7 +107,9 @@ def test_a_repeat_costs_nothing_against_the_creation_rate_but_a_new_event_with_i
     assert len(job_ids(gateway)) == 2, "the refused notification made nothing, its known events included"
 
 
-def test_deliveries_at_the_same_moment_end_with_one_job(make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path) -> None:
+def test_deliveries_at_the_same_moment_end_with_one_job(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+) -> None:
     gateway = start(make_gateway, origin, tmp_path)
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     notification = harbor.notification(manifest_url(origin), image="library/app", tag="1.0")

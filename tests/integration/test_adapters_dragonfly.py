@@ -33,10 +33,18 @@ def manager() -> Iterator[FakeDragonflyManager]:
         yield fake
 
 
-def dragonfly_gateway(make_gateway: MakeGateway, tmp_path: Path, manager_url: str, *, token: str = TOKEN, **options: Any) -> GatewayProcess:
+def dragonfly_gateway(
+    make_gateway: MakeGateway, tmp_path: Path, manager_url: str, *, token: str = TOKEN, **options: Any
+) -> GatewayProcess:
     cluster = {
-        "id": 3, "name": "df-prod", "adapter": "dragonfly", "manager": manager_url, "token_env": "DF_TOKEN",
-        "scheduler_cluster_ids": [1, 2], "poll_interval": "1s", **options,
+        "id": 3,
+        "name": "df-prod",
+        "adapter": "dragonfly",
+        "manager": manager_url,
+        "token_env": "DF_TOKEN",
+        "scheduler_cluster_ids": [1, 2],
+        "poll_interval": "1s",
+        **options,
     }
     return make_gateway(gateway_config(tmp_path, clusters=[cluster]), env={"DF_TOKEN": token})
 
@@ -46,7 +54,9 @@ def harbor(gateway: GatewayProcess) -> DragonflyDriver:
 
 
 def test_a_harbor_task_becomes_one_upstream_job_whose_rows_come_back(
-    make_gateway: MakeGateway, manager: FakeDragonflyManager, tmp_path: Path,
+    make_gateway: MakeGateway,
+    manager: FakeDragonflyManager,
+    tmp_path: Path,
 ) -> None:
     gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
 
@@ -56,19 +66,29 @@ def test_a_harbor_task_becomes_one_upstream_job_whose_rows_come_back(
     [created] = manager.created
     assert created["type"] == "preheat" and created["scheduler_cluster_ids"] == [1, 2]
     args = created["args"]
-    assert (args["type"], args["url"], args["scope"], args["headers"]) == ("image", MANIFEST, "all_seed_peers", HARBOR_HEADER)
+    assert (args["type"], args["url"], args["scope"], args["headers"]) == (
+        "image",
+        MANIFEST,
+        "all_seed_peers",
+        HARBOR_HEADER,
+    )
     assert args["platform"] == "linux/amd64" and args["filtered_query_params"] == ""
     assert isinstance(args["timeout"], int) and 1700 * 10**9 < args["timeout"] <= 1800 * 10**9, "the time left, in ns"
     assert set(manager.authorizations) == {f"Bearer {TOKEN}"}
     rows = status.rows or []
     assert len(rows) == 4, "two blobs on a seed peer of each of two upstream scheduler clusters"
-    assert {(row[1], row[2]) for row in rows} == {("seed-1-0 (upstream cluster 1)", "10.0.1.5"), ("seed-2-0 (upstream cluster 2)", "10.0.2.5")}
+    assert {(row[1], row[2]) for row in rows} == {
+        ("seed-1-0 (upstream cluster 1)", "10.0.1.5"),
+        ("seed-2-0 (upstream cluster 2)", "10.0.2.5"),
+    }
     assert {row[3] for row in rows} == {"3"}, "Harbor's Cluster ID column shows this gateway's cluster"
     assert all("/v2/library/app/blobs/sha256:" in row[0] for row in rows)
 
 
 def test_an_upstream_failure_is_this_clusters_failure_quoting_the_upstream_errors(
-    make_gateway: MakeGateway, manager: FakeDragonflyManager, tmp_path: Path,
+    make_gateway: MakeGateway,
+    manager: FakeDragonflyManager,
+    tmp_path: Path,
 ) -> None:
     manager.mode = "fail"
     gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
@@ -77,12 +97,17 @@ def test_an_upstream_failure_is_this_clusters_failure_quoting_the_upstream_error
 
     assert status.status == FAIL
     assert f"cluster df-prod (id 3): upstream Dragonfly job 1 on {manager.url} failed: " in status.error
-    assert "scheduler cluster 1: preheat failed: seed peer seed-1-0 could not download from the origin (503" in status.error
+    assert (
+        "scheduler cluster 1: preheat failed: seed peer seed-1-0 could not download from the origin (503"
+        in status.error
+    )
     assert "scheduler cluster 2: preheat failed" in status.error
 
 
 def test_a_refused_token_is_reported_as_such_without_the_token(
-    make_gateway: MakeGateway, manager: FakeDragonflyManager, tmp_path: Path,
+    make_gateway: MakeGateway,
+    manager: FakeDragonflyManager,
+    tmp_path: Path,
 ) -> None:
     gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url, token="revoked-token-value")
 
@@ -104,7 +129,9 @@ def test_a_manager_that_is_down_fails_fast(make_gateway: MakeGateway, tmp_path: 
     status = harbor(gateway).run_task(MANIFEST, HARBOR_HEADER)
     job = run_job(gateway, {"type": "image", "url": MANIFEST, "headers": HARBOR_HEADER})
 
-    assert status.status == FAIL and status.error == "provider unhealthy", "Harbor's health check fails the task at once"
+    assert status.status == FAIL and status.error == "provider unhealthy", (
+        "Harbor's health check fails the task at once"
+    )
     error = state_of(job, 3)["error"]
     assert f"cannot reach the Dragonfly manager at {down}: connection refused" in error
     assert "clusters[0].manager" in error
@@ -112,7 +139,9 @@ def test_a_manager_that_is_down_fails_fast(make_gateway: MakeGateway, tmp_path: 
 
 
 def test_a_state_harbor_would_not_understand_is_reported_not_passed_on(
-    make_gateway: MakeGateway, manager: FakeDragonflyManager, tmp_path: Path,
+    make_gateway: MakeGateway,
+    manager: FakeDragonflyManager,
+    tmp_path: Path,
 ) -> None:
     manager.mode, manager.unknown_state = "unknown", "RUNNING"
     gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
@@ -125,7 +154,9 @@ def test_a_state_harbor_would_not_understand_is_reported_not_passed_on(
 
 
 def test_a_slow_job_is_polled_with_backoff_until_it_succeeds(
-    make_gateway: MakeGateway, manager: FakeDragonflyManager, tmp_path: Path,
+    make_gateway: MakeGateway,
+    manager: FakeDragonflyManager,
+    tmp_path: Path,
 ) -> None:
     manager.pending_seconds = 3.0
     gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
@@ -137,7 +168,9 @@ def test_a_slow_job_is_polled_with_backoff_until_it_succeeds(
 
 
 def test_a_job_still_pending_upstream_at_the_jobs_timeout_fails_in_bounded_time(
-    make_gateway: MakeGateway, manager: FakeDragonflyManager, tmp_path: Path,
+    make_gateway: MakeGateway,
+    manager: FakeDragonflyManager,
+    tmp_path: Path,
 ) -> None:
     manager.pending_seconds = 3600
     gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
@@ -153,11 +186,15 @@ def test_a_job_still_pending_upstream_at_the_jobs_timeout_fails_in_bounded_time(
     assert manager.created[0]["args"]["timeout"] <= 4 * 10**9
 
 
-def test_a_manager_that_stops_answering_mid_job_is_reported_not_waited_for(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_manager_that_stops_answering_mid_job_is_reported_not_waited_for(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     manager = FakeDragonflyManager(TOKEN, pending_seconds=3600)
     gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url, timeout="2s")
     with gateway.client() as client:
-        job_id = client.post("/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "image", "url": MANIFEST}}).json()["id"]
+        job_id = client.post(
+            "/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "image", "url": MANIFEST}}
+        ).json()["id"]
     deadline = time.monotonic() + 10
     while not manager.created and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -170,20 +207,39 @@ def test_a_manager_that_stops_answering_mid_job_is_reported_not_waited_for(make_
 
 
 def test_file_preheats_are_forwarded_with_their_arguments(
-    make_gateway: MakeGateway, manager: FakeDragonflyManager, tmp_path: Path,
+    make_gateway: MakeGateway,
+    manager: FakeDragonflyManager,
+    tmp_path: Path,
 ) -> None:
     gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
     urls = ["http://127.0.0.1:9000/models/a.bin?sig=1", "http://127.0.0.1:9000/models/b.bin?sig=2"]
 
-    job = run_job(gateway, {
-        "type": "file", "urls": urls, "tag": "v1", "application": "llm", "filtered_query_params": "sig&token",
-        "piece_length": 4 << 20, "concurrent_count": 4, "count": 2, "platform": "linux/arm64",
-    })
+    job = run_job(
+        gateway,
+        {
+            "type": "file",
+            "urls": urls,
+            "tag": "v1",
+            "application": "llm",
+            "filtered_query_params": "sig&token",
+            "piece_length": 4 << 20,
+            "concurrent_count": 4,
+            "count": 2,
+            "platform": "linux/arm64",
+        },
+    )
 
     assert job["state"] == "SUCCESS", job
     args = manager.created[0]["args"]
     assert (args["type"], args["url"], args["urls"]) == ("file", "", urls)
     assert (args["tag"], args["application"], args["filtered_query_params"]) == ("v1", "llm", "sig&token")
-    assert (args["piece_length"], args["concurrent_count"], args["count"], args["platform"]) == (4 << 20, 4, 2, "linux/arm64")
+    assert (args["piece_length"], args["concurrent_count"], args["count"], args["platform"]) == (
+        4 << 20,
+        4,
+        2,
+        "linux/arm64",
+    )
     # The manager gets the signed URLs; the job shows them without their signatures.
-    assert {row["url"] for row in state_of(job, 3)["results"][0]["success_tasks"]} == {url.partition("?")[0] for url in urls}
+    assert {row["url"] for row in state_of(job, 3)["results"][0]["success_tasks"]} == {
+        url.partition("?")[0] for url in urls
+    }

@@ -32,7 +32,9 @@ def files() -> Iterator[FileOrigin]:
 def run_job(gateway: GatewayProcess, args: dict[str, Any], cluster_ids: list[int] | None = None) -> dict[str, Any]:
     """POST a job the way the seed's Open API example does, and wait for it to leave PENDING."""
     with gateway.client() as client:
-        response = client.post("/oapi/v1/jobs", json={"type": "preheat", "args": args, "scheduler_cluster_ids": cluster_ids})
+        response = client.post(
+            "/oapi/v1/jobs", json={"type": "preheat", "args": args, "scheduler_cluster_ids": cluster_ids}
+        )
     assert response.status_code == 200, response.text
     return gateway.wait_job(response.json()["id"])
 
@@ -46,15 +48,22 @@ def cached_files(cache: Path) -> dict[str, bytes]:
 
 
 def test_a_urls_identity_drops_signing_parameters_and_keeps_the_rest() -> None:
-    signed = "HTTPS://Bucket.S3.example.com/m/a.bin?X-Amz-Credential=AK%2F1&b=2&x-amz-signature=ff&a=1&ns=docker.io#frag"
+    signed = (
+        "HTTPS://Bucket.S3.example.com/m/a.bin?X-Amz-Credential=AK%2F1&b=2&x-amz-signature=ff&a=1&ns=docker.io#frag"
+    )
 
     assert file_ref(signed).display_url == "https://bucket.s3.example.com/m/a.bin?a=1&b=2"
-    assert file_ref(signed, ["b"]).display_url == "https://bucket.s3.example.com/m/a.bin?X-Amz-Credential=AK%2F1&a=1&ns=docker.io&x-amz-signature=ff"
+    assert (
+        file_ref(signed, ["b"]).display_url
+        == "https://bucket.s3.example.com/m/a.bin?X-Amz-Credential=AK%2F1&a=1&ns=docker.io&x-amz-signature=ff"
+    )
     assert file_ref(signed).key == file_ref(signed.replace("ff", "00")).key
     assert len({file_ref(signed, tag=t, application=a).key for t in ("", "v1") for a in ("", "llm")}) == 4
 
 
-def test_the_seed_example_preheats_a_file_into_the_local_cache(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+def test_the_seed_example_preheats_a_file_into_the_local_cache(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     url = f"{files.url}/files/model.bin"
 
@@ -68,7 +77,9 @@ def test_the_seed_example_preheats_a_file_into_the_local_cache(make_gateway: Mak
     assert not list((tmp_path / "cache" / "tmp").iterdir()), "no temporary file is left behind"
 
 
-def test_two_signed_urls_of_one_object_are_one_cached_file_and_one_fetch(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+def test_two_signed_urls_of_one_object_are_one_cached_file_and_one_fetch(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     signed = [
         f"{files.url}/files/model.bin?X-Amz-Date=20261127T100000Z&X-Amz-Signature=aaa&versionId=7",
@@ -84,17 +95,23 @@ def test_two_signed_urls_of_one_object_are_one_cached_file_and_one_fetch(make_ga
     assert rows == [f"{files.url}/files/model.bin?versionId=7"] * 2, "rows show the identity, never the signature"
 
 
-def test_urls_in_one_job_that_differ_only_by_signature_are_fetched_once(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+def test_urls_in_one_job_that_differ_only_by_signature_are_fetched_once(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
 
-    job = run_job(gateway, {"type": "file", "urls": [f"{files.url}/files/model.bin?Signature={s}&Expires=1" for s in "abc"]})
+    job = run_job(
+        gateway, {"type": "file", "urls": [f"{files.url}/files/model.bin?Signature={s}&Expires=1" for s in "abc"]}
+    )
 
     assert job["state"] == "SUCCESS", job
     assert files.count("/files/model.bin") == 1
     assert len(state_of(job, 1)["results"][0]["success_tasks"]) == 3
 
 
-def test_tag_and_application_distinguish_otherwise_equal_urls(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+def test_tag_and_application_distinguish_otherwise_equal_urls(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     url = f"{files.url}/files/small.txt"
 
@@ -107,7 +124,9 @@ def test_tag_and_application_distinguish_otherwise_equal_urls(make_gateway: Make
 
 
 @pytest.mark.parametrize("spelling", ["filtered_query_params", "filteredQueryParams"])
-def test_filtered_query_params_replace_the_default_list(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path, spelling: str) -> None:
+def test_filtered_query_params_replace_the_default_list(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path, spelling: str
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     base = f"{files.url}/files/small.txt"
 
@@ -130,7 +149,9 @@ def test_the_callers_headers_reach_the_origin(make_gateway: MakeGateway, files: 
     assert allowed["state"] == "SUCCESS", allowed
 
 
-def test_a_redirect_is_followed_only_where_the_url_policy_allows(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+def test_a_redirect_is_followed_only_where_the_url_policy_allows(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     files.redirects["ok"] = f"{files.url}/files/small.txt?X-Amz-Signature=s"
     files.redirects["metadata"] = "http://169.254.169.254/latest/meta-data/"
@@ -145,18 +166,27 @@ def test_a_redirect_is_followed_only_where_the_url_policy_allows(make_gateway: M
     assert "redirect" in error and "refused" in error and "169.254.169.254" in error
 
 
-def test_a_missing_file_fails_with_what_where_and_what_to_do(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+def test_a_missing_file_fails_with_what_where_and_what_to_do(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
 
     job = run_job(gateway, {"type": "file", "url": f"{files.url}/files/nope.bin?X-Amz-Signature=secret-signature"})
 
     assert job["state"] == "FAILURE"
     error = state_of(job, 1)["error"]
-    assert "cluster local (id 1)" in error and "nope.bin" in error and "not found (404)" in error and "check the URL" in error
+    assert (
+        "cluster local (id 1)" in error
+        and "nope.bin" in error
+        and "not found (404)" in error
+        and "check the URL" in error
+    )
     assert "secret-signature" not in error
 
 
-def test_a_mirror_cluster_refuses_files_while_a_local_cluster_takes_them(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+def test_a_mirror_cluster_refuses_files_while_a_local_cluster_takes_them(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
     clusters = [
         {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
         {"id": 2, "name": "eu-mirror", "adapter": "mirror", "endpoints": [{"url": "http://127.0.0.1:9"}]},
@@ -169,11 +199,15 @@ def test_a_mirror_cluster_refuses_files_while_a_local_cluster_takes_them(make_ga
     assert state_of(job, 1)["state"] == "SUCCESS"
     mirror = state_of(job, 2)
     assert mirror["state"] == "FAILURE"
-    assert mirror["error"].startswith("cluster eu-mirror (id 2): the mirror adapter does not preheat files; files cannot go through a registry mirror")
+    assert mirror["error"].startswith(
+        "cluster eu-mirror (id 2): the mirror adapter does not preheat files; files cannot go through a registry mirror"
+    )
     assert "use a proxy or local cluster" in mirror["error"]
 
 
-def test_a_signed_urls_signature_is_sealed_never_echoed_or_stored_in_the_clear(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
+def test_a_signed_urls_signature_is_sealed_never_echoed_or_stored_in_the_clear(
+    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     signed = f"{files.url}/files/small.txt?X-Amz-Credential=AKIA-secret-credential&X-Amz-Signature=secret-signature&versionId=3"
 

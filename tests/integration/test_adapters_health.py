@@ -41,30 +41,46 @@ def test_clusters_show_their_adapter_and_last_health(make_gateway: MakeGateway, 
             {"id": 6, "name": "proxies", "adapter": "proxy", "proxies": [proxy.url, proxy_down := dead()]},
             {"id": 7, "name": "mirror-down", "adapter": "mirror", "endpoints": [{"url": dead()}]},
         ]
-        gateway = make_gateway(gateway_config(tmp_path, clusters=clusters), env={"DF_GOOD": "good-token", "DF_BAD": "bad-token"})
+        gateway = make_gateway(
+            gateway_config(tmp_path, clusters=clusters), env={"DF_GOOD": "good-token", "DF_BAD": "bad-token"}
+        )
 
         found = clusters_of(gateway)
 
     assert {name: c["adapter"] for name, c in found.items()} == {
-        "local": "local", "df-ok": "dragonfly", "df-bad-token": "dragonfly", "df-down": "dragonfly",
-        "kraken": "kraken", "proxies": "proxy", "mirror-down": "mirror",
+        "local": "local",
+        "df-ok": "dragonfly",
+        "df-bad-token": "dragonfly",
+        "df-down": "dragonfly",
+        "kraken": "kraken",
+        "proxies": "proxy",
+        "mirror-down": "mirror",
     }
     for cluster in found.values():
         assert set(cluster["health"]) >= {"reachable", "latency_ms", "error"}
         assert cluster["health"]["latency_ms"] >= 0
     reachable = {name: c["health"]["reachable"] for name, c in found.items()}
     assert reachable == {
-        "local": True, "df-ok": True, "df-bad-token": False, "df-down": False,
-        "kraken": True, "proxies": True, "mirror-down": False,
+        "local": True,
+        "df-ok": True,
+        "df-bad-token": False,
+        "df-down": False,
+        "kraken": True,
+        "proxies": True,
+        "mirror-down": False,
     }
     assert "refused the token in $DF_BAD (401)" in found["df-bad-token"]["health"]["error"]
     assert "bad-token" not in found["df-bad-token"]["health"]["error"].replace("$DF_BAD", "")
     assert found["df-down"]["health"]["error"] == f"cannot reach the Dragonfly manager at {df_down}: connection refused"
-    assert proxy_down.rpartition(":")[2] in found["proxies"]["health"]["error"], "a dead proxy is named even if another works"
+    assert proxy_down.rpartition(":")[2] in found["proxies"]["health"]["error"], (
+        "a dead proxy is named even if another works"
+    )
     assert found["df-ok"]["health"]["error"] == ""
 
 
-def test_healthy_answers_503_with_the_reason_when_no_cluster_is_usable(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_healthy_answers_503_with_the_reason_when_no_cluster_is_usable(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     clusters = [
         {"id": 1, "name": "df", "adapter": "dragonfly", "manager": dead()},
         {"id": 2, "name": "kraken", "adapter": "kraken", "endpoint": (kraken_down := dead())},

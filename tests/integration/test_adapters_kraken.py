@@ -27,13 +27,20 @@ def kraken() -> Iterator[FakeKrakenProxy]:
         yield fake
 
 
-def kraken_gateway(make_gateway: MakeGateway, tmp_path: Path, endpoint: str, env: dict[str, str] | None = None, **options: Any) -> GatewayProcess:
+def kraken_gateway(
+    make_gateway: MakeGateway, tmp_path: Path, endpoint: str, env: dict[str, str] | None = None, **options: Any
+) -> GatewayProcess:
     cluster = {"id": 4, "name": "kraken", "adapter": "kraken", "endpoint": endpoint, **options}
     return make_gateway(gateway_config(tmp_path, clusters=[cluster]), env=env)
 
 
 def test_a_preheat_posts_the_notification_harbors_kraken_driver_posts(
-    make_gateway: MakeGateway, kraken: FakeKrakenProxy, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path,
+    make_gateway: MakeGateway,
+    kraken: FakeKrakenProxy,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
 ) -> None:
     gateway = kraken_gateway(make_gateway, tmp_path, kraken.url)
     url = f"{origin.url}/v2/library/app/manifests/1.0"
@@ -46,15 +53,20 @@ def test_a_preheat_posts_the_notification_harbors_kraken_driver_posts(
     assert set(event) == {"Id", "TimeStamp", "Action", "Target", "Request", "Actor"}
     assert event["Action"] == "push" and event["Request"] is None and event["Actor"] is None
     assert event["Target"] == {
-        "MediaType": DOCKER_MANIFEST, "Digest": images.single.manifest_digest,
-        "Repository": "library/app", "Url": url, "Tag": "1.0",
+        "MediaType": DOCKER_MANIFEST,
+        "Digest": images.single.manifest_digest,
+        "Repository": "library/app",
+        "Url": url,
+        "Tag": "1.0",
     }
     [row] = state_of(job, 4)["results"][0]["success_tasks"]
     assert (row["url"], row["hostname"], row["ip"]) == (url, f"127.0.0.1:{kraken.port}", "127.0.0.1")
     assert "SUCCESS means Kraken accepted" in row["description"], "honest: Kraken gives no progress"
 
 
-def test_a_manifest_named_by_digest_needs_no_read_from_the_origin(make_gateway: MakeGateway, kraken: FakeKrakenProxy, tmp_path: Path) -> None:
+def test_a_manifest_named_by_digest_needs_no_read_from_the_origin(
+    make_gateway: MakeGateway, kraken: FakeKrakenProxy, tmp_path: Path
+) -> None:
     gateway = kraken_gateway(make_gateway, tmp_path, kraken.url)
     digest = "sha256:" + "4b" * 32
     url = f"http://127.0.0.1:{free_port()}/v2/library/alpine/manifests/{digest}"
@@ -69,7 +81,9 @@ def test_a_manifest_named_by_digest_needs_no_read_from_the_origin(make_gateway: 
 def test_the_auth_header_comes_from_the_environment(make_gateway: MakeGateway, tmp_path: Path) -> None:
     secret = "Bearer kraken-notify-secret"
     with FakeKrakenProxy(required_auth=secret) as guarded:
-        accepted = kraken_gateway(make_gateway, tmp_path / "a", guarded.url, env={"KRAKEN_AUTH": secret}, auth_env="KRAKEN_AUTH")
+        accepted = kraken_gateway(
+            make_gateway, tmp_path / "a", guarded.url, env={"KRAKEN_AUTH": secret}, auth_env="KRAKEN_AUTH"
+        )
         refused = kraken_gateway(make_gateway, tmp_path / "b", guarded.url)
         url = "http://127.0.0.1:5000/v2/library/alpine/manifests/sha256:" + "4b" * 32
 

@@ -28,21 +28,29 @@ def proxies() -> Iterator[list[ForwardProxy]]:
         yield [first, second]
 
 
-def proxy_gateway(make_gateway: MakeGateway, tmp_path: Path, proxies: list[Any], env: dict[str, str] | None = None) -> GatewayProcess:
+def proxy_gateway(
+    make_gateway: MakeGateway, tmp_path: Path, proxies: list[Any], env: dict[str, str] | None = None
+) -> GatewayProcess:
     cluster = {"id": 1, "name": "node-proxies", "adapter": "proxy", "proxies": proxies}
     return make_gateway(gateway_config(tmp_path, clusters=[cluster]), env=env)
 
 
 def image_args(origin: Registry, harbor_token: HarborToken, **extra: Any) -> dict[str, Any]:
     return {
-        "type": "image", "url": f"{origin.url}/v2/library/app/manifests/1.0",
-        "headers": {"Authorization": harbor_token("library/app")}, **extra,
+        "type": "image",
+        "url": f"{origin.url}/v2/library/app/manifests/1.0",
+        "headers": {"Authorization": harbor_token("library/app")},
+        **extra,
     }
 
 
 def test_single_seed_peer_pulls_each_blob_through_one_proxy(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken,
-    proxies: list[ForwardProxy], tmp_path: Path,
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    proxies: list[ForwardProxy],
+    tmp_path: Path,
 ) -> None:
     gateway = proxy_gateway(make_gateway, tmp_path, [proxy.url for proxy in proxies])
 
@@ -53,14 +61,22 @@ def test_single_seed_peer_pulls_each_blob_through_one_proxy(
         assert sum(proxy.count(f"/blobs/{digest}") for proxy in proxies) == 1
     assert proxies[0].count("/manifests/1.0") == 1, "the manifest is resolved through the proxy too"
     rows = state_of(job, 1)["results"][0]["success_tasks"]
-    assert {row["url"] for row in rows} == {f"{origin.url}/v2/library/app/blobs/{d}" for d in images.single.blob_digests}
-    assert {row["hostname"] for row in rows} == {f"127.0.0.1:{proxies[0].port}"}, "proxies sharing a host are told apart by port"
+    assert {row["url"] for row in rows} == {
+        f"{origin.url}/v2/library/app/blobs/{d}" for d in images.single.blob_digests
+    }
+    assert {row["hostname"] for row in rows} == {f"127.0.0.1:{proxies[0].port}"}, (
+        "proxies sharing a host are told apart by port"
+    )
     assert {row["ip"] for row in rows} == {"127.0.0.1"}
 
 
 def test_all_peers_pulls_every_blob_through_every_proxy(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken,
-    proxies: list[ForwardProxy], tmp_path: Path,
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    proxies: list[ForwardProxy],
+    tmp_path: Path,
 ) -> None:
     gateway = proxy_gateway(make_gateway, tmp_path, [proxy.url for proxy in proxies])
 
@@ -75,8 +91,12 @@ def test_all_peers_pulls_every_blob_through_every_proxy(
 
 
 def test_a_dead_proxy_is_skipped_for_the_next_one(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken,
-    proxies: list[ForwardProxy], tmp_path: Path,
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    proxies: list[ForwardProxy],
+    tmp_path: Path,
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     gateway = proxy_gateway(make_gateway, tmp_path, [dead, proxies[1].url])
@@ -88,7 +108,11 @@ def test_a_dead_proxy_is_skipped_for_the_next_one(
 
 
 def test_blobs_are_digest_checked_so_a_corrupting_proxy_fails_its_rows(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path,
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
 ) -> None:
     with ForwardProxy(corrupt=True) as corrupt, ForwardProxy() as good:
         only_corrupt = proxy_gateway(make_gateway, tmp_path / "a", [corrupt.url])
@@ -106,7 +130,11 @@ def test_blobs_are_digest_checked_so_a_corrupting_proxy_fails_its_rows(
 
 
 def test_a_proxy_with_credentials_gets_them_from_the_environment(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path,
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
 ) -> None:
     with ForwardProxy(credentials=("preheat", "proxy-pass-123")) as guarded:
         config = [{"url": guarded.url, "username": "preheat", "password_env": "NODE_PROXY_PASSWORD"}]
@@ -119,7 +147,11 @@ def test_a_proxy_with_credentials_gets_them_from_the_environment(
 
 
 def test_a_proxy_refusing_the_gateways_credentials_is_named_with_the_key_to_fix(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path,
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
 ) -> None:
     with ForwardProxy(credentials=("preheat", "right-password")) as guarded:
         config = [{"url": guarded.url, "username": "preheat", "password_env": "NODE_PROXY_PASSWORD"}]
@@ -132,7 +164,9 @@ def test_a_proxy_refusing_the_gateways_credentials_is_named_with_the_key_to_fix(
     assert "clusters[0].proxies[0]" in error and "wrong-password" not in error
 
 
-def test_the_seed_file_example_warms_a_proxy(make_gateway: MakeGateway, proxies: list[ForwardProxy], tmp_path: Path) -> None:
+def test_the_seed_file_example_warms_a_proxy(
+    make_gateway: MakeGateway, proxies: list[ForwardProxy], tmp_path: Path
+) -> None:
     gateway = proxy_gateway(make_gateway, tmp_path, [proxies[0].url])
     with FileOrigin({"model.bin": b"x" * 300_000}) as files:
         url = f"{files.url}/files/model.bin"
@@ -149,13 +183,23 @@ def test_the_seed_file_example_warms_a_proxy(make_gateway: MakeGateway, proxies:
 
 
 def test_file_redirects_are_followed_through_the_proxy_without_the_callers_headers(
-    make_gateway: MakeGateway, proxies: list[ForwardProxy], tmp_path: Path,
+    make_gateway: MakeGateway,
+    proxies: list[ForwardProxy],
+    tmp_path: Path,
 ) -> None:
     gateway = proxy_gateway(make_gateway, tmp_path, [proxy.url for proxy in proxies])
     with FileOrigin({"a.bin": b"a" * 1000}) as files, FileOrigin({"a.bin": b"a" * 1000}) as storage:
         files.redirects["a.bin"] = f"{storage.url}/files/a.bin?Signature=s3"
 
-        job = run_job(gateway, {"type": "file", "url": f"{files.url}/redirect/a.bin", "headers": {"X-Origin-Token": "t0k"}, "scope": "all_peers"})
+        job = run_job(
+            gateway,
+            {
+                "type": "file",
+                "url": f"{files.url}/redirect/a.bin",
+                "headers": {"X-Origin-Token": "t0k"},
+                "scope": "all_peers",
+            },
+        )
 
         assert job["state"] == "SUCCESS", job
         assert [headers.get("X-Origin-Token") for _, headers in files.requests] == ["t0k", "t0k"]

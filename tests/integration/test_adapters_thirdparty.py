@@ -31,7 +31,9 @@ def pip(*args: str) -> subprocess.CompletedProcess[str]:
 def echo_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     source = tmp_path_factory.mktemp("echo") / "echo_adapter"
     shutil.copytree(PACKAGE, source)  # builds leave nothing in the repository
-    installed = pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check", str(source))
+    installed = pip(
+        "install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check", str(source)
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     try:
         yield
@@ -43,7 +45,9 @@ def echo_cluster(**options: object) -> dict[str, object]:
     return {"id": 9, "name": "echo-nodes", "adapter": "echo", "hosts": ["node-a", "node-b"], **options}
 
 
-def test_an_installed_adapter_runs_a_job_by_its_name(echo_installed: None, make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_an_installed_adapter_runs_a_job_by_its_name(
+    echo_installed: None, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, clusters=[echo_cluster()]))
     url = "http://127.0.0.1:9000/files/model.bin"
 
@@ -51,19 +55,27 @@ def test_an_installed_adapter_runs_a_job_by_its_name(echo_installed: None, make_
 
     assert job["state"] == "SUCCESS", job
     rows = state_of(job, 9)["results"][0]["success_tasks"]
-    assert [(r["url"], r["hostname"], r["ip"]) for r in rows] == [(url, "node-a", "192.0.2.1"), (url, "node-b", "192.0.2.2")]
+    assert [(r["url"], r["hostname"], r["ip"]) for r in rows] == [
+        (url, "node-a", "192.0.2.1"),
+        (url, "node-b", "192.0.2.2"),
+    ]
     with gateway.client() as client:
         [cluster] = client.get("/oapi/v1/clusters").json()
     assert (cluster["adapter"], cluster["health"]["reachable"]) == ("echo", True)
 
 
-def test_an_installed_adapters_failure_is_its_clusters_failure(echo_installed: None, make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_an_installed_adapters_failure_is_its_clusters_failure(
+    echo_installed: None, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, clusters=[echo_cluster(fail_on="forbidden")]))
 
     job = run_job(gateway, {"type": "file", "url": "http://127.0.0.1:9000/forbidden/x"})
 
     assert job["state"] == "FAILURE"
-    assert state_of(job, 9)["error"] == "cluster echo-nodes (id 9): echo refused a URL containing 'forbidden': remove it from the request"
+    assert (
+        state_of(job, 9)["error"]
+        == "cluster echo-nodes (id 9): echo refused a URL containing 'forbidden': remove it from the request"
+    )
     assert state_of(job, 9)["results"][0]["failure_tasks"][0]["description"] == "echo refuses URLs with 'forbidden'"
 
 
@@ -82,4 +94,6 @@ def test_an_installed_adapters_options_are_checked_like_the_builtins(echo_instal
     output = result.stdout + result.stderr
     assert "clusters[0].colour: unknown key" in output
     assert "clusters[1].hosts: list at least one host" in output
-    assert "clusters[2].adapter: unknown adapter 'no-such-adapter'" in output and "echo" in output, "the choices include installed adapters"
+    assert "clusters[2].adapter: unknown adapter 'no-such-adapter'" in output and "echo" in output, (
+        "the choices include installed adapters"
+    )

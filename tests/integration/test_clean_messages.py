@@ -62,7 +62,9 @@ def test_serving_logs_are_json_lines_without_colour_codes(make_gateway: MakeGate
 
 def test_a_second_process_on_one_sqlite_file_refuses_in_one_line(make_gateway: MakeGateway, tmp_path: Path) -> None:
     first = make_gateway(gateway_config(tmp_path))
-    same_store = {key: value for key, value in first.config["server"].items() if key != "listen"}  # another port, the same state_dir
+    same_store = {
+        key: value for key, value in first.config["server"].items() if key != "listen"
+    }  # another port, the same state_dir
     second = GatewayProcess(tmp_path / "second", {**first.config, "server": same_store})
 
     refused = run_cli("serve", "--config", str(second.config_path), check=False)
@@ -76,7 +78,9 @@ def test_a_second_process_on_one_sqlite_file_refuses_in_one_line(make_gateway: M
         assert client.get("/healthy").status_code == 200  # the first one is untouched
 
 
-def test_healthy_503_names_each_cluster_problem_in_plain_words(make_gateway: MakeGateway, tmp_path: Path, hangs_up: int) -> None:
+def test_healthy_503_names_each_cluster_problem_in_plain_words(
+    make_gateway: MakeGateway, tmp_path: Path, hangs_up: int
+) -> None:
     clusters = [
         {"id": 1, "name": "tls-mirror", "adapter": "mirror", "endpoints": [{"url": f"https://127.0.0.1:{hangs_up}"}]},
         {"id": 2, "name": "plain-mirror", "adapter": "mirror", "endpoints": [{"url": f"http://127.0.0.1:{hangs_up}"}]},

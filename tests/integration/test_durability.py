@@ -25,13 +25,29 @@ def frozen_cache(make_cache: MakeCache) -> Iterator[tuple[Registry, TcpRelay]]:
         relay.close()
 
 
-def test_a_job_survives_sigkill_and_restart(make_gateway: MakeGateway, frozen_cache: tuple[Registry, TcpRelay], origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_a_job_survives_sigkill_and_restart(
+    make_gateway: MakeGateway,
+    frozen_cache: tuple[Registry, TcpRelay],
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
     cache, relay = frozen_cache
-    config = gateway_config(tmp_path, clusters=[{"id": 1, "name": "edge", "adapter": "mirror", "endpoints": [{"url": relay.url}]}])
+    config = gateway_config(
+        tmp_path, clusters=[{"id": 1, "name": "edge", "adapter": "mirror", "endpoints": [{"url": relay.url}]}]
+    )
     gateway = make_gateway(config)
     secret = harbor_token("library/app")
     relay.pause()
-    body = {"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/library/app/manifests/1.0", "headers": {"Authorization": secret}}}
+    body = {
+        "type": "preheat",
+        "args": {
+            "type": "image",
+            "url": f"{origin.url}/v2/library/app/manifests/1.0",
+            "headers": {"Authorization": secret},
+        },
+    }
     job_id = gateway.client().post("/oapi/v1/jobs", json=body).json()["id"]
     deadline = time.monotonic() + 10
     while relay.connections == 0:  # the gateway is now inside the job, blocked on the cache
@@ -50,14 +66,34 @@ def test_a_job_survives_sigkill_and_restart(make_gateway: MakeGateway, frozen_ca
     for digest in images.single.blob_digests:
         assert cache.wait_for_blob(digest)
     with sqlite3.connect(database) as db:
-        assert db.execute("SELECT secret FROM jobs WHERE id = ?", (job_id,)).fetchone() == (None,), "secrets are purged when a job ends"
+        assert db.execute("SELECT secret FROM jobs WHERE id = ?", (job_id,)).fetchone() == (None,), (
+            "secrets are purged when a job ends"
+        )
 
 
-def test_sigterm_hands_unfinished_work_back_and_a_restart_finishes_it(make_gateway: MakeGateway, frozen_cache: tuple[Registry, TcpRelay], origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
-    cache, relay = frozen_cache
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[{"id": 1, "name": "edge", "adapter": "mirror", "endpoints": [{"url": relay.url}]}]))
+def test_sigterm_hands_unfinished_work_back_and_a_restart_finishes_it(
+    make_gateway: MakeGateway,
+    frozen_cache: tuple[Registry, TcpRelay],
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
+    _cache, relay = frozen_cache
+    gateway = make_gateway(
+        gateway_config(
+            tmp_path, clusters=[{"id": 1, "name": "edge", "adapter": "mirror", "endpoints": [{"url": relay.url}]}]
+        )
+    )
     relay.pause()
-    body = {"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/library/app/manifests/1.0", "headers": {"Authorization": harbor_token("library/app")}}}
+    body = {
+        "type": "preheat",
+        "args": {
+            "type": "image",
+            "url": f"{origin.url}/v2/library/app/manifests/1.0",
+            "headers": {"Authorization": harbor_token("library/app")},
+        },
+    }
     job_id = gateway.client().post("/oapi/v1/jobs", json=body).json()["id"]
     while relay.connections == 0:
         time.sleep(0.05)
@@ -73,11 +109,29 @@ def test_sigterm_hands_unfinished_work_back_and_a_restart_finishes_it(make_gatew
     assert gateway.wait_job(job_id, timeout=60)["state"] == "SUCCESS"
 
 
-def test_delete_cancels_in_flight_work_promptly(make_gateway: MakeGateway, frozen_cache: tuple[Registry, TcpRelay], origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_delete_cancels_in_flight_work_promptly(
+    make_gateway: MakeGateway,
+    frozen_cache: tuple[Registry, TcpRelay],
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
     cache, relay = frozen_cache
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[{"id": 1, "name": "edge", "adapter": "mirror", "endpoints": [{"url": relay.url}]}]))
+    gateway = make_gateway(
+        gateway_config(
+            tmp_path, clusters=[{"id": 1, "name": "edge", "adapter": "mirror", "endpoints": [{"url": relay.url}]}]
+        )
+    )
     relay.pause()
-    body = {"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/library/app/manifests/1.0", "headers": {"Authorization": harbor_token("library/app")}}}
+    body = {
+        "type": "preheat",
+        "args": {
+            "type": "image",
+            "url": f"{origin.url}/v2/library/app/manifests/1.0",
+            "headers": {"Authorization": harbor_token("library/app")},
+        },
+    }
     with gateway.client() as client:
         job_id = client.post("/oapi/v1/jobs", json=body).json()["id"]
         while relay.connections == 0:

@@ -20,7 +20,10 @@ from gateway.app import create_app
 from gateway.config import build_config
 
 ROUTES = [
-    ("POST", "/oapi/v1/jobs"), ("PATCH", "/oapi/v1/jobs/1"), ("POST", "/preheats"), ("POST", "/registry/notifications"),
+    ("POST", "/oapi/v1/jobs"),
+    ("PATCH", "/oapi/v1/jobs/1"),
+    ("POST", "/preheats"),
+    ("POST", "/registry/notifications"),
 ]
 SECRET = "phg_the-secret-token-must-never-echo"
 
@@ -28,12 +31,15 @@ SECRET = "phg_the-secret-token-must-never-echo"
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp("hostile")
-    config = build_config({
-        "server": {"state_dir": str(tmp / "state"), "create_rate_per_second": 0},
-        "auth": {"mode": "none"},
-        "registries": {"allow": ["127.0.0.1"]},
-        "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(tmp / "cache")}],
-    }, source="test")
+    config = build_config(
+        {
+            "server": {"state_dir": str(tmp / "state"), "create_rate_per_second": 0},
+            "auth": {"mode": "none"},
+            "registries": {"allow": ["127.0.0.1"]},
+            "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(tmp / "cache")}],
+        },
+        source="test",
+    )
     with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -45,24 +51,43 @@ def assert_refused_politely(response_status: int, body: bytes) -> None:
 
 
 CORPUS: list[bytes] = [
-    b"", b"null", b"0", b'"text"', b"[]", b"{", b"}", b"\xff\xfe", b'{"type": "preheat", "args": null}',
-    b'{"type": 1, "args": {}}', b'{"type": "preheat", "args": {"url": 12}}', b'{"type": "preheat", "args": {"headers": [1]}}',
+    b"",
+    b"null",
+    b"0",
+    b'"text"',
+    b"[]",
+    b"{",
+    b"}",
+    b"\xff\xfe",
+    b'{"type": "preheat", "args": null}',
+    b'{"type": 1, "args": {}}',
+    b'{"type": "preheat", "args": {"url": 12}}',
+    b'{"type": "preheat", "args": {"headers": [1]}}',
     b'{"type": "preheat", "args": {"url": "http://127.0.0.1/v2/a/manifests/b", "timeout": 1e400}}',
     b'{"type": "preheat", "args": {"url": "http://127.0.0.1/v2/a/manifests/b", "concurrent_count": 99999999999999999999999}}',
     b'{"type": "preheat", "scheduler_cluster_ids": [-1], "args": {"url": "http://127.0.0.1/v2/a/manifests/b"}}',
-    b'{"type": "preheat", "args": {"url": "http://127.0.0.1/v2/a/manifests/b", "headers": {"Authorization": "' + SECRET.encode() + b'"}, "scope": "x"}}',
+    b'{"type": "preheat", "args": {"url": "http://127.0.0.1/v2/a/manifests/b", "headers": {"Authorization": "'
+    + SECRET.encode()
+    + b'"}, "scope": "x"}}',
     b"[" * 100_000 + b"]" * 100_000,
     b'{"a":' * 5000 + b"1" + b"}" * 5000,
     b'{"type": "preheat", "args": {"type": "file", "urls": [' + b",".join([b'"http://127.0.0.1/f"'] * 5000) + b"]}}",
-    b'{"Events": "nope"}', b'{"Events": [{"Action": "push", "Target": null}]}',
+    b'{"Events": "nope"}',
+    b'{"Events": [{"Action": "push", "Target": null}]}',
     b'{"Events": [{"Action": "push", "Target": {"Url": "gopher://x", "MediaType": "application/vnd.docker.distribution.manifest.v2+json"}}]}',
-    b'{"type": "image", "url": "file:///etc/passwd"}', b'{"type": "image", "url": "http://169.254.169.254/v2/a/manifests/b"}',
+    b'{"type": "image", "url": "file:///etc/passwd"}',
+    b'{"type": "image", "url": "http://169.254.169.254/v2/a/manifests/b"}',
 ] + [
     json.dumps({"type": "preheat", "args": {"type": "image", "url": url}}).encode()
     for url in (
-        "http://169.254.169.254/v2/latest/manifests/meta-data", "http://[::1]:5000/v2/a/manifests/b", "http://evil.example/v2/a/manifests/b",
-        "javascript:alert(1)", "http://127.0.0.1:99999/v2/a/manifests/b", "http://user:pass@127.0.0.1/v2/a/manifests/b@x",
-        "http://127.0.0.1/v2/../../etc/manifests/b", "http://" + "a" * 70000 + "/v2/a/manifests/b",
+        "http://169.254.169.254/v2/latest/manifests/meta-data",
+        "http://[::1]:5000/v2/a/manifests/b",
+        "http://evil.example/v2/a/manifests/b",
+        "javascript:alert(1)",
+        "http://127.0.0.1:99999/v2/a/manifests/b",
+        "http://user:pass@127.0.0.1/v2/a/manifests/b@x",
+        "http://127.0.0.1/v2/../../etc/manifests/b",
+        "http://" + "a" * 70000 + "/v2/a/manifests/b",
     )
 ]
 
@@ -90,13 +115,37 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=20), children, max_size=4),
     max_leaves=20,
 )
-field_names = st.sampled_from(["type", "url", "urls", "tag", "headers", "scope", "platform", "timeout", "username", "password",
-                               "filtered_query_params", "filteredQueryParams", "piece_length", "concurrent_count", "ips"])
+field_names = st.sampled_from(
+    [
+        "type",
+        "url",
+        "urls",
+        "tag",
+        "headers",
+        "scope",
+        "platform",
+        "timeout",
+        "username",
+        "password",
+        "filtered_query_params",
+        "filteredQueryParams",
+        "piece_length",
+        "concurrent_count",
+        "ips",
+    ]
+)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(args=st.dictionaries(field_names, json_values, max_size=8), top=st.dictionaries(st.sampled_from(["type", "scheduler_cluster_ids", "bio"]), json_values))
-def test_fuzzed_create_requests_never_crash(client: TestClient, args: dict[str, object], top: dict[str, object]) -> None:
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    args=st.dictionaries(field_names, json_values, max_size=8),
+    top=st.dictionaries(st.sampled_from(["type", "scheduler_cluster_ids", "bio"]), json_values),
+)
+def test_fuzzed_create_requests_never_crash(
+    client: TestClient, args: dict[str, object], top: dict[str, object]
+) -> None:
     body = {"type": "preheat", **top, "args": args}
     response = client.post("/oapi/v1/jobs", json=body)
     assert response.status_code < 500, (body, response.text)
@@ -133,20 +182,29 @@ def test_metrics_and_request_ids(client: TestClient) -> None:
 
     assert response.headers["x-request-id"] == "abc-123"
     assert client.get("/livez", headers={"X-Request-Id": "bad id\n"}).headers["x-request-id"] != "bad id\n"
-    for name in ("preheat_gateway_http_request_duration_seconds_bucket", "preheat_gateway_jobs{", "preheat_gateway_store_duration_seconds",
-                 "preheat_gateway_blob_fetches_total", 'preheat_gateway_blob_checks_total{check="sha256"}', "preheat_gateway_retries_total",
-                 "preheat_gateway_cluster_up",
-                 'preheat_gateway_gc_pause_seconds_count{generation="2"}'):
+    for name in (
+        "preheat_gateway_http_request_duration_seconds_bucket",
+        "preheat_gateway_jobs{",
+        "preheat_gateway_store_duration_seconds",
+        "preheat_gateway_blob_fetches_total",
+        'preheat_gateway_blob_checks_total{check="sha256"}',
+        "preheat_gateway_retries_total",
+        "preheat_gateway_cluster_up",
+        'preheat_gateway_gc_pause_seconds_count{generation="2"}',
+    ):
         assert name in metrics, name
     assert 'route="/oapi/v1/jobs"' in metrics and "phg_" not in metrics
 
 
 def test_job_creation_is_rate_limited_per_credential(tmp_path: Path) -> None:
-    config = build_config({
-        "server": {"state_dir": str(tmp_path / "state"), "create_rate_per_second": 1, "create_burst": 2},
-        "auth": {"mode": "none"},
-        "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")}],
-    }, source="test")
+    config = build_config(
+        {
+            "server": {"state_dir": str(tmp_path / "state"), "create_rate_per_second": 1, "create_burst": 2},
+            "auth": {"mode": "none"},
+            "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")}],
+        },
+        source="test",
+    )
     body = {"type": "preheat", "args": {"type": "image", "url": "https://registry.example.com/v2/a/manifests/b"}}
     with TestClient(create_app(config), raise_server_exceptions=False) as client:
         statuses = [client.post("/oapi/v1/jobs", json=body) for _ in range(4)]

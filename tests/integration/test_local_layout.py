@@ -38,14 +38,23 @@ def local_cluster(cache: Path, **options: Any) -> dict[str, Any]:
 
 
 def submit(gateway: GatewayProcess, origin: Registry, repository: str, reference: str, token: str, **args: Any) -> int:
-    body = {"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/{repository}/manifests/{reference}",
-                                        "headers": {"Authorization": token}, **args}}
+    body = {
+        "type": "preheat",
+        "args": {
+            "type": "image",
+            "url": f"{origin.url}/v2/{repository}/manifests/{reference}",
+            "headers": {"Authorization": token},
+            **args,
+        },
+    }
     response = gateway.client().post("/oapi/v1/jobs", json=body)
     assert response.status_code == 200, response.text
     return int(response.json()["id"])
 
 
-def preheat(gateway: GatewayProcess, origin: Registry, repository: str, reference: str, token: str, **args: Any) -> dict[str, Any]:
+def preheat(
+    gateway: GatewayProcess, origin: Registry, repository: str, reference: str, token: str, **args: Any
+) -> dict[str, Any]:
     return gateway.wait_job(submit(gateway, origin, repository, reference, token, **args))
 
 
@@ -65,23 +74,30 @@ def on_disk(cache: Path) -> set[str]:
 
 
 def skopeo_copy(cache: Path, name: str, out: Path, *extra: str) -> None:
-    done = subprocess.run([require(find_skopeo), "copy", "--quiet", *extra, f"oci:{cache}:{name}", f"dir:{out}"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [require(find_skopeo), "copy", "--quiet", *extra, f"oci:{cache}:{name}", f"dir:{out}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
 
 
 def assert_copied(out: Path, image: PushedImage) -> None:
     """skopeo's ``dir:`` copy holds the manifest and each blob, every one of them its digest."""
     manifest = (out / "manifest.json").read_bytes()
-    assert "sha256:" + hashlib.sha256(manifest).hexdigest() == image.manifest_digest, "the manifest is the origin's, byte for byte"
+    assert "sha256:" + hashlib.sha256(manifest).hexdigest() == image.manifest_digest, (
+        "the manifest is the origin's, byte for byte"
+    )
     for digest in image.blob_digests:
         blob = (out / digest.removeprefix("sha256:")).read_bytes()
         assert "sha256:" + hashlib.sha256(blob).hexdigest() == digest
         assert len(blob) == image.sizes[digest]
 
 
-def test_a_preheated_image_is_an_oci_layout_that_skopeo_copies(make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                               harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_a_preheated_image_is_an_oci_layout_that_skopeo_copies(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
 
@@ -104,14 +120,20 @@ def test_a_preheated_image_is_an_oci_layout_that_skopeo_copies(make_gateway: Mak
 
 
 def test_an_index_is_stored_with_the_platforms_preheated_and_by_digest_preheats_are_named_by_digest(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path,
+    make_gateway: MakeGateway,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
 ) -> None:
     cache = tmp_path / "cache"
     gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
     multi, arm64 = images.multiarch, images.multiarch.images["linux/arm64"]
 
-    jobs = [preheat(gateway, origin, "library/multi", "2.0", harbor_token("library/multi"), platform="linux/arm64"),
-            preheat(gateway, origin, "library/app", images.single.manifest_digest, harbor_token("library/app"))]
+    jobs = [
+        preheat(gateway, origin, "library/multi", "2.0", harbor_token("library/multi"), platform="linux/arm64"),
+        preheat(gateway, origin, "library/app", images.single.manifest_digest, harbor_token("library/app")),
+    ]
 
     assert [job["state"] for job in jobs] == ["SUCCESS", "SUCCESS"], jobs
     index = index_of(cache)
@@ -122,29 +144,45 @@ def test_an_index_is_stored_with_the_platforms_preheated_and_by_digest_preheats_
     held = on_disk(cache)
     assert {multi.index_digest, arm64.manifest_digest, *arm64.blob_digests} <= held
     assert images.multiarch.images["linux/amd64"].manifest_digest not in held, "only the platform preheated"
-    skopeo_copy(cache, f"{origin.host}/library/multi:2.0", tmp_path / "arm64", "--override-os", "linux", "--override-arch", "arm64")
+    skopeo_copy(
+        cache,
+        f"{origin.host}/library/multi:2.0",
+        tmp_path / "arm64",
+        "--override-os",
+        "linux",
+        "--override-arch",
+        "arm64",
+    )
     assert_copied(tmp_path / "arm64", arm64)
     skopeo_copy(cache, by_digest, tmp_path / "by-digest")
     assert_copied(tmp_path / "by-digest", images.single)
 
 
-def test_jobs_running_at_once_all_land_in_the_index(make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                    harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_jobs_running_at_once_all_land_in_the_index(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
     app, multi = harbor_token("library/app"), harbor_token("library/multi")
 
-    ids = [submit(gateway, origin, "library/app", "1.0", app), submit(gateway, origin, "library/multi", "2.0", multi, platform="all"),
-           submit(gateway, origin, "library/app", images.single.manifest_digest, app)]
+    ids = [
+        submit(gateway, origin, "library/app", "1.0", app),
+        submit(gateway, origin, "library/multi", "2.0", multi, platform="all"),
+        submit(gateway, origin, "library/app", images.single.manifest_digest, app),
+    ]
 
     assert [gateway.wait_job(i)["state"] for i in ids] == ["SUCCESS"] * 3
-    assert set(index_of(cache)) == {f"{origin.host}/library/app:1.0", f"{origin.host}/library/multi:2.0",
-                                    f"{origin.host}/library/app@{images.single.manifest_digest}"}
+    assert set(index_of(cache)) == {
+        f"{origin.host}/library/app:1.0",
+        f"{origin.host}/library/multi:2.0",
+        f"{origin.host}/library/app@{images.single.manifest_digest}",
+    }
     assert not [p for p in cache.iterdir() if p.name.startswith(".index.json")], "no temporary index is left"
 
 
-def test_a_cache_of_bare_blobs_is_migrated_in_place_without_fetching_again(make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                                           harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_a_cache_of_bare_blobs_is_migrated_in_place_without_fetching_again(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     first = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
     assert preheat(first, origin, "library/app", "1.0", harbor_token("library/app"))["state"] == "SUCCESS"
@@ -159,7 +197,9 @@ def test_a_cache_of_bare_blobs_is_migrated_in_place_without_fetching_again(make_
     job = preheat(second, origin, "library/app", "1.0", harbor_token("library/app"))
 
     assert job["state"] == "SUCCESS", job
-    assert {digest: origin.blob_requests(digest) for digest in images.single.blob_digests} == fetched, "no blob was fetched again"
+    assert {digest: origin.blob_requests(digest) for digest in images.single.blob_digests} == fetched, (
+        "no blob was fetched again"
+    )
     assert (cache / "oci-layout").is_file()
     assert set(index_of(cache)) == {f"{origin.host}/library/app:1.0"}
     skopeo_copy(cache, f"{origin.host}/library/app:1.0", tmp_path / "out")
@@ -173,8 +213,9 @@ def metric(gateway: GatewayProcess, name: str) -> float:
     raise AssertionError(f"no {name} for the local cluster")
 
 
-def test_max_bytes_evicts_the_least_recently_used_image_whole(make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                              harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_max_bytes_evicts_the_least_recently_used_image_whole(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     amd64 = images.multiarch.images["linux/amd64"]
     # Room for the app (1.2 MB) or the multi-arch image's amd64 half (0.5 MB), not for both.
@@ -186,14 +227,17 @@ def test_max_bytes_evicts_the_least_recently_used_image_whole(make_gateway: Make
     assert preheat(gateway, origin, "library/multi", "2.0", harbor_token("library/multi"))["state"] == "SUCCESS"
 
     assert set(index_of(cache)) == {f"{origin.host}/library/multi:2.0"}
-    assert on_disk(cache) == {images.multiarch.index_digest, amd64.manifest_digest, *amd64.blob_digests}, "the app went whole"
+    assert on_disk(cache) == {images.multiarch.index_digest, amd64.manifest_digest, *amd64.blob_digests}, (
+        "the app went whole"
+    )
     assert metric(gateway, "local_cache_evictions_total") == 1
     assert metric(gateway, "local_cache_max_bytes") == 1_500_000
     assert metric(gateway, "local_cache_bytes") <= 1_500_000
 
 
-def test_an_image_larger_than_max_bytes_fails_its_task_saying_so(make_gateway: MakeGateway, origin: Registry, images: OriginImages,
-                                                                 harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_an_image_larger_than_max_bytes_fails_its_task_saying_so(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache, max_bytes="1MiB")]))
 
@@ -201,7 +245,11 @@ def test_an_image_larger_than_max_bytes_fails_its_task_saying_so(make_gateway: M
 
     assert job["state"] == "FAILURE", job
     error = job["result"]["job_states"][0]["error"]
-    assert "max_bytes" in error and f"is {images.single.total_size + images.single.manifest_size} bytes" in error and "clusters[0]" in error, error
+    assert (
+        "max_bytes" in error
+        and f"is {images.single.total_size + images.single.manifest_size} bytes" in error
+        and "clusters[0]" in error
+    ), error
     assert not on_disk(cache) & set(images.single.blob_digests), "no blob was fetched"
     assert index_of(cache) == {}
 
@@ -211,4 +259,6 @@ def test_a_bad_max_bytes_is_a_config_error(max_bytes: object, tmp_path: Path) ->
     from gateway.config import ConfigError, build_config
 
     with pytest.raises(ConfigError, match="max_bytes"):
-        build_config(gateway_config(tmp_path, clusters=[local_cluster(tmp_path / "cache", max_bytes=max_bytes)]), source="test")
+        build_config(
+            gateway_config(tmp_path, clusters=[local_cluster(tmp_path / "cache", max_bytes=max_bytes)]), source="test"
+        )

@@ -64,11 +64,21 @@ def store_image(root: Path, host: str, repository: str, tag: str, layers: list[b
     layout = OciLayout(root)
     config = json.dumps({"architecture": "amd64", "os": "linux", "repo": repository}).encode()
     blobs = {sha256(b): b for b in (config, *layers)}
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(b), "size": len(b)} for b in layers],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(b), "size": len(b)}
+                for b in layers
+            ],
+        }
+    ).encode()
     for digest, data in {**blobs, sha256(manifest): manifest}.items():
         layout.path_of(digest).write_bytes(data)
         layout.blob_committed(digest, len(data))
@@ -98,15 +108,20 @@ def _in_process(tmp_path: Path, server: dict[str, Any] | None = None) -> Iterato
     app = store_image(cache, ORIGIN, "team/app/api", "1.0", [os.urandom(300_000), os.urandom(1000)])
     twin_a = store_image(cache, "a.example.com", "library/twin", "1", [b"from a" * 100])
     twin_b = store_image(cache, "b.example.com", "library/twin", "1", [b"from b" * 100])
-    config = build_config({
-        "server": {"state_dir": str(tmp_path / "state"), **(server or {})},
-        "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(cache)}],
-    }, source="test")
+    config = build_config(
+        {
+            "server": {"state_dir": str(tmp_path / "state"), **(server or {})},
+            "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(cache)}],
+        },
+        source="test",
+    )
     with TestClient(create_app(config)) as client:
         tokens = {}
         for name, scopes in (("pull", ["pull"]), ("job", ["job"]), ("both", ["job", "pull"])):
             tokens[name] = new_token()
-            client.portal.call(client.app.state.gateway.store.create_token, name, hash_token(tokens[name]), scopes, None)  # type: ignore[union-attr,attr-defined]
+            client.portal.call(
+                client.app.state.gateway.store.create_token, name, hash_token(tokens[name]), scopes, None
+            )  # type: ignore[union-attr,attr-defined]
         yield Mirror(client, tokens["pull"], tokens["job"], tokens["both"], app, twin_a, twin_b)
 
 
@@ -150,7 +165,12 @@ def test_the_token_is_taken_as_the_password_of_basic_whatever_the_user_name(mirr
 def test_a_pull_token_cannot_run_jobs_and_a_job_token_cannot_pull(mirror: Mirror) -> None:
     denied = assert_oci_error(mirror.get("/v2/team/app/api/manifests/1.0", token="job"), 403, "DENIED")
     assert "'pull' scope" in denied["message"]
-    created = mirror.get("/oapi/v1/jobs", token="pull", method="POST", json={"type": "preheat", "args": {"type": "image", "url": "http://127.0.0.1:1/v2/a/manifests/1"}})
+    created = mirror.get(
+        "/oapi/v1/jobs",
+        token="pull",
+        method="POST",
+        json={"type": "preheat", "args": {"type": "image", "url": "http://127.0.0.1:1/v2/a/manifests/1"}},
+    )
     assert created.status_code == 403 and "'job' scope" in created.json()["errors"]
     assert mirror.get("/v2/team/app/api/manifests/1.0", token="both").status_code == 200
     assert mirror.get("/oapi/v1/jobs", token="both").status_code == 200
@@ -221,16 +241,22 @@ def test_a_blob_is_served_whole_with_its_digest(mirror: Mirror) -> None:
     assert head.status_code == 200 and head.content == b"" and head.headers["Content-Length"] == str(len(data))
 
 
-@pytest.mark.parametrize(("header", "first", "last"), [
-    ("bytes=0-9", 0, 9), ("bytes=1000-", 1000, None), ("bytes=-500", -500, None), ("bytes=299990-400000", 299_990, None),
-])
+@pytest.mark.parametrize(
+    ("header", "first", "last"),
+    [
+        ("bytes=0-9", 0, 9),
+        ("bytes=1000-", 1000, None),
+        ("bytes=-500", -500, None),
+        ("bytes=299990-400000", 299_990, None),
+    ],
+)
 def test_a_range_is_a_206_with_content_range(mirror: Mirror, header: str, first: int, last: int | None) -> None:
     digest, data = max(mirror.app.blobs.items(), key=lambda item: len(item[1]))
     response = mirror.get(f"/v2/team/app/api/blobs/{digest}", headers={"Range": header})
     start = first if first >= 0 else len(data) + first
     end = last if last is not None else len(data) - 1
     assert response.status_code == 206
-    assert response.content == data[start:end + 1]
+    assert response.content == data[start : end + 1]
     assert response.headers["Content-Range"] == f"bytes {start}-{end}/{len(data)}"
     assert response.headers["Content-Length"] == str(end - start + 1)
 
@@ -249,23 +275,33 @@ def test_an_unsatisfiable_range_is_a_416_and_other_ranges_get_the_whole_blob(mir
 # --- hostile paths ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [
-    "/v2/%2e%2e/%2e%2e/etc/passwd/blobs/sha256:" + "0" * 64,
-    "/v2/team/%2e%2e/%2e%2e/manifests/1.0",
-    "/v2/Team/App/manifests/1.0",
-    "/v2/team/app/manifests/..%2F..%2Fetc%2Fpasswd",
-    "/v2/team/app/blobs/sha256:..%2F..%2F..%2Findex.json",
-    "/v2/team/app/blobs/sha256:" + "0" * 63,
-    "/v2/team/app/blobs/" + "a" * 5000,
-    "/v2/" + "a/" * 200 + "manifests/1.0",
-    "/v2/team/app/tags/list",
-    "/v2/team/app/manifests/",
-    "/v2/team/app/manifests/-dash",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/%2e%2e/%2e%2e/etc/passwd/blobs/sha256:" + "0" * 64,
+        "/v2/team/%2e%2e/%2e%2e/manifests/1.0",
+        "/v2/Team/App/manifests/1.0",
+        "/v2/team/app/manifests/..%2F..%2Fetc%2Fpasswd",
+        "/v2/team/app/blobs/sha256:..%2F..%2F..%2Findex.json",
+        "/v2/team/app/blobs/sha256:" + "0" * 63,
+        "/v2/team/app/blobs/" + "a" * 5000,
+        "/v2/" + "a/" * 200 + "manifests/1.0",
+        "/v2/team/app/tags/list",
+        "/v2/team/app/manifests/",
+        "/v2/team/app/manifests/-dash",
+    ],
+)
 def test_hostile_names_and_references_are_404s_before_the_filesystem(mirror: Mirror, path: str) -> None:
     response = mirror.get(path)
     assert response.status_code == 404, (path, response.status_code, response.text)
-    assert response.json()["errors"][0]["code"] in {"NAME_INVALID", "NAME_UNKNOWN", "MANIFEST_INVALID", "DIGEST_INVALID", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"}
+    assert response.json()["errors"][0]["code"] in {
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "MANIFEST_INVALID",
+        "DIGEST_INVALID",
+        "MANIFEST_UNKNOWN",
+        "BLOB_UNKNOWN",
+    }
 
 
 def test_a_malformed_ns_is_a_400(mirror: Mirror) -> None:
@@ -315,15 +351,25 @@ class Preheated:
     cold: PushedImage
     pull: str
 
-    def skopeo_copy(self, port: int, repository: str, tag: str, dest: Path, creds: str | None) -> subprocess.CompletedProcess[str]:
+    def skopeo_copy(
+        self, port: int, repository: str, tag: str, dest: Path, creds: str | None
+    ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        command = [require(find_skopeo), "copy", "--src-tls-verify=false", *(["--src-creds", creds] if creds else []),
-                   f"docker://127.0.0.1:{port}/{repository}:{tag}", f"dir:{dest}"]
+        command = [
+            require(find_skopeo),
+            "copy",
+            "--src-tls-verify=false",
+            *(["--src-creds", creds] if creds else []),
+            f"docker://127.0.0.1:{port}/{repository}:{tag}",
+            f"dir:{dest}",
+        ]
         return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture(scope="module")
-def preheated(registry_binary: str, token_service: TokenService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Preheated]:
+def preheated(
+    registry_binary: str, token_service: TokenService, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Preheated]:
     origin = start_registry(tmp_path_factory.mktemp("mirror-origin"), token=token_service)
     workdir = tmp_path_factory.mktemp("mirror-gateway")
     cache = workdir / "cache"
@@ -333,8 +379,14 @@ def preheated(registry_binary: str, token_service: TokenService, tmp_path_factor
         cold = push_image(origin, "library/cold", "1.0", [64 * 1024], seed=82)
         gateway.start()
         pull = gateway.create_token("nodes", "--scope", "pull")
-        body = {"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/team/app/api/manifests/1.0",
-                                            "headers": {"Authorization": f"Bearer {token_service.mint('team/app/api')}"}}}
+        body = {
+            "type": "preheat",
+            "args": {
+                "type": "image",
+                "url": f"{origin.url}/v2/team/app/api/manifests/1.0",
+                "headers": {"Authorization": f"Bearer {token_service.mint('team/app/api')}"},
+            },
+        }
         with gateway.client() as client:
             job = gateway.wait_job(client.post("/oapi/v1/jobs", json=body).json()["id"], timeout=120)
         assert job["state"] == "SUCCESS", f"{job}\n{gateway.logs()[-3000:]}"
@@ -351,25 +403,36 @@ def assert_dir_copy(dest: Path, image: PushedImage) -> None:
         assert sha256((dest / digest.removeprefix("sha256:")).read_bytes()) == digest
 
 
-def test_skopeo_pulls_a_preheated_image_from_the_gateway_with_the_origin_stopped(preheated: Preheated, tmp_path: Path) -> None:
+def test_skopeo_pulls_a_preheated_image_from_the_gateway_with_the_origin_stopped(
+    preheated: Preheated, tmp_path: Path
+) -> None:
     assert not preheated.origin.running
-    result = preheated.skopeo_copy(preheated.gateway.port, "team/app/api", "1.0", tmp_path / "copy", f"x:{preheated.pull}")
+    result = preheated.skopeo_copy(
+        preheated.gateway.port, "team/app/api", "1.0", tmp_path / "copy", f"x:{preheated.pull}"
+    )
     assert result.returncode == 0, result.stderr + preheated.gateway.logs()[-2000:]
     assert_dir_copy(tmp_path / "copy", preheated.image)
 
 
 def test_an_image_never_preheated_misses_with_404(preheated: Preheated, tmp_path: Path) -> None:
-    answer = httpx.get(f"{preheated.gateway.url}/v2/library/cold/manifests/1.0", headers={"Authorization": f"Bearer {preheated.pull}",
-                       "Accept": MANIFEST_ACCEPT}, trust_env=False)
+    answer = httpx.get(
+        f"{preheated.gateway.url}/v2/library/cold/manifests/1.0",
+        headers={"Authorization": f"Bearer {preheated.pull}", "Accept": MANIFEST_ACCEPT},
+        trust_env=False,
+    )
     assert_oci_error(answer, 404, "MANIFEST_UNKNOWN")
-    result = preheated.skopeo_copy(preheated.gateway.port, "library/cold", "1.0", tmp_path / "cold", f"x:{preheated.pull}")
+    result = preheated.skopeo_copy(
+        preheated.gateway.port, "library/cold", "1.0", tmp_path / "cold", f"x:{preheated.pull}"
+    )
     assert result.returncode != 0 and "manifest unknown" in result.stderr.lower(), result.stderr
 
 
 def test_skopeo_is_refused_without_a_pull_token(preheated: Preheated, tmp_path: Path) -> None:
     anonymous = httpx.get(f"{preheated.gateway.url}/v2/", trust_env=False)
     assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"] == 'Basic realm="preheat-gateway"'
-    job_only = preheated.skopeo_copy(preheated.gateway.port, "team/app/api", "1.0", tmp_path / "job", f"x:{preheated.gateway.token}")
+    job_only = preheated.skopeo_copy(
+        preheated.gateway.port, "team/app/api", "1.0", tmp_path / "job", f"x:{preheated.gateway.token}"
+    )
     assert job_only.returncode != 0 and "denied" in job_only.stderr.lower(), job_only.stderr
     nothing = preheated.skopeo_copy(preheated.gateway.port, "team/app/api", "1.0", tmp_path / "none", None)
     assert nothing.returncode != 0 and "unsupported protocol scheme" not in nothing.stderr
@@ -387,14 +450,21 @@ def test_blobs_leave_by_sendfile_whole_and_in_ranges(preheated: Preheated) -> No
             part = client.get(f"/v2/team/app/api/blobs/{digest}", headers={"Range": "bytes=1048575-2097152"})
             assert part.status_code == 206 and part.content == data[1048575:2097153]
             assert client.get("/v2/team/app/api/manifests/1.0", headers={"Accept": MANIFEST_ACCEPT}).status_code == 200
-        assert client.get(f"/v2/team/app/api/blobs/{digest}", headers={"Range": f"bytes={len(data)}-"}).status_code == 416
+        assert (
+            client.get(f"/v2/team/app/api/blobs/{digest}", headers={"Range": f"bytes={len(data)}-"}).status_code == 416
+        )
 
 
-def test_mirror_listen_serves_the_mirror_alone_on_its_own_address(preheated: Preheated, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_mirror_listen_serves_the_mirror_alone_on_its_own_address(
+    preheated: Preheated, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     workdir = tmp_path_factory.mktemp("mirror-listen")
     mirror_port = free_port()
-    config = gateway_config(workdir, clusters=[{"id": 1, "name": "local", "adapter": "local", "path": str(preheated.cache)}],
-                            server={"mirror_listen": f"127.0.0.1:{mirror_port}"})
+    config = gateway_config(
+        workdir,
+        clusters=[{"id": 1, "name": "local", "adapter": "local", "path": str(preheated.cache)}],
+        server={"mirror_listen": f"127.0.0.1:{mirror_port}"},
+    )
     gateway = GatewayProcess(workdir, config).start()
     try:
         pull = gateway.create_token("nodes", "--scope", "pull")
@@ -402,8 +472,18 @@ def test_mirror_listen_serves_the_mirror_alone_on_its_own_address(preheated: Pre
         mirror_url = f"http://127.0.0.1:{mirror_port}"
         assert httpx.get(f"{mirror_url}/v2/", headers=auth, trust_env=False).status_code == 200
         assert httpx.get(f"{gateway.url}/v2/", headers=auth, trust_env=False).status_code == 404
-        assert httpx.get(f"{mirror_url}/healthy", headers={"Authorization": f"Bearer {gateway.token}"}, trust_env=False).status_code == 404
-        assert httpx.get(f"{gateway.url}/healthy", headers={"Authorization": f"Bearer {gateway.token}"}, trust_env=False).status_code == 200
+        assert (
+            httpx.get(
+                f"{mirror_url}/healthy", headers={"Authorization": f"Bearer {gateway.token}"}, trust_env=False
+            ).status_code
+            == 404
+        )
+        assert (
+            httpx.get(
+                f"{gateway.url}/healthy", headers={"Authorization": f"Bearer {gateway.token}"}, trust_env=False
+            ).status_code
+            == 200
+        )
         result = preheated.skopeo_copy(mirror_port, "team/app/api", "1.0", tmp_path / "copy", f"x:{pull}")
         assert result.returncode == 0, result.stderr + gateway.logs()[-2000:]
         assert_dir_copy(tmp_path / "copy", preheated.image)

@@ -51,20 +51,31 @@ VALID_URL = "http://127.0.0.1:5000/v2/library/app/manifests/1.0"
         (b"[]", "Expected object"),
         ({"type": "preheat"}, "missing required field args"),
         ({"type": "preheat", "args": {"type": "image", "url": VALID_URL, "timeout": "10s"}}, "$.args.timeout"),
-        ({"type": "preheat", "args": {"type": "image", "url": VALID_URL}, "scheduler_cluster_ids": ["1"]}, "$.scheduler_cluster_ids[0]"),
+        (
+            {"type": "preheat", "args": {"type": "image", "url": VALID_URL}, "scheduler_cluster_ids": ["1"]},
+            "$.scheduler_cluster_ids[0]",
+        ),
         ({"type": "sync_peers", "args": {"url": VALID_URL}}, "job type 'sync_peers' is not supported"),
         (image_body(VALID_URL, type="tarball"), "args.type 'tarball' is not supported"),
         (image_body(""), "args.url is empty"),
         (image_body("ftp://127.0.0.1/v2/a/manifests/b"), "not an http(s) URL"),
         (image_body("http://127.0.0.1:5000/library/app:1.0"), "not a manifest URL"),
         (image_body("http://evil.example.com/v2/library/app/manifests/1.0"), "add it to registries.allow"),
-        ({**image_body(VALID_URL), "scheduler_cluster_ids": [1, 9]}, "unknown cluster id 9: this gateway has clusters 1 (local), 2 (eu-west)"),
-        (image_body(VALID_URL, scope="everyone"), "scope 'everyone' is not one of single_seed_peer, all_seed_peers, all_peers"),
+        (
+            {**image_body(VALID_URL), "scheduler_cluster_ids": [1, 9]},
+            "unknown cluster id 9: this gateway has clusters 1 (local), 2 (eu-west)",
+        ),
+        (
+            image_body(VALID_URL, scope="everyone"),
+            "scope 'everyone' is not one of single_seed_peer, all_seed_peers, all_peers",
+        ),
         (image_body(VALID_URL, platform="amd64"), "is not os/arch"),
         (image_body(VALID_URL, timeout=-1), "timeout cannot be negative"),
     ],
 )
-def test_bad_requests_get_a_422_that_says_what_to_fix_and_create_nothing(gateway: GatewayProcess, body: object, words: str) -> None:
+def test_bad_requests_get_a_422_that_says_what_to_fix_and_create_nothing(
+    gateway: GatewayProcess, body: object, words: str
+) -> None:
     response = create(gateway, body)
 
     assert response.status_code == 422, response.text
@@ -102,9 +113,19 @@ def test_credentials_are_required_everywhere_but_the_probes(gateway: GatewayProc
     assert DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}).health() is True
 
 
-def test_a_job_renders_exactly_as_harbor_decodes_it_with_every_secret_blanked(gateway: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken) -> None:
+def test_a_job_renders_exactly_as_harbor_decodes_it_with_every_secret_blanked(
+    gateway: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
     secret = harbor_token("library/app")
-    body = {**image_body(f"{origin.url}/v2/library/app/manifests/1.0", headers={"Authorization": secret}, username="robot", password="hunter2-secret"), "scheduler_cluster_ids": [1]}
+    body = {
+        **image_body(
+            f"{origin.url}/v2/library/app/manifests/1.0",
+            headers={"Authorization": secret},
+            username="robot",
+            password="hunter2-secret",
+        ),
+        "scheduler_cluster_ids": [1],
+    }
 
     created = create(gateway, body)
     job = gateway.wait_job(created.json()["id"])
@@ -123,11 +144,22 @@ def test_a_job_renders_exactly_as_harbor_decodes_it_with_every_secret_blanked(ga
     assert listing.headers["X-Total-Count"] == "1"
 
 
-def test_jobs_list_filter_page_patch_and_delete(gateway: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken) -> None:
+def test_jobs_list_filter_page_patch_and_delete(
+    gateway: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken
+) -> None:
     header = {"Authorization": harbor_token("library/app")}
     with gateway.client() as client:
-        ids = [create(gateway, {**image_body(f"{origin.url}/v2/library/app/manifests/{tag}", headers=header), "bio": tag, "scheduler_cluster_ids": [1]}).json()["id"]
-               for tag in ("1.0", "missing-a", "missing-b")]
+        ids = [
+            create(
+                gateway,
+                {
+                    **image_body(f"{origin.url}/v2/library/app/manifests/{tag}", headers=header),
+                    "bio": tag,
+                    "scheduler_cluster_ids": [1],
+                },
+            ).json()["id"]
+            for tag in ("1.0", "missing-a", "missing-b")
+        ]
         for job_id in ids:
             gateway.wait_job(job_id)
 
@@ -221,8 +253,14 @@ def test_the_embedded_default_prints_a_token_once_and_serves_with_auth_on(tmp_pa
     env.pop("PREHEAT_GATEWAY_CONFIG", None)
 
     def serve() -> tuple[subprocess.Popen[str], str]:
-        process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -237,7 +275,9 @@ def test_the_embedded_default_prints_a_token_once_and_serves_with_auth_on(tmp_pa
     _, first = serve()
     token = re.search(r"phg_[A-Za-z0-9_-]{43}", first)
     assert token is not None and "auth mode OAuth" in first
-    assert (tmp_path / "state" / "gateway.db").exists() and (tmp_path / "state" / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "state" / "gateway.db").exists() and (
+        tmp_path / "state" / "secret.key"
+    ).stat().st_mode & 0o777 == 0o600
     _, second = serve()
     assert "phg_" not in second, "the token is printed once, on first start only"
 
@@ -246,7 +286,9 @@ def test_served_under_a_path_prefix_behind_a_reverse_proxy(make_gateway: MakeGat
     gateway = make_gateway(gateway_config(tmp_path, server={"root_path": "/harbor"}))
     with gateway.client() as client:
         assert client.get("/healthy").status_code == 200  # the proxy forwards /harbor/... unchanged
-    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", headers={"Authorization": f"Bearer {gateway.token}"}) as stripped:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{gateway.port}", headers={"Authorization": f"Bearer {gateway.token}"}
+    ) as stripped:
         assert stripped.get("/oapi/v1/clusters").status_code == 200  # the proxy strips the prefix
 
 

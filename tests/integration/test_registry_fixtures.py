@@ -46,8 +46,7 @@ def test_origin_refuses_anonymous_blob_reads_with_a_bearer_challenge(
 
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == (
-        f'Bearer realm="{token_service.realm}",service="{token_service.service}",'
-        f'scope="repository:library/app:pull"'
+        f'Bearer realm="{token_service.realm}",service="{token_service.service}",scope="repository:library/app:pull"'
     )
 
 
@@ -107,9 +106,7 @@ def test_a_harbor_style_token_reads_the_manifest_and_every_blob(
     assert (config["os"], config["architecture"]) == ("linux", "amd64")
 
 
-def test_tokens_are_scoped_to_one_repository(
-    origin: Registry, images: OriginImages, harbor_token: HarborToken
-) -> None:
+def test_tokens_are_scoped_to_one_repository(origin: Registry, images: OriginImages, harbor_token: HarborToken) -> None:
     response = get(origin, "/v2/library/app/manifests/1.0", harbor_token("library/other"), Accept=MANIFEST_ACCEPT)
 
     assert response.status_code == 401

@@ -39,12 +39,27 @@ def start_replica(make_gateway: MakeGateway, config: dict[str, Any], token: str 
     return replica.start()
 
 
-def test_replicas_share_jobs_and_never_reuse_an_id(make_gateway: MakeGateway, make_cache: MakeCache, store_url: str, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_replicas_share_jobs_and_never_reuse_an_id(
+    make_gateway: MakeGateway,
+    make_cache: MakeCache,
+    store_url: str,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
     relay = TcpRelay("127.0.0.1", make_cache().port)
     config = replica_config(tmp_path, store_url, relay)
     a = start_replica(make_gateway, config)
     b = start_replica(make_gateway, config, a.token)
-    body = {"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/library/app/manifests/1.0", "headers": {"Authorization": harbor_token("library/app")}}}
+    body = {
+        "type": "preheat",
+        "args": {
+            "type": "image",
+            "url": f"{origin.url}/v2/library/app/manifests/1.0",
+            "headers": {"Authorization": harbor_token("library/app")},
+        },
+    }
 
     ids = [(a if i % 2 else b).client().post("/oapi/v1/jobs", json=body).json()["id"] for i in range(6)]
 
@@ -55,13 +70,28 @@ def test_replicas_share_jobs_and_never_reuse_an_id(make_gateway: MakeGateway, ma
     relay.close()
 
 
-def test_a_killed_replicas_task_is_finished_by_another(make_gateway: MakeGateway, make_cache: MakeCache, store_url: str, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_a_killed_replicas_task_is_finished_by_another(
+    make_gateway: MakeGateway,
+    make_cache: MakeCache,
+    store_url: str,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
     cache = make_cache()
     relay = TcpRelay("127.0.0.1", cache.port)
     config = replica_config(tmp_path, store_url, relay)
     a = start_replica(make_gateway, config)
     relay.pause()
-    body = {"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/library/app/manifests/1.0", "headers": {"Authorization": harbor_token("library/app")}}}
+    body = {
+        "type": "preheat",
+        "args": {
+            "type": "image",
+            "url": f"{origin.url}/v2/library/app/manifests/1.0",
+            "headers": {"Authorization": harbor_token("library/app")},
+        },
+    }
     job_id = a.client().post("/oapi/v1/jobs", json=body).json()["id"]
     deadline = time.monotonic() + 10
     while relay.connections == 0:  # replica A holds the task and is blocked inside it
@@ -76,6 +106,8 @@ def test_a_killed_replicas_task_is_finished_by_another(make_gateway: MakeGateway
     assert job["state"] == "SUCCESS", job
     for digest in images.single.blob_digests:
         assert cache.wait_for_blob(digest)
-        wait_until(lambda: cache.upstream_blob_fetches(digest) >= 1, message=f"the cache's log line for {digest}")
+        wait_until(
+            lambda digest=digest: cache.upstream_blob_fetches(digest) >= 1, message=f"the cache's log line for {digest}"
+        )
         assert cache.upstream_blob_fetches(digest) == 1, "warmed once: A never got past the frozen cache"
     relay.close()

@@ -33,9 +33,17 @@ from tests.tcprelay import TcpRelay
 DELAY = 1.5  # server.shutdown_delay_seconds in these tests; haproxy checks every 200 ms
 
 
-def job_body(origin: Registry, harbor_token: HarborToken, repository: str = "library/app", reference: str = "1.0") -> dict[str, Any]:
-    return {"type": "preheat", "args": {"type": "image", "url": f"{origin.url}/v2/{repository}/manifests/{reference}",
-                                        "headers": {"Authorization": harbor_token(repository)}}}
+def job_body(
+    origin: Registry, harbor_token: HarborToken, repository: str = "library/app", reference: str = "1.0"
+) -> dict[str, Any]:
+    return {
+        "type": "preheat",
+        "args": {
+            "type": "image",
+            "url": f"{origin.url}/v2/{repository}/manifests/{reference}",
+            "headers": {"Authorization": harbor_token(repository)},
+        },
+    }
 
 
 def exchange(connection: socket.socket, data: bytes, timeout: float = 10.0) -> bytes:
@@ -51,7 +59,9 @@ def exchange(connection: socket.socket, data: bytes, timeout: float = 10.0) -> b
 # --- the order of a graceful stop, on one process -----------------------------------------------
 
 
-def test_sigterm_turns_readiness_false_while_requests_are_still_served_with_connection_close(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_sigterm_turns_readiness_false_while_requests_are_still_served_with_connection_close(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, server={"shutdown_delay_seconds": DELAY}))
     with gateway.client() as client:
         assert client.get("/healthy").status_code == 200  # a kept-alive connection, opened before the signal
@@ -65,17 +75,26 @@ def test_sigterm_turns_readiness_false_while_requests_are_still_served_with_conn
     assert served.status_code == 200 and served.headers["connection"] == "close"
     assert gateway.process.wait(15) in (0, -15)
     logs = gateway.logs()
-    order = [logs.index(line) for line in ("draining: /readyz answers 503", "Shutting down", "Application shutdown complete")]
+    order = [
+        logs.index(line) for line in ("draining: /readyz answers 503", "Shutting down", "Application shutdown complete")
+    ]
     assert order == sorted(order), logs[-2000:]
 
 
-def test_requests_under_way_when_the_listener_closes_are_answered(make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_requests_under_way_when_the_listener_closes_are_answered(
+    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path, server={"shutdown_delay_seconds": DELAY}))
     body = httpx.Request("POST", "/", json=job_body(origin, harbor_token)).read()
-    head = (f"POST /oapi/v1/jobs HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gateway.token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /oapi/v1/jobs HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gateway.token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     status = head.replace(b"POST /oapi/v1/jobs", b"GET /readyz").split(b"Content-Type")[0] + b"\r\n"
-    with socket.create_connection(("127.0.0.1", gateway.port)) as in_body, socket.create_connection(("127.0.0.1", gateway.port)) as in_head:
+    with (
+        socket.create_connection(("127.0.0.1", gateway.port)) as in_body,
+        socket.create_connection(("127.0.0.1", gateway.port)) as in_head,
+    ):
         in_body.sendall(head + body[:10])  # the head is in, the body is not
         in_head.sendall(status[:20])  # half a request head
         gateway.process.terminate()
@@ -126,7 +145,9 @@ async def harbor_task(client: httpx.AsyncClient, body: dict[str, Any], start_aft
             tally.failures.append(f"{time.strftime('%X')} {method} {path}: {type(error).__name__}: {error}")
             return None
         if response.status_code != 200:
-            tally.failures.append(f"{time.strftime('%X')} {method} {path}: {response.status_code} {response.text[:200]}")
+            tally.failures.append(
+                f"{time.strftime('%X')} {method} {path}: {response.status_code} {response.text[:200]}"
+            )
             return None
         return response
 
@@ -150,15 +171,27 @@ async def harbor_task(client: httpx.AsyncClient, body: dict[str, Any], start_aft
 def run_harbor(url: str, token: str, bodies: list[dict[str, Any]], spread: float, tally: Tally) -> threading.Thread:
     async def main() -> None:
         limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30, limits=limits) as client:
-            await asyncio.gather(*(harbor_task(client, body, spread * i / len(bodies), tally) for i, body in enumerate(bodies)))
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30, limits=limits
+        ) as client:
+            await asyncio.gather(
+                *(harbor_task(client, body, spread * i / len(bodies), tally) for i, body in enumerate(bodies))
+            )
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()
     return thread
 
 
-def test_restarting_each_replica_twice_behind_haproxy_fails_no_poll_and_no_create(make_gateway: MakeGateway, make_cache: MakeCache, store_url: str, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path) -> None:
+def test_restarting_each_replica_twice_behind_haproxy_fails_no_poll_and_no_create(
+    make_gateway: MakeGateway,
+    make_cache: MakeCache,
+    store_url: str,
+    origin: Registry,
+    images: OriginImages,
+    harbor_token: HarborToken,
+    tmp_path: Path,
+) -> None:
     haproxy_binary = require(find_haproxy)
     # Every job warms two clusters: a local cache, done at once, and a mirror held shut until the
     # restarts are over, so every job is still running (or queued) when its replica stops and each
@@ -167,8 +200,10 @@ def test_restarting_each_replica_twice_behind_haproxy_fails_no_poll_and_no_creat
     relay.pause()
     config = gateway_config(
         tmp_path,
-        clusters=[{"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
-                  {"id": 2, "name": "edge", "adapter": "mirror", "endpoints": [{"url": relay.url}]}],
+        clusters=[
+            {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
+            {"id": 2, "name": "edge", "adapter": "mirror", "endpoints": [{"url": relay.url}]},
+        ],
         store={"url": store_url, "secret_key_file": str(tmp_path / "shared-secret.key")},
         server={"shutdown_delay_seconds": DELAY},
         runner={"poll_seconds": 0.5, "min_transfer_bytes_per_second": 0},
@@ -196,7 +231,9 @@ def test_restarting_each_replica_twice_behind_haproxy_fails_no_poll_and_no_creat
         harbor.join(90)
 
         assert not harbor.is_alive(), f"Harbor's tasks still polling: {len(tally.ended)} of {len(tally.created)} ended"
-        assert tally.failures == [], f"{len(tally.failures)} failed of {tally.requests} requests:\n" + "\n".join(tally.failures[:20])
+        assert tally.failures == [], f"{len(tally.failures)} failed of {tally.requests} requests:\n" + "\n".join(
+            tally.failures[:20]
+        )
         assert len(tally.created) == 200
         assert set(tally.ended.values()) == {"SUCCESS"} and len(tally.ended) == 200
         handed_back = [int(n) for n in re.findall(r"handed back (\d+) unfinished task", a.logs() + b.logs())]

@@ -236,16 +236,31 @@ async def test_a_closed_store_is_unavailable(store: SqlStore) -> None:
 
 async def test_a_created_job_reads_back_with_its_pending_tasks(store: SqlStore) -> None:
     now = time.time()
-    created = await store.create_job(new_job(
-        task_id="harbor-42", type="image", source="api", args={"image": "library/app:1.0", "platforms": ["linux/amd64"]},
-        cluster_ids=[3, 1], target_cluster_ids=[3, 1], bio="warm before the release", deadline=now + 60, created_at=now,
-    ))
+    created = await store.create_job(
+        new_job(
+            task_id="harbor-42",
+            type="image",
+            source="api",
+            args={"image": "library/app:1.0", "platforms": ["linux/amd64"]},
+            cluster_ids=[3, 1],
+            target_cluster_ids=[3, 1],
+            bio="warm before the release",
+            deadline=now + 60,
+            created_at=now,
+        )
+    )
 
     job = await store.get_job(created.id)
     assert job == created
     assert job is not None
     assert (job.task_id, job.type, job.state, job.source, job.bio, job.error) == (
-        "harbor-42", "image", "PENDING", "api", "warm before the release", "")
+        "harbor-42",
+        "image",
+        "PENDING",
+        "api",
+        "warm before the release",
+        "",
+    )
     assert job.args == {"image": "library/app:1.0", "platforms": ["linux/amd64"]}
     assert job.cluster_ids == [3, 1]
     assert (job.deadline, job.created_at, job.updated_at, job.finished_at) == (now + 60, now, now, None)
@@ -263,7 +278,9 @@ async def test_a_created_job_reads_back_with_its_pending_tasks(store: SqlStore) 
 
 
 async def test_list_jobs_filters_pages_and_counts(store: SqlStore) -> None:
-    j1 = await store.create_job(new_job(target_cluster_ids=[1, 2], bio="nightly warmup", args={"image": "library/app:1.0"}))
+    j1 = await store.create_job(
+        new_job(target_cluster_ids=[1, 2], bio="nightly warmup", args={"image": "library/app:1.0"})
+    )
     j2 = await store.create_job(new_job(source="api", target_cluster_ids=[2], args={"image": "library/db:2.0"}))
     j3 = await store.create_job(new_job(type="file", target_cluster_ids=[3], args={"url": "https://files/model.bin"}))
     j4 = await store.create_job(new_job(target_cluster_ids=[1], args={"image": "library/cache:100%"}))
@@ -327,7 +344,9 @@ async def test_job_ids_are_unique_and_increasing_across_replicas(store: SqlStore
     sequential = [(await (store if i % 2 else peer).create_job(new_job())).id for i in range(6)]
     assert sequential == sorted(sequential) and len(set(sequential)) == 6
 
-    concurrent = [job.id for job in await asyncio.gather(*((store, peer)[i % 2].create_job(new_job()) for i in range(10)))]
+    concurrent = [
+        job.id for job in await asyncio.gather(*((store, peer)[i % 2].create_job(new_job()) for i in range(10)))
+    ]
     assert len(set(concurrent)) == 10
     assert min(concurrent) > max(sequential)
 
@@ -363,9 +382,7 @@ async def test_concurrent_claimers_never_share_a_task(store: SqlStore, peer: Sql
     jobs = [await store.create_job(new_job(target_cluster_ids=[1, 2, 3, 4])) for _ in range(6)]
     all_tasks = {task.id for job in jobs for task in job.tasks}  # 24 tasks, 10 claimers of 3
 
-    batches = await asyncio.gather(*(
-        (store, peer)[i % 2].claim_tasks(f"replica-{i}", 3, 60) for i in range(10)
-    ))
+    batches = await asyncio.gather(*((store, peer)[i % 2].claim_tasks(f"replica-{i}", 3, 60) for i in range(10)))
 
     claimed = [claim.task_id for batch in batches for claim in batch]
     assert len(claimed) == len(set(claimed)), "a task was claimed twice"
@@ -417,7 +434,9 @@ async def test_release_hands_tasks_back(store: SqlStore) -> None:
     assert await store.release_tasks("a", [a[0], b]) == 1  # b's task is not a's to release
     assert await store.release_tasks("a") == 2
     assert await store.release_tasks("a") == 0
-    released = await store.driver.fetchall("SELECT state, lease_owner, lease_until FROM tasks WHERE lease_owner IS NULL")
+    released = await store.driver.fetchall(
+        "SELECT state, lease_owner, lease_until FROM tasks WHERE lease_owner IS NULL"
+    )
     assert released == [("PENDING", None, None)] * 3
     assert await store.release_tasks("*") == 1  # everyone's (the single-writer store's start-up)
 
@@ -432,7 +451,9 @@ async def test_release_hands_tasks_back(store: SqlStore) -> None:
 async def test_a_job_fails_when_any_task_fails_and_its_secret_is_purged(store: SqlStore) -> None:
     job = await store.create_job(new_job(target_cluster_ids=[1, 2, 3]))
     claims = {c.cluster_id: c for c in await store.claim_tasks("a", 10, 60)}
-    rows = TaskResult(success_tasks=[TaskRow(url="https://cache-1/v2/library/app/blobs/sha256:aa", hostname="cache-1", ip="10.0.0.1")])
+    rows = TaskResult(
+        success_tasks=[TaskRow(url="https://cache-1/v2/library/app/blobs/sha256:aa", hostname="cache-1", ip="10.0.0.1")]
+    )
     progress = TaskProgress(items_total=1, items_done=1, bytes_total=300, bytes_transferred=300)
 
     await store.save_progress(claims[1].task_id, "a", TaskProgress(items_total=1), TaskResult())
@@ -440,7 +461,10 @@ async def test_a_job_fails_when_any_task_fails_and_its_secret_is_purged(store: S
     midway = await store.get_job(job.id)
     assert midway.tasks[0].progress == TaskProgress(items_total=1)  # type: ignore[union-attr]
 
-    assert await store.finish_task(claims[1].task_id, "a", state="SUCCESS", error="", progress=progress, result=rows) == "PENDING"
+    assert (
+        await store.finish_task(claims[1].task_id, "a", state="SUCCESS", error="", progress=progress, result=rows)
+        == "PENDING"
+    )
     assert (await store.get_job(job.id)).state == "PENDING"  # type: ignore[union-attr]
     assert await raw(store, "SELECT secret FROM jobs WHERE id = :id", id=job.id) == (b"\x00robot-secret\xff",)
     assert await finish(store, claims[3], "a", "FAILURE", "cluster 3 unreachable") == "PENDING"
@@ -452,7 +476,10 @@ async def test_a_job_fails_when_any_task_fails_and_its_secret_is_purged(store: S
     assert done.error == "cluster 2 refused the pull; cluster 3 unreachable"
     assert done.finished_at is not None
     assert [(t.state, t.error) for t in done.tasks] == [
-        ("SUCCESS", ""), ("FAILURE", "cluster 2 refused the pull"), ("FAILURE", "cluster 3 unreachable")]
+        ("SUCCESS", ""),
+        ("FAILURE", "cluster 2 refused the pull"),
+        ("FAILURE", "cluster 3 unreachable"),
+    ]
     assert (done.tasks[0].progress, done.tasks[0].result) == (progress, rows)
     assert all(t.finished_at is not None for t in done.tasks)
     assert await raw(store, "SELECT secret FROM jobs WHERE id = :id", id=job.id) == (None,)
@@ -473,7 +500,9 @@ async def test_a_job_succeeds_when_every_task_succeeds(store: SqlStore) -> None:
     assert await store.count_jobs_by_state() == {"SUCCESS": 1}
 
 
-async def test_sibling_tasks_finished_at_once_by_two_replicas_still_roll_the_job_up(store: SqlStore, peer: SqlStore) -> None:
+async def test_sibling_tasks_finished_at_once_by_two_replicas_still_roll_the_job_up(
+    store: SqlStore, peer: SqlStore
+) -> None:
     jobs = [await store.create_job(new_job(target_cluster_ids=[1, 2])) for _ in range(10)]
     for job in jobs:
         [mine] = await store.claim_tasks("a", 1, 60)
@@ -492,7 +521,9 @@ async def test_a_kraken_event_names_the_job_it_made_once(store: SqlStore, peer: 
     first, second = await store.create_job(new_job()), await peer.create_job(new_job())
 
     assert await store.record_kraken_event("event-a", first.id) == first.id
-    assert await peer.record_kraken_event("event-a", second.id) == first.id, "a retry handled at the same time: the first job wins"
+    assert await peer.record_kraken_event("event-a", second.id) == first.id, (
+        "a retry handled at the same time: the first job wins"
+    )
     assert await peer.kraken_event_jobs(["event-a", "event-b"]) == {"event-a": first.id}
     assert await store.kraken_event_jobs([]) == {}
 
@@ -509,7 +540,12 @@ async def test_tokens_create_find_touch_revoke_and_list(store: SqlStore) -> None
     ops = await store.create_token("ops", "hash-ops", [], None)
 
     assert (ci.name, ci.scopes, ci.expires_at, ci.last_used_at, ci.revoked_at) == (
-        "ci", ["preheat:write", "jobs:read"], expires, None, None)
+        "ci",
+        ["preheat:write", "jobs:read"],
+        expires,
+        None,
+        None,
+    )
     assert ops.scopes == [] and ops.expires_at is None
     with pytest.raises(ValueError, match="'ci' already exists"):
         await store.create_token("ci", "another-hash", [], None)

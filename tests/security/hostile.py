@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -106,14 +106,12 @@ class HostileServer:
             def _any(self) -> None:
                 received = Received(self.command, self.path, {k: v for k, v in self.headers.items()})
                 server.received.append(received)
-                try:
+                with suppress(BrokenPipeError, ConnectionResetError):
                     server.handler(Exchange(self, received))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
-            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any  # noqa: N815
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = ThreadingHTTPServer((host, 0), _Handler)
@@ -154,13 +152,20 @@ def sha256(data: bytes) -> str:
 
 def image_manifest(config: bytes, layers: list[tuple[str, int]], *, config_size: int | None = None) -> bytes:
     """An OCI image manifest naming ``config`` and layers given as (digest, declared size)."""
-    return json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config),
-                   "size": len(config) if config_size is None else config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s} for d, s in layers],
-    }).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config) if config_size is None else config_size,
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s} for d, s in layers
+            ],
+        }
+    ).encode()
 
 
 @dataclass

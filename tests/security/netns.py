@@ -132,10 +132,10 @@ class ScriptedDNS:
         ident, _flags, _qd = struct.unpack("!HHH", query[:6])
         labels, at = [], 12
         while query[at]:
-            labels.append(query[at + 1:at + 1 + query[at]].decode("ascii"))
+            labels.append(query[at + 1 : at + 1 + query[at]].decode("ascii"))
             at += 1 + query[at]
-        qtype, qclass = struct.unpack("!HH", query[at + 1:at + 5])
-        question = query[12:at + 5]
+        qtype, qclass = struct.unpack("!HH", query[at + 1 : at + 5])
+        question = query[12 : at + 5]
         name = ".".join(labels).lower()
         known = name in self.scripts
         address = self._answer_for(name) if known and qtype == _A and qclass == _IN else None

@@ -130,7 +130,8 @@ def requested(server: HostileServer, path: str) -> int:
 
 
 def test_bad_bytes_from_a_malicious_registry_never_fail_a_legitimate_job_for_the_same_digest(
-    make_gateway: MakeGateway, tmp_path: Path,
+    make_gateway: MakeGateway,
+    tmp_path: Path,
 ) -> None:
     shared = os.urandom(256 * KIB)
     evil, legit = Image("evil/app", [shared], seed="evil"), Image("library/app", [shared], seed="legit")
@@ -144,11 +145,20 @@ def test_bad_bytes_from_a_malicious_registry_never_fail_a_legitimate_job_for_the
             honest(exchange, blob)
 
     cache = tmp_path / "cache"
-    with HostileServer(registry([evil], late_and_wrong)) as malicious, HostileServer(registry([legit])) as honest_registry:
-        gateway = make_gateway(gateway_config(tmp_path, clusters=[{"id": 1, "name": "local", "adapter": "local", "path": str(cache)}]))
+    with (
+        HostileServer(registry([evil], late_and_wrong)) as malicious,
+        HostileServer(registry([legit])) as honest_registry,
+    ):
+        gateway = make_gateway(
+            gateway_config(tmp_path, clusters=[{"id": 1, "name": "local", "adapter": "local", "path": str(cache)}])
+        )
         with survival(gateway) as watch:
             bad = create_job(gateway, malicious.url + evil.manifest_path)
-            wait_until(lambda: requested(malicious, evil.blob_path(shared)) == 1, 10, "the malicious registry is asked for the shared blob")
+            wait_until(
+                lambda: requested(malicious, evil.blob_path(shared)) == 1,
+                10,
+                "the malicious registry is asked for the shared blob",
+            )
             started = time.monotonic()
             good = gateway.wait_job(create_job(gateway, honest_registry.url + legit.manifest_path), timeout=20)
             good_seconds = time.monotonic() - started
@@ -165,7 +175,11 @@ def test_bad_bytes_from_a_malicious_registry_never_fail_a_legitimate_job_for_the
 
 
 def test_a_job_on_a_mirror_is_not_held_up_by_a_malicious_registry_serving_the_same_digest(
-    make_gateway: MakeGateway, make_cache: MakeCache, images: OriginImages, origin: Registry, tmp_path: Path,
+    make_gateway: MakeGateway,
+    make_cache: MakeCache,
+    images: OriginImages,
+    origin: Registry,
+    tmp_path: Path,
 ) -> None:
     mirror = make_cache()
     layer_digest = images.single.blob_digests[-1]
@@ -193,9 +207,15 @@ def test_a_job_on_a_mirror_is_not_held_up_by_a_malicious_registry_serving_the_sa
             gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
             with survival(gateway) as watch:
                 create_job(gateway, malicious.url + evil.manifest_path, clusters=[1])
-                wait_until(lambda: requested(malicious, evil.blob_path(real)) == 1, 10, "the malicious registry is asked for the layer")
+                wait_until(
+                    lambda: requested(malicious, evil.blob_path(real)) == 1,
+                    10,
+                    "the malicious registry is asked for the layer",
+                )
                 started = time.monotonic()
-                good = gateway.wait_job(create_job(gateway, f"{origin.url}/v2/library/app/manifests/1.0", clusters=[2]), timeout=30)
+                good = gateway.wait_job(
+                    create_job(gateway, f"{origin.url}/v2/library/app/manifests/1.0", clusters=[2]), timeout=30
+                )
                 good_seconds = time.monotonic() - started
             assert good["state"] == "SUCCESS", job_text(good)
             assert good_seconds < 2.5, f"the mirror job waited {good_seconds:.1f}s on the malicious registry's copy"

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -128,25 +128,28 @@ def log_lines(gateway: GatewayProcess) -> list[dict[str, Any]]:
     events = []
     for line in gateway.logs().splitlines():
         if line.startswith("{"):
-            try:
+            with suppress(ValueError):
                 events.append(json.loads(line))
-            except ValueError:
-                pass
     return events
 
 
 def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
     text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
     selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{re.escape(name)}{{{re.escape(selector)}}} (\S+)$", text, re.MULTILINE) if labels else \
-        re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    match = (
+        re.search(rf"^{re.escape(name)}{{{re.escape(selector)}}} (\S+)$", text, re.MULTILINE)
+        if labels
+        else re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    )
     return float(match[1]) if match else 0.0
 
 
 # --- 1. idle and slow connections --------------------------------------------------------------
 
 
-def test_four_thousand_silent_connections_never_starve_an_authenticated_request(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_four_thousand_silent_connections_never_starve_an_authenticated_request(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     """4,100 sockets that never send a byte: /healthy still answers, and each is closed at the header deadline."""
     gateway = start(make_gateway, tmp_path, header_timeout_seconds=4)
     token = gateway.token
@@ -179,7 +182,9 @@ def test_the_gateway_raises_its_open_file_limit_to_the_hard_limit(make_gateway: 
     assert line.split()[3:5] == [str(hard), str(hard)], line  # ...and raises it at serve start
 
 
-def test_at_the_connection_cap_the_oldest_connection_without_a_request_head_makes_room(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_at_the_connection_cap_the_oldest_connection_without_a_request_head_makes_room(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = start(make_gateway, tmp_path, header_timeout_seconds=60, max_connections=40)
     with survival(gateway) as watch, sockets(40, gateway.port, spacing=0.005) as idle:
         time.sleep(0.5)
@@ -207,7 +212,9 @@ def test_a_kept_alive_connection_is_closed_after_keep_alive_seconds(make_gateway
     assert 1.0 < waited < 1.5 + SLACK, waited
 
 
-def test_slowloris_heads_are_answered_408_and_closed_at_the_header_deadline(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_slowloris_heads_are_answered_408_and_closed_at_the_header_deadline(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = start(make_gateway, tmp_path, header_timeout_seconds=2)
     stop = threading.Event()
     with survival(gateway) as watch, sockets(500, gateway.port, first=b"GET /livez HTTP/1.1\r\nHost: x\r\n") as slow:
@@ -218,10 +225,8 @@ def test_slowloris_heads_are_answered_408_and_closed_at_the_header_deadline(make
             while not stop.wait(0.5):
                 n += 1
                 for sock in slow:
-                    try:
+                    with suppress(OSError):
                         sock.send(f"X-Drip-{n}: a\r\n".encode())
-                    except OSError:
-                        pass
 
         dripper = threading.Thread(target=drip, daemon=True)
         dripper.start()
@@ -237,13 +242,17 @@ def test_slowloris_heads_are_answered_408_and_closed_at_the_header_deadline(make
     assert len(closes) == len(slow) and {e["level"] for e in closes} == {"info"}
 
 
-def test_slow_bodies_are_answered_408_and_closed_at_the_body_deadline(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_slow_bodies_are_answered_408_and_closed_at_the_body_deadline(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     """Unauthenticated (console sign-in) and authenticated (job create) bodies that never finish."""
     gateway = start(make_gateway, tmp_path, body_timeout_seconds=2)
     heads = [
         b"POST /console/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 5000\r\n\r\nt",
-        (f"POST /oapi/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.token}\r\n"
-         "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{").encode(),
+        (
+            f"POST /oapi/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"
+        ).encode(),
     ]
     stop = threading.Event()
     with survival(gateway) as watch, ExitStack() as stack:
@@ -253,10 +262,8 @@ def test_slow_bodies_are_answered_408_and_closed_at_the_body_deadline(make_gatew
         def drip() -> None:
             while not stop.wait(0.5):
                 for sock in slow:
-                    try:
+                    with suppress(OSError):
                         sock.send(b" ")
-                    except OSError:
-                        pass
 
         dripper = threading.Thread(target=drip, daemon=True)
         dripper.start()
@@ -266,15 +273,23 @@ def test_slow_bodies_are_answered_408_and_closed_at_the_body_deadline(make_gatew
     watch.assert_survived()
     assert closed == len(slow), f"{len(slow) - closed} slow bodies outlived the 2 s body deadline"
     assert time.monotonic() - started > 1.5
-    assert all(a.startswith(b"HTTP/1.1 408 ") and b"server.body_timeout_seconds" in a for a in answers), {a[:80] for a in answers}
+    assert all(a.startswith(b"HTTP/1.1 408 ") and b"server.body_timeout_seconds" in a for a in answers), {
+        a[:80] for a in answers
+    }
     events = log_lines(gateway)
     closes = [e for e in events if "request body not complete" in e["message"]]
     assert len(closes) == len(slow), "one line per connection closed"
-    assert not [e for e in events if e["level"] in ("error", "critical")], [e for e in events if e["level"] == "error"][:2]
+    assert not [e for e in events if e["level"] in ("error", "critical")], [e for e in events if e["level"] == "error"][
+        :2
+    ]
 
 
-def test_idle_connections_do_not_count_against_the_in_flight_limit_but_requests_do(make_gateway: MakeGateway, tmp_path: Path) -> None:
-    gateway = start(make_gateway, tmp_path, max_in_flight_requests=20, header_timeout_seconds=30, body_timeout_seconds=30)
+def test_idle_connections_do_not_count_against_the_in_flight_limit_but_requests_do(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    gateway = start(
+        make_gateway, tmp_path, max_in_flight_requests=20, header_timeout_seconds=30, body_timeout_seconds=30
+    )
     with sockets(200, gateway.port):  # idle: uvicorn's limit_concurrency counted these
         assert httpx.get(f"{gateway.url}/livez", timeout=5).status_code == 200
     head = b"POST /console/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 99\r\n\r\n"
@@ -301,10 +316,8 @@ def test_a_64_mib_header_is_refused_with_431_before_it_is_buffered(make_gateway:
                 sent += len(chunk)
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 break
-            try:
+            with suppress(TimeoutError):
                 answer = sock.recv(65536)
-            except TimeoutError:
-                pass
         if not answer:
             _, answer = closed_by_server(sock, within=3)
     watch.assert_survived()
@@ -344,7 +357,9 @@ def test_eight_parallel_128_mib_headers_leave_rss_bounded(make_gateway: MakeGate
     assert watch.current_rss_mib() < 200
 
 
-def test_a_head_just_under_the_limit_is_served_and_one_over_it_is_not(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_head_just_under_the_limit_is_served_and_one_over_it_is_not(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = start(make_gateway, tmp_path, max_header_bytes=4096)
     base = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n"
     for size, status in ((4096, b"200"), (4097, b"431")):
@@ -362,7 +377,10 @@ def test_a_head_just_under_the_limit_is_served_and_one_over_it_is_not(make_gatew
 def test_non_ascii_digit_ids_are_404_never_500_nor_another_job(make_gateway: MakeGateway, tmp_path: Path) -> None:
     gateway = start(make_gateway, tmp_path)
     with gateway.client() as client:
-        created = client.post("/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "image", "url": "http://127.0.0.1:9/v2/a/manifests/1"}})
+        created = client.post(
+            "/oapi/v1/jobs",
+            json={"type": "preheat", "args": {"type": "image", "url": "http://127.0.0.1:9/v2/a/manifests/1"}},
+        )
         assert created.status_code == 200, created.text
         job_id = created.json()["id"]
         assert job_id == 1
@@ -384,8 +402,10 @@ def test_non_ascii_digit_ids_are_404_never_500_nor_another_job(make_gateway: Mak
 
 def test_a_client_leaving_mid_body_is_one_info_line_not_a_traceback(make_gateway: MakeGateway, tmp_path: Path) -> None:
     gateway = start(make_gateway, tmp_path, body_timeout_seconds=30)
-    head = (f"POST /oapi/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.token}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"type\": ").encode()
+    head = (
+        f"POST /oapi/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.token}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"type": '
+    ).encode()
     signin = b"POST /console/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 9999\r\n\r\ntoken="
     with survival(gateway) as watch:
         for index in range(300):
@@ -401,8 +421,9 @@ def test_a_client_leaving_mid_body_is_one_info_line_not_a_traceback(make_gateway
     went = [e for e in events if "went away before its request body was complete" in e["message"]]
     assert len(went) == 300, f"{len(went)} lines for 300 disconnects"
     assert {e["level"] for e in went} == {"info"}
-    assert not [e for e in events if e["level"] in ("error", "critical") or "exception" in e], \
-        [e for e in events if e["level"] == "error"][:2]
+    assert not [e for e in events if e["level"] in ("error", "critical") or "exception" in e], [
+        e for e in events if e["level"] == "error"
+    ][:2]
     assert 'status="499"' in httpx.get(f"{gateway.url}/metrics").text
 
 
@@ -466,8 +487,11 @@ def test_the_sqlite_store_and_its_wal_are_private_to_the_owner(make_gateway: Mak
     state = Path(gateway.config["server"]["state_dir"])
     files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir() if p.name.startswith("gateway.db")}
     assert {"gateway.db", "gateway.db-wal", "gateway.db-shm"} <= set(files), files
-    assert {name: mode for name, mode in files.items() if name != "gateway.db.lock"} == \
-        {"gateway.db": 0o600, "gateway.db-wal": 0o600, "gateway.db-shm": 0o600}
+    assert {name: mode for name, mode in files.items() if name != "gateway.db.lock"} == {
+        "gateway.db": 0o600,
+        "gateway.db-wal": 0o600,
+        "gateway.db-shm": 0o600,
+    }
     assert stat.S_IMODE(state.stat().st_mode) == 0o700, "the state directory it creates is the owner's alone"
 
 
@@ -500,7 +524,9 @@ def test_a_405_allows_exactly_the_methods_the_path_serves(make_gateway: MakeGate
                 assert allowed == methods, (method, path, allowed)
 
 
-def test_the_openapi_document_states_the_list_bounds_the_server_enforces(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_the_openapi_document_states_the_list_bounds_the_server_enforces(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = start(make_gateway, tmp_path, max_page_size=50)
     document = httpx.get(f"{gateway.url}/openapi.json", timeout=5).json()
     parameters = {p["name"]: p["schema"] for p in document["paths"]["/oapi/v1/jobs"]["get"]["parameters"]}
@@ -523,8 +549,11 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     identity = _SigningIdentity.generate("127.0.0.1")
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert.write_bytes(identity.certificate_pem)
-    key.write_bytes(identity.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    key.write_bytes(
+        identity.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert, key
 
 
@@ -534,10 +563,16 @@ def tls_connection(port: int, cert: Path) -> ssl.SSLSocket:
     return context.wrap_socket(raw_connection(port))
 
 
-def test_over_tls_the_same_deadlines_and_limits_hold(make_gateway: MakeGateway, tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
+def test_over_tls_the_same_deadlines_and_limits_hold(
+    make_gateway: MakeGateway, tmp_path: Path, tls_files: tuple[Path, Path]
+) -> None:
     cert, key = tls_files
-    gateway = make_gateway(gateway_config(tmp_path, server={**FAST, "header_timeout_seconds": 2, "tls": {"cert": str(cert), "key": str(key)}}),
-                           start=False)
+    gateway = make_gateway(
+        gateway_config(
+            tmp_path, server={**FAST, "header_timeout_seconds": 2, "tls": {"cert": str(cert), "key": str(key)}}
+        ),
+        start=False,
+    )
     gateway_url = f"https://127.0.0.1:{gateway.port}"
     gateway.start(verify=_trusting(cert))
     with httpx.Client(verify=_trusting(cert), timeout=5) as client:
@@ -577,10 +612,17 @@ def test_the_defaults_are_the_documented_ones() -> None:
     assert (server.max_header_bytes, server.max_connections, server.max_in_flight_requests) == (64 * 1024, 10_000, 4096)
     assert (server.signin_failure_burst, server.signin_failures_per_minute) == (10, 6.0)
     assert Limits.from_config(server) == Limits()
-    reference = subprocess.run([sys.executable, "scripts/config_reference.py"], cwd=REPO_ROOT, capture_output=True, text=True,
-                               check=True).stdout  # what docs/configuration.md says (kept equal by test_docs_in_sync)
-    for row in ("`header_timeout_seconds` | float | `10.0`", "`body_timeout_seconds` | float | `30.0`",
-                "`keep_alive_seconds` | float | `65.0`", "`max_header_bytes` | int | `65536`", "`max_connections` | int | `10000`",
-                "`max_in_flight_requests` | int | `4096`", "`signin_failure_burst` | int | `10`", "`signin_failures_per_minute` | float | `6.0`"):
+    reference = subprocess.run(
+        [sys.executable, "scripts/config_reference.py"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout  # what docs/configuration.md says (kept equal by test_docs_in_sync)
+    for row in (
+        "`header_timeout_seconds` | float | `10.0`",
+        "`body_timeout_seconds` | float | `30.0`",
+        "`keep_alive_seconds` | float | `65.0`",
+        "`max_header_bytes` | int | `65536`",
+        "`max_connections` | int | `10000`",
+        "`max_in_flight_requests` | int | `4096`",
+        "`signin_failure_burst` | int | `10`",
+        "`signin_failures_per_minute` | float | `6.0`",
+    ):
         assert row in reference, row
-

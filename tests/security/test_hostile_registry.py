@@ -49,14 +49,21 @@ def blob_path(digest: str) -> str:
     return f"/v2/library/app/blobs/{digest}"
 
 
-def serving(manifest: bytes, blobs: dict[str, bytes] | None = None, media_type: str = "application/vnd.oci.image.manifest.v1+json") -> Handler:
+def serving(
+    manifest: bytes,
+    blobs: dict[str, bytes] | None = None,
+    media_type: str = "application/vnd.oci.image.manifest.v1+json",
+) -> Handler:
     """A registry that serves ``manifest`` for the tag and ``blobs`` (plus the config) by digest; 404 otherwise."""
     known = {sha256(CONFIG): CONFIG, **(blobs or {})}
 
     def answer(exchange: Exchange) -> None:
         if exchange.path == MANIFEST_PATH:
             send_manifest(exchange, manifest, media_type)
-        elif exchange.path.startswith("/v2/library/app/blobs/") and (body := known.get(exchange.path.rsplit("/", 1)[1])) is not None:
+        elif (
+            exchange.path.startswith("/v2/library/app/blobs/")
+            and (body := known.get(exchange.path.rsplit("/", 1)[1])) is not None
+        ):
             exchange.send(200, body, {"Content-Type": "application/octet-stream"})
         else:
             exchange.json(404, {"errors": [{"code": "NOT_FOUND", "message": "no such thing"}]})
@@ -67,7 +74,9 @@ def serving(manifest: bytes, blobs: dict[str, bytes] | None = None, media_type: 
 # --- 1. nothing read from outside is unbounded -------------------------------------------------
 
 
-def test_a_404_with_a_512_mib_body_is_read_no_further_than_a_small_cap(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_404_with_a_512_mib_body_is_read_no_further_than_a_small_cap(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     sent: list[int] = []
 
     def endless_404(exchange: Exchange) -> None:
@@ -103,11 +112,15 @@ def test_a_404_body_that_inflates_to_1_gib_is_never_inflated(make_gateway: MakeG
     assert watch.peak_rss_mib() < 200
 
 
-def test_a_manifest_that_inflates_beyond_its_cap_is_refused_with_the_key_that_raises_it(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_manifest_that_inflates_beyond_its_cap_is_refused_with_the_key_that_raises_it(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     bomb = gzip_bomb(256)
 
     def bomb_manifest(exchange: Exchange) -> None:
-        exchange.send(200, bomb, {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Content-Encoding": "gzip"})
+        exchange.send(
+            200, bomb, {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Content-Encoding": "gzip"}
+        )
 
     gateway = make_gateway(gateway_config(tmp_path))
     with HostileServer(bomb_manifest) as registry, survival(gateway) as watch:
@@ -119,7 +132,9 @@ def test_a_manifest_that_inflates_beyond_its_cap_is_refused_with_the_key_that_ra
     watch.assert_survived()
 
 
-def test_a_blob_longer_than_its_manifest_says_is_cut_at_the_declared_size(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_blob_longer_than_its_manifest_says_is_cut_at_the_declared_size(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     four = b"abcd"
     manifest = image_manifest(CONFIG, [(sha256(four), 4)])
     sent: list[int] = []
@@ -138,7 +153,10 @@ def test_a_blob_longer_than_its_manifest_says_is_cut_at_the_declared_size(make_g
         on_disk = disk_bytes(cache)
 
     assert outcome.state == "FAILURE"
-    assert f"blob {sha256(four)} of library/app from 127.0.0.1:{registry.port} served more than the manifest's 4 bytes" in outcome.text, outcome.text
+    assert (
+        f"blob {sha256(four)} of library/app from 127.0.0.1:{registry.port} served more than the manifest's 4 bytes"
+        in outcome.text
+    ), outcome.text
     assert outcome.seconds < 10
     assert sum(sent) < 64 * MIB, f"the registry got to send {sum(sent) / MIB:.0f} MiB"
     assert on_disk < MIB and disk_bytes(cache) < MIB
@@ -146,7 +164,9 @@ def test_a_blob_longer_than_its_manifest_says_is_cut_at_the_declared_size(make_g
     watch.assert_survived()
 
 
-def test_a_layer_declaring_an_absurd_size_is_refused_at_resolve_time_and_never_fetched(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_layer_declaring_an_absurd_size_is_refused_at_resolve_time_and_never_fetched(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     layer = b"x" * 90
     manifest = image_manifest(CONFIG, [(sha256(layer), 2**63 - 1)])
     gateway = make_gateway(gateway_config(tmp_path))
@@ -154,13 +174,20 @@ def test_a_layer_declaring_an_absurd_size_is_refused_at_resolve_time_and_never_f
         outcome = run_job(gateway, manifest_url(registry))
 
     assert outcome.state == "FAILURE", "a 90-byte layer declared as 2^63-1 bytes must not end SUCCESS"
-    assert f"declares blob {sha256(layer)} as 9223372036854775807 bytes, more than registries.max_blob_bytes (68719476736)" in outcome.text
-    assert not [r for r in registry.received if "/blobs/" in r.path], "nothing is fetched for an image that cannot be right"
+    assert (
+        f"declares blob {sha256(layer)} as 9223372036854775807 bytes, more than registries.max_blob_bytes (68719476736)"
+        in outcome.text
+    )
+    assert not [r for r in registry.received if "/blobs/" in r.path], (
+        "nothing is fetched for an image that cannot be right"
+    )
     assert outcome.seconds < 10
     watch.assert_survived()
 
 
-def test_registries_max_blob_bytes_sets_the_largest_size_a_manifest_may_declare(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_registries_max_blob_bytes_sets_the_largest_size_a_manifest_may_declare(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     manifest = image_manifest(CONFIG, [(sha256(LAYER), 2 * MIB)])
     gateway = make_gateway(gateway_config(tmp_path, registries={"allow": ["127.0.0.1"], "max_blob_bytes": MIB}))
     with HostileServer(serving(manifest)) as registry:
@@ -170,7 +197,9 @@ def test_registries_max_blob_bytes_sets_the_largest_size_a_manifest_may_declare(
     assert f"more than registries.max_blob_bytes ({MIB}); refusing it: raise registries.max_blob_bytes" in outcome.text
 
 
-def test_a_blob_shorter_than_declared_fails_even_when_its_digest_matches(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_blob_shorter_than_declared_fails_even_when_its_digest_matches(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     layer = b"y" * 90
     manifest = image_manifest(CONFIG, [(sha256(layer), 1000)])
     gateway = make_gateway(gateway_config(tmp_path))
@@ -178,11 +207,16 @@ def test_a_blob_shorter_than_declared_fails_even_when_its_digest_matches(make_ga
         outcome = run_job(gateway, manifest_url(registry))
 
     assert outcome.state == "FAILURE"
-    assert f"blob {sha256(layer)} of library/app from 127.0.0.1:{registry.port} was 90 bytes where the manifest says 1000" in outcome.text
+    assert (
+        f"blob {sha256(layer)} of library/app from 127.0.0.1:{registry.port} was 90 bytes where the manifest says 1000"
+        in outcome.text
+    )
     watch.assert_survived()
 
 
-def test_error_messages_a_registry_writes_are_quoted_cut_short_and_without_control_characters(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_error_messages_a_registry_writes_are_quoted_cut_short_and_without_control_characters(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     layers = [(sha256(b"%d" % i), 10) for i in range(100)]
     manifest = image_manifest(CONFIG, layers)
     message = "\x1b[2J\x1b]0;owned\x07\u202e" + "spam " * 12_000  # 60 KB: within the error body cap, so it is parsed
@@ -208,7 +242,9 @@ def test_error_messages_a_registry_writes_are_quoted_cut_short_and_without_contr
     watch.assert_survived()
 
 
-def test_the_manifest_cache_is_bounded_by_bytes_across_jobs_of_an_index_of_many_large_manifests(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_the_manifest_cache_is_bounded_by_bytes_across_jobs_of_an_index_of_many_large_manifests(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     pad = 4 * MIB - 8192  # just under registries.max_manifest_bytes
     children: dict[str, bytes] = {}
     for i in range(100):
@@ -256,14 +292,18 @@ def test_a_deeply_nested_manifest_fails_the_job_cleanly(make_gateway: MakeGatewa
     watch.assert_survived()
 
 
-def test_a_layer_digest_with_a_trailing_newline_is_refused_before_it_becomes_a_url(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_layer_digest_with_a_trailing_newline_is_refused_before_it_becomes_a_url(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     manifest = image_manifest(CONFIG, [(sha256(LAYER) + "\n", len(LAYER))])
     gateway = make_gateway(gateway_config(tmp_path))
     with HostileServer(serving(manifest, {sha256(LAYER): LAYER})) as registry, survival(gateway) as watch:
         outcome = run_job(gateway, manifest_url(registry))
 
     assert outcome.state == "FAILURE"
-    assert "names a blob with an unsupported digest" in outcome.text and "internal error" not in outcome.text, outcome.text
+    assert "names a blob with an unsupported digest" in outcome.text and "internal error" not in outcome.text, (
+        outcome.text
+    )
     assert not [r for r in registry.received if "/blobs/" in r.path]
     watch.assert_survived()
 
@@ -276,7 +316,9 @@ def test_an_index_entry_that_is_not_a_digest_never_becomes_a_request(make_gatewa
             outcome = run_job(gateway, manifest_url(registry), platform="linux/amd64")
 
         assert outcome.state == "FAILURE"
-        assert f"index library/app:1.0 names a manifest with an unsupported digest {hostile[:20]!r}"[:-1] in outcome.text, outcome.text
+        assert (
+            f"index library/app:1.0 names a manifest with an unsupported digest {hostile[:20]!r}"[:-1] in outcome.text
+        ), outcome.text
         assert [r.path for r in registry.received] == [MANIFEST_PATH], "only the index itself was requested"
         watch.assert_survived()
 
@@ -284,11 +326,15 @@ def test_an_index_entry_that_is_not_a_digest_never_becomes_a_request(make_gatewa
 # --- a registry that drips ---------------------------------------------------------------------
 
 
-def test_a_manifest_dripped_a_byte_at_a_time_fails_within_registries_body_timeout_seconds(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_manifest_dripped_a_byte_at_a_time_fails_within_registries_body_timeout_seconds(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     manifest = image_manifest(CONFIG, [])
 
     def drip(exchange: Exchange) -> None:
-        exchange.head(200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Content-Length": str(len(manifest))})
+        exchange.head(
+            200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Content-Length": str(len(manifest))}
+        )
         for byte in manifest:
             if not exchange.write(bytes([byte])):
                 return
@@ -305,7 +351,9 @@ def test_a_manifest_dripped_a_byte_at_a_time_fails_within_registries_body_timeou
     watch.assert_survived()
 
 
-def test_a_response_head_dripped_a_byte_at_a_time_is_given_up_on_however_steady_the_drip(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_response_head_dripped_a_byte_at_a_time_is_given_up_on_however_steady_the_drip(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     """Each byte arrives well within the read timeout, so only a deadline on the whole head ends it."""
     started: list[float] = []
     hung_up: list[float] = []
@@ -321,7 +369,9 @@ def test_a_response_head_dripped_a_byte_at_a_time_is_given_up_on_however_steady_
     gateway = make_gateway(gateway_config(tmp_path, registries={"allow": ["127.0.0.1"], "read_timeout_seconds": 1}))
     with HostileServer(drip_head) as registry, survival(gateway) as watch:
         with gateway.client() as client:
-            response = client.post("/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "image", "url": manifest_url(registry)}})
+            response = client.post(
+                "/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "image", "url": manifest_url(registry)}}
+            )
         assert response.status_code == 200, response.text
         deadline = time.monotonic() + 25
         while not hung_up and time.monotonic() < deadline:

@@ -123,7 +123,9 @@ def layers(count: int) -> list[tuple[str, int]]:
 # --- 1. quoted text is capped where it is stored ------------------------------------------------------
 
 
-def test_a_registry_quoting_a_mebibyte_per_blob_grows_neither_the_status_nor_the_store(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_registry_quoting_a_mebibyte_per_blob_grows_neither_the_status_nor_the_store(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     message = "\x1b[31mblob unknown\r\n\u202e" + "A" * (1 << 20)
     error_body = json.dumps({"errors": [{"code": "BLOB_UNKNOWN", "message": message}]}).encode()
     manifest = image_manifest(b"{}", layers(300))
@@ -194,11 +196,15 @@ def install_quoting_adapter(where: Path) -> dict[str, str]:
     info = where / "quoting_adapter-0.1.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: quoting-adapter\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[harbor_preheat_gateway.adapters]\nquoting = quoting_adapter:QuotingAdapter\n")
+    (info / "entry_points.txt").write_text(
+        "[harbor_preheat_gateway.adapters]\nquoting = quoting_adapter:QuotingAdapter\n"
+    )
     return {"PYTHONPATH": str(where)}
 
 
-def test_a_third_party_adapter_quoting_a_mebibyte_is_clipped_where_the_gateway_stores_it(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_third_party_adapter_quoting_a_mebibyte_is_clipped_where_the_gateway_stores_it(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     body = ("\x1b[2J\r\nInjected: yes\n" + "Q" * (1 << 20)).encode()
     with HostileServer(lambda exchange: exchange.send(500, body, {"Content-Type": "text/plain"})) as origin:
         config = gateway_config(tmp_path, clusters=[{"id": 1, "name": "careless", "adapter": "quoting", "times": 300}])
@@ -228,7 +234,9 @@ def test_a_third_party_adapter_quoting_a_mebibyte_is_clipped_where_the_gateway_s
     assert max(livez) < 1.0, f"/livez took {max(livez):.2f}s"
 
 
-def test_rows_beyond_runner_max_result_bytes_are_counted_and_the_job_says_how_many(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_rows_beyond_runner_max_result_bytes_are_counted_and_the_job_says_how_many(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     manifest = image_manifest(b"{}", layers(60))
 
     def blob(exchange: Exchange) -> None:
@@ -269,7 +277,9 @@ def test_the_bounds_have_the_documented_defaults() -> None:
 # --- 2. a caller's timeout has an upper bound ---------------------------------------------------------
 
 
-def test_a_timeout_beyond_the_maximum_is_refused_with_a_422_naming_it(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_timeout_beyond_the_maximum_is_refused_with_a_422_naming_it(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     url = f"http://{'127.0.0.1:9'}/v2/library/app/manifests/1"
     for nanoseconds in (10**30, 86400 * 10**9 + 1, 2**63 - 1):
@@ -277,8 +287,11 @@ def test_a_timeout_beyond_the_maximum_is_refused_with_a_422_naming_it(make_gatew
         assert response.status_code == 422, (nanoseconds, response.text)
         assert "maximum of 24h (86400000000000 nanoseconds, runner.max_timeout)" in response.json()["errors"]
     with gateway.client() as client:
-        digits = client.post("/oapi/v1/jobs", content=b'{"type": "preheat", "args": {"url": "' + url.encode()
-                             + b'", "timeout": 1' + b"0" * 400 + b"}}", headers={"Content-Type": "application/json"})
+        digits = client.post(
+            "/oapi/v1/jobs",
+            content=b'{"type": "preheat", "args": {"url": "' + url.encode() + b'", "timeout": 1' + b"0" * 400 + b"}}",
+            headers={"Content-Type": "application/json"},
+        )
     assert digits.status_code == 422, digits.text
     assert "runner.max_timeout" in digits.json()["errors"]
     assert job_count(gateway) == 0
@@ -303,7 +316,9 @@ def test_the_cli_refuses_a_timeout_beyond_the_maximum(make_gateway: MakeGateway,
     too_long = gateway.cli("preheat", url, "--server", gateway.url, "--timeout", "48h", check=False, env_extra=env)
     assert too_long.returncode == 2, too_long.stderr
     assert "(422)" in too_long.stderr and "maximum of 24h" in too_long.stderr
-    absurd = gateway.cli("preheat", url, "--server", gateway.url, "--timeout", "9" * 400 + "h", check=False, env_extra=env)
+    absurd = gateway.cli(
+        "preheat", url, "--server", gateway.url, "--timeout", "9" * 400 + "h", check=False, env_extra=env
+    )
     assert absurd.returncode == 2 and "too long" in absurd.stderr and "Traceback" not in absurd.stderr
     fine = gateway.cli("preheat", url, "--server", gateway.url, "--timeout", "2h", check=False, env_extra=env)
     assert fine.returncode == 0, fine.stderr
@@ -314,17 +329,43 @@ def test_the_cli_refuses_a_timeout_beyond_the_maximum(make_gateway: MakeGateway,
 # --- 3. user-info is refused at create, never rendered, and never reaches a mirror ------------------------
 
 
-def test_user_info_is_refused_at_create_in_every_dialect_and_never_stored(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_user_info_is_refused_at_create_in_every_dialect_and_never_stored(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     with HostileServer(lambda exchange: exchange.json(404, {"errors": []})) as registry:
         gateway = make_gateway(gateway_config(tmp_path))
         image = f"http://robot:{PASSWORD}@{registry.host}/v2/library/app/manifests/1"
         attempts = {
             "openapi image": ("/oapi/v1/jobs", {"type": "preheat", "args": {"url": image}}),
-            "openapi file": ("/oapi/v1/jobs", {"type": "preheat", "args": {"type": "file", "url": f"http://u:{PASSWORD}@{registry.host}/f"}}),
-            "openapi urls": ("/oapi/v1/jobs", {"type": "preheat", "args": {"type": "file", "urls": [f"http://{registry.host}/a", f"http://:{PASSWORD}@{registry.host}/b"]}}),
+            "openapi file": (
+                "/oapi/v1/jobs",
+                {"type": "preheat", "args": {"type": "file", "url": f"http://u:{PASSWORD}@{registry.host}/f"}},
+            ),
+            "openapi urls": (
+                "/oapi/v1/jobs",
+                {
+                    "type": "preheat",
+                    "args": {
+                        "type": "file",
+                        "urls": [f"http://{registry.host}/a", f"http://:{PASSWORD}@{registry.host}/b"],
+                    },
+                },
+            ),
             "legacy": ("/preheats", {"type": "image", "url": image, "headers": {}}),
-            "kraken": ("/registry/notifications", {"Events": [{"Action": "push", "Target": {
-                "MediaType": "application/vnd.docker.distribution.manifest.v2+json", "Url": image}}]}),
+            "kraken": (
+                "/registry/notifications",
+                {
+                    "Events": [
+                        {
+                            "Action": "push",
+                            "Target": {
+                                "MediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                                "Url": image,
+                            },
+                        }
+                    ]
+                },
+            ),
         }
         with gateway.client() as client:
             for name, (path, body) in attempts.items():
@@ -342,25 +383,64 @@ def test_user_info_is_refused_at_create_in_every_dialect_and_never_stored(make_g
 def _insert_legacy_job(db: Path, *, registry_host: str, state: str = "FAILURE", cluster_id: int = 1) -> int:
     """A job as an older gateway stored it: user-info in the URL, quoted in the error and in a row."""
     url = f"http://robot:{PASSWORD}@{registry_host}/v2/library/app/manifests/1"
-    args = {"type": "image", "urls": [url], "tag": "", "application": "", "filtered_query_params": [], "platform": "",
-            "scope": "", "headers": {}, "username": "", "password": "", "piece_length": None, "concurrent_count": 0,
-            "timeout_seconds": 0.0, "cluster_ids": None, "bio": "legacy", "source": "openapi", "extra": {}}
+    args = {
+        "type": "image",
+        "urls": [url],
+        "tag": "",
+        "application": "",
+        "filtered_query_params": [],
+        "platform": "",
+        "scope": "",
+        "headers": {},
+        "username": "",
+        "password": "",
+        "piece_length": None,
+        "concurrent_count": 0,
+        "timeout_seconds": 0.0,
+        "cluster_ids": None,
+        "bio": "legacy",
+        "source": "openapi",
+        "extra": {},
+    }
     error = f"cluster local (id 1): manifest robot:{PASSWORD}@{registry_host}/library/app:1 not found (404)"
-    result = {"success_tasks": [], "failure_tasks": [{"url": f"http://robot:{PASSWORD}@{registry_host}/v2/library/app/blobs/sha256:{'0' * 64}",
-                                                      "hostname": "local", "ip": "", "description": f"GET {url} answered 404"}]}
+    result = {
+        "success_tasks": [],
+        "failure_tasks": [
+            {
+                "url": f"http://robot:{PASSWORD}@{registry_host}/v2/library/app/blobs/sha256:{'0' * 64}",
+                "hostname": "local",
+                "ip": "",
+                "description": f"GET {url} answered 404",
+            }
+        ],
+    }
     now = time.time()
     with sqlite3.connect(db, timeout=30) as connection:
         cursor = connection.execute(
             "INSERT INTO jobs (task_id, type, state, source, args, cluster_ids, bio, error, deadline, created_at, updated_at, finished_at) "
             "VALUES ('group_legacy', 'preheat', ?, 'openapi', ?, NULL, 'legacy', ?, ?, ?, ?, ?)",
-            (state if state != "RUNNING" else "PENDING", json.dumps(args), error if state == "FAILURE" else "",
-             now + 600, now, now, now if state == "FAILURE" else None),
+            (
+                state if state != "RUNNING" else "PENDING",
+                json.dumps(args),
+                error if state == "FAILURE" else "",
+                now + 600,
+                now,
+                now,
+                now if state == "FAILURE" else None,
+            ),
         )
         job_id = int(cursor.lastrowid or 0)
         connection.execute(
             "INSERT INTO tasks (job_id, cluster_id, state, error, result, updated_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job_id, cluster_id, "FAILURE" if state == "FAILURE" else "PENDING", error if state == "FAILURE" else "",
-             json.dumps(result) if state == "FAILURE" else None, now, now if state == "FAILURE" else None),
+            (
+                job_id,
+                cluster_id,
+                "FAILURE" if state == "FAILURE" else "PENDING",
+                error if state == "FAILURE" else "",
+                json.dumps(result) if state == "FAILURE" else None,
+                now,
+                now if state == "FAILURE" else None,
+            ),
         )
     return job_id
 
@@ -368,12 +448,23 @@ def _insert_legacy_job(db: Path, *, registry_host: str, state: str = "FAILURE", 
 def test_user_info_stored_before_the_rule_is_never_rendered(make_gateway: MakeGateway, tmp_path: Path) -> None:
     gateway = make_gateway(gateway_config(tmp_path))
     db = Path(gateway.config["server"]["state_dir"]) / "gateway.db"
-    job_id = _insert_legacy_job(db, registry_host="127.0.0.1:9")  # written behind a running gateway, as an old replica would
+    job_id = _insert_legacy_job(
+        db, registry_host="127.0.0.1:9"
+    )  # written behind a running gateway, as an old replica would
     with gateway.client() as client:
-        rendered = [client.get(f"/oapi/v1/jobs/{job_id}"), client.get("/oapi/v1/jobs"), client.get(f"/preheats/{job_id}")]
+        rendered = [
+            client.get(f"/oapi/v1/jobs/{job_id}"),
+            client.get("/oapi/v1/jobs"),
+            client.get(f"/preheats/{job_id}"),
+        ]
     with console(gateway) as session:
-        rendered += [session.get("/preheats"), session.get(f"/preheats/{job_id}"), session.get(f"/preheats/{job_id}/status"),
-                     session.get("/preheats", params={"q": "legacy"}), session.get("/preheats/rows")]
+        rendered += [
+            session.get("/preheats"),
+            session.get(f"/preheats/{job_id}"),
+            session.get(f"/preheats/{job_id}/status"),
+            session.get("/preheats", params={"q": "legacy"}),
+            session.get("/preheats/rows"),
+        ]
     for response in rendered:
         assert response.status_code == 200, (response.url, response.text[:300])
         assert PASSWORD not in response.text, response.url
@@ -407,7 +498,9 @@ def test_the_store_migration_scrubs_user_info_from_the_file(make_gateway: MakeGa
     assert "robot" not in error and "127.0.0.1:9/library/app:1 not found" in error
 
 
-def test_the_mirror_ns_parameter_is_the_origin_host_alone_url_encoded(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_the_mirror_ns_parameter_is_the_origin_host_alone_url_encoded(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     manifest = image_manifest(b"{}", [])
 
     def handle(exchange: Exchange) -> None:
@@ -421,10 +514,15 @@ def test_the_mirror_ns_parameter_is_the_origin_host_alone_url_encoded(make_gatew
         gateway = make_gateway(gateway_config(tmp_path, clusters=clusters, allow=["127.0.0.1", "localhost"]))
         origin = "localhost:8443"
         db = Path(gateway.config["server"]["state_dir"]) / "gateway.db"
-        legacy = _insert_legacy_job(db, registry_host=origin, state="RUNNING")  # pending, with user-info, from before the rule
+        legacy = _insert_legacy_job(
+            db, registry_host=origin, state="RUNNING"
+        )  # pending, with user-info, from before the rule
         gateway.wait_job(legacy, timeout=30)
         with gateway.client() as client:
-            fresh = client.post("/oapi/v1/jobs", json={"type": "preheat", "args": {"url": f"https://{origin}/v2/library/app/manifests/1"}})
+            fresh = client.post(
+                "/oapi/v1/jobs",
+                json={"type": "preheat", "args": {"url": f"https://{origin}/v2/library/app/manifests/1"}},
+            )
         gateway.wait_job(fresh.json()["id"], timeout=30)
     assert len(mirror.received) >= 2
     for request in mirror.received:
@@ -438,24 +536,38 @@ def test_the_mirror_ns_parameter_is_the_origin_host_alone_url_encoded(make_gatew
 # --- 4. control characters in headers ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("headers", "named"), [
-    ({"X-Trace": "a\r\nX-Injected: 1"}, "header X-Trace: its value contains a carriage return (CR)"),
-    ({"X-Trace": "a\nb"}, "header X-Trace: its value contains a line feed (LF)"),
-    ({"X-Trace": "nul\x00"}, "header X-Trace: its value contains a NUL byte"),
-    ({"X-Trace": "caf\u00e9"}, "header X-Trace: its value contains the character U+00E9"),
-    ({"X Trace:": "a"}, "header name 'X Trace:' is not a valid HTTP header name"),
-    ({"X-Tr\r\nace": "a"}, "header name 'X-Tr\\\\r\\\\nace' is not a valid HTTP header name"),
-])
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ({"X-Trace": "a\r\nX-Injected: 1"}, "header X-Trace: its value contains a carriage return (CR)"),
+        ({"X-Trace": "a\nb"}, "header X-Trace: its value contains a line feed (LF)"),
+        ({"X-Trace": "nul\x00"}, "header X-Trace: its value contains a NUL byte"),
+        ({"X-Trace": "caf\u00e9"}, "header X-Trace: its value contains the character U+00E9"),
+        ({"X Trace:": "a"}, "header name 'X Trace:' is not a valid HTTP header name"),
+        ({"X-Tr\r\nace": "a"}, "header name 'X-Tr\\\\r\\\\nace' is not a valid HTTP header name"),
+    ],
+)
 def test_control_characters_in_headers_are_refused_naming_the_header(
-    make_gateway: MakeGateway, tmp_path: Path, headers: dict[str, str], named: str,
+    make_gateway: MakeGateway,
+    tmp_path: Path,
+    headers: dict[str, str],
+    named: str,
 ) -> None:
     with HostileServer(lambda exchange: exchange.send(200, b"file")) as origin:
         gateway = make_gateway(gateway_config(tmp_path))
         with gateway.client() as client:
             attempts = [
-                client.post("/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "file", "url": f"{origin.url}/f", "headers": headers}}),
-                client.post("/oapi/v1/jobs", json={"type": "preheat", "args": {"url": f"{origin.url}/v2/a/manifests/1", "headers": headers}}),
-                client.post("/preheats", json={"type": "image", "url": f"{origin.url}/v2/a/manifests/1", "headers": headers}),
+                client.post(
+                    "/oapi/v1/jobs",
+                    json={"type": "preheat", "args": {"type": "file", "url": f"{origin.url}/f", "headers": headers}},
+                ),
+                client.post(
+                    "/oapi/v1/jobs",
+                    json={"type": "preheat", "args": {"url": f"{origin.url}/v2/a/manifests/1", "headers": headers}},
+                ),
+                client.post(
+                    "/preheats", json={"type": "image", "url": f"{origin.url}/v2/a/manifests/1", "headers": headers}
+                ),
             ]
         for response in attempts:
             assert response.status_code == 422, response.text
@@ -469,7 +581,9 @@ def test_control_characters_in_headers_are_refused_naming_the_header(
 # --- 5. signing parameters stay out of the clear ---------------------------------------------------------
 
 
-def test_signing_parameters_of_an_image_url_reach_the_registry_but_never_the_api_or_the_store(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_signing_parameters_of_an_image_url_reach_the_registry_but_never_the_api_or_the_store(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     release = threading.Event()
     manifest = image_manifest(b"{}", layers(1))
 
@@ -479,7 +593,9 @@ def test_signing_parameters_of_an_image_url_reach_the_registry_but_never_the_api
 
     with registry_serving(manifest, blob) as registry:
         gateway = make_gateway(gateway_config(tmp_path))
-        query = f"X-Amz-Credential={CREDENTIAL}&X-Amz-Signature={SIGNATURE}&sig={SIGNATURE}z&token={SIGNATURE}t&region=eu"
+        query = (
+            f"X-Amz-Credential={CREDENTIAL}&X-Amz-Signature={SIGNATURE}&sig={SIGNATURE}z&token={SIGNATURE}t&region=eu"
+        )
         url = f"{registry.url}/v2/library/app/manifests/1?{query}"
         created = create(gateway, {"url": url})
         assert created.status_code == 200, created.text
@@ -503,7 +619,9 @@ def test_signing_parameters_of_an_image_url_reach_the_registry_but_never_the_api
     assert SIGNATURE not in gateway.logs() and CREDENTIAL not in gateway.logs()
 
 
-def test_a_file_url_keeps_its_signature_out_even_with_its_own_filtered_query_params(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_file_url_keeps_its_signature_out_even_with_its_own_filtered_query_params(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     with HostileServer(lambda exchange: exchange.send(200, b"content")) as origin:
         gateway = make_gateway(gateway_config(tmp_path))
         url = f"{origin.url}/bucket/object.bin?X-Amz-Signature={SIGNATURE}&session=1&sig={SIGNATURE}"
@@ -520,21 +638,37 @@ def test_a_file_url_keeps_its_signature_out_even_with_its_own_filtered_query_par
 # --- 6. digests, newlines, nesting, out-of-range integers ------------------------------------------------
 
 
-def test_a_digest_or_url_with_a_trailing_newline_is_refused_at_create(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_digest_or_url_with_a_trailing_newline_is_refused_at_create(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     digest = "sha256:" + "a" * 64
     with HostileServer(lambda exchange: exchange.json(404, {"errors": []})) as registry:
         gateway = make_gateway(gateway_config(tmp_path))
         url = f"{registry.url}/v2/library/app/manifests/{digest}"
         manifest_type = "application/vnd.docker.distribution.manifest.v2+json"
         attempts = [
-            ("/oapi/v1/jobs", {"type": "preheat", "args": {"url": url + "\n"}}, "a url contains a line feed (LF) at position"),
+            (
+                "/oapi/v1/jobs",
+                {"type": "preheat", "args": {"url": url + "\n"}},
+                "a url contains a line feed (LF) at position",
+            ),
             ("/oapi/v1/jobs", {"type": "preheat", "args": {"url": url + " "}}, "a url contains a space"),
             ("/preheats", {"type": "image", "url": url + "\n"}, "a url contains a line feed (LF)"),
             ("/preheats", {"type": "image", "url": url, "digest": digest + "\n"}, "digest 'sha256:"),
-            ("/registry/notifications", {"Events": [{"Action": "push", "Target": {"MediaType": manifest_type, "Url": url + "\r\n"}}]},
-             "a url contains a carriage return (CR)"),
-            ("/registry/notifications", {"Events": [{"Action": "push", "Target": {"MediaType": manifest_type, "Url": url, "Digest": digest + "\n"}}]},
-             "Events[0].Target.Digest"),
+            (
+                "/registry/notifications",
+                {"Events": [{"Action": "push", "Target": {"MediaType": manifest_type, "Url": url + "\r\n"}}]},
+                "a url contains a carriage return (CR)",
+            ),
+            (
+                "/registry/notifications",
+                {
+                    "Events": [
+                        {"Action": "push", "Target": {"MediaType": manifest_type, "Url": url, "Digest": digest + "\n"}}
+                    ]
+                },
+                "Events[0].Target.Digest",
+            ),
         ]
         with gateway.client() as client:
             for path, body, message in attempts:

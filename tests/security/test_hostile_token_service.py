@@ -41,8 +41,14 @@ LAYER = b"one honest layer"
 MIB = 1 << 20
 
 
-def robot_gateway(make_gateway: MakeGateway, tmp_path: Path, registry_host: str, *, allow: list[str] | None = None,
-                  env: dict[str, str] | None = None) -> GatewayProcess:
+def robot_gateway(
+    make_gateway: MakeGateway,
+    tmp_path: Path,
+    registry_host: str,
+    *,
+    allow: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> GatewayProcess:
     """A gateway holding the robot's password for ``registry_host`` (and nothing for any other host)."""
     registries = {
         "allow": allow if allow is not None else ["127.0.0.1"],
@@ -73,29 +79,48 @@ def image_registry(manifest: bytes, blob: Callable[[Exchange], None]) -> Callabl
 # --- 3. credentials go only where they belong --------------------------------------------------
 
 
-def test_a_redirect_targets_401_never_sends_the_robots_password_or_a_token_anywhere(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_redirect_targets_401_never_sends_the_robots_password_or_a_token_anywhere(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     manifest = image_manifest(CONFIG, [(sha256(LAYER), len(LAYER))])
-    with HostileServer(lambda e: e.json(200, {"token": "token-minted-by-the-third-host", "expires_in": 3600})) as third, \
-            HostileServer(lambda e: e.send(401, b"", {"WWW-Authenticate": f'Bearer realm="{third.url}/token",service="evil"'})) as target, \
-            HostileServer(image_registry(manifest, lambda e: e.send(307, b"", {"Location": f"{target.url}{e.path}"}))) as registry:
+    with (
+        HostileServer(lambda e: e.json(200, {"token": "token-minted-by-the-third-host", "expires_in": 3600})) as third,
+        HostileServer(
+            lambda e: e.send(401, b"", {"WWW-Authenticate": f'Bearer realm="{third.url}/token",service="evil"'})
+        ) as target,
+        HostileServer(
+            image_registry(manifest, lambda e: e.send(307, b"", {"Location": f"{target.url}{e.path}"}))
+        ) as registry,
+    ):
         gateway = robot_gateway(make_gateway, tmp_path, registry.host)
         with survival(gateway) as watch:
             first = run_job(gateway, f"{registry.url}/v2/library/app/manifests/1.0")
-            second = run_job(gateway, f"{registry.url}/v2/library/other/manifests/1.0")  # the 401 must not have been cached for the registry
+            second = run_job(
+                gateway, f"{registry.url}/v2/library/other/manifests/1.0"
+            )  # the 401 must not have been cached for the registry
 
     assert third.received == [], "the third host was asked for a token (with the robot's password)"
     assert target.authorizations() == []
-    assert not [a for a in registry.authorizations() if "token-minted-by-the-third-host" in a], "the registry got the third host's token"
+    assert not [a for a in registry.authorizations() if "token-minted-by-the-third-host" in a], (
+        "the registry got the third host's token"
+    )
     for outcome in (first, second):
         assert outcome.state == "FAILURE"
-        assert f"{registry.host} sent the gateway on to http://{target.host} for blob {sha256(LAYER)}" in outcome.text, outcome.text
-        assert f"asks for credentials (401): the gateway sends {registry.host}'s credentials and the caller's token only to http://{registry.host}" in outcome.text
+        assert (
+            f"{registry.host} sent the gateway on to http://{target.host} for blob {sha256(LAYER)}" in outcome.text
+        ), outcome.text
+        assert (
+            f"asks for credentials (401): the gateway sends {registry.host}'s credentials and the caller's token only to http://{registry.host}"
+            in outcome.text
+        )
         assert outcome.seconds < 10
     assert_never_leaked(gateway, first.text, second.text)
     watch.assert_survived()
 
 
-def test_the_robots_password_goes_to_the_token_service_the_registry_itself_names(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_the_robots_password_goes_to_the_token_service_the_registry_itself_names(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     manifest = image_manifest(CONFIG, [(sha256(LAYER), len(LAYER))])
 
     def tokens(exchange: Exchange) -> None:
@@ -105,6 +130,7 @@ def test_the_robots_password_goes_to_the_token_service_the_registry_itself_names
             exchange.send(401)
 
     with HostileServer(tokens) as service:
+
         def registry_answer(exchange: Exchange) -> None:
             if exchange.request.header("Authorization") != "Bearer good-token":
                 exchange.send(401, b"", {"WWW-Authenticate": f'Bearer realm="{service.url}/token",service="registry"'})
@@ -121,14 +147,23 @@ def test_the_robots_password_goes_to_the_token_service_the_registry_itself_names
     assert_never_leaked(gateway, outcome.text)
 
 
-def test_with_an_allowlist_a_token_service_off_it_is_refused_as_a_token_service(make_gateway: MakeGateway, tmp_path: Path) -> None:
-    with HostileServer(lambda e: e.json(200, {"token": "t"})) as service, \
-            HostileServer(lambda e: e.send(401, b"", {"WWW-Authenticate": f'Bearer realm="{service.url}/token",service="r"'})) as registry:
+def test_with_an_allowlist_a_token_service_off_it_is_refused_as_a_token_service(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    with (
+        HostileServer(lambda e: e.json(200, {"token": "t"})) as service,
+        HostileServer(
+            lambda e: e.send(401, b"", {"WWW-Authenticate": f'Bearer realm="{service.url}/token",service="r"'})
+        ) as registry,
+    ):
         gateway = robot_gateway(make_gateway, tmp_path, registry.host, allow=[registry.host])
         outcome = run_job(gateway, f"{registry.url}/v2/library/app/manifests/1.0")
 
     assert outcome.state == "FAILURE"
-    assert f"host {service.host}, the token service {registry.host} names, is not allowed: add it to registries.allow" in outcome.text, outcome.text
+    assert (
+        f"host {service.host}, the token service {registry.host} names, is not allowed: add it to registries.allow"
+        in outcome.text
+    ), outcome.text
     assert "redirect" not in outcome.text
     assert service.received == []
     assert_never_leaked(gateway, outcome.text)
@@ -140,7 +175,9 @@ def dual(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_an_https_registry_redirecting_to_http_on_its_own_host_and_port_sends_no_bearer_in_clear(
-    make_gateway: MakeGateway, tmp_path: Path, dual: tuple[Path, Path],
+    make_gateway: MakeGateway,
+    tmp_path: Path,
+    dual: tuple[Path, Path],
 ) -> None:
     manifest = image_manifest(CONFIG, [(sha256(LAYER), len(LAYER))])
 
@@ -148,12 +185,18 @@ def test_an_https_registry_redirecting_to_http_on_its_own_host_and_port_sends_no
         if exchange.path.startswith("/plain/"):  # only ever reached over http: the redirect says so
             exchange.send(200, LAYER)
         else:
-            image_registry(manifest, lambda e: e.send(307, b"", {"Location": f"http://{registry.host}/plain{e.path}"}))(exchange)
+            image_registry(manifest, lambda e: e.send(307, b"", {"Location": f"http://{registry.host}/plain{e.path}"}))(
+                exchange
+            )
 
     with HostileServer(answer) as registry:
         speak_tls_too(registry, *dual)
         gateway = make_gateway(gateway_config(tmp_path), env={"SSL_CERT_FILE": str(dual[0])})
-        outcome = run_job(gateway, f"https://{registry.host}/v2/library/app/manifests/1.0", headers={"Authorization": "Bearer harbor-minted"})
+        outcome = run_job(
+            gateway,
+            f"https://{registry.host}/v2/library/app/manifests/1.0",
+            headers={"Authorization": "Bearer harbor-minted"},
+        )
 
     assert outcome.state == "SUCCESS", outcome.text
     over_https = [r for r in registry.received if not r.path.startswith("/plain/")]
@@ -163,7 +206,9 @@ def test_an_https_registry_redirecting_to_http_on_its_own_host_and_port_sends_no
 
 
 def test_an_https_registry_credentials_never_go_in_clear_to_a_plain_http_token_service(
-    make_gateway: MakeGateway, tmp_path: Path, dual: tuple[Path, Path],
+    make_gateway: MakeGateway,
+    tmp_path: Path,
+    dual: tuple[Path, Path],
 ) -> None:
     def answer(exchange: Exchange) -> None:
         if exchange.path.startswith("/token"):
@@ -177,7 +222,10 @@ def test_an_https_registry_credentials_never_go_in_clear_to_a_plain_http_token_s
         outcome = run_job(gateway, f"https://{registry.host}/v2/library/app/manifests/1.0")
 
     assert outcome.state == "FAILURE"
-    assert f"token service http://{registry.host}/token is plain http: the gateway does not send {registry.host}'s credentials there in clear" in outcome.text, outcome.text
+    assert (
+        f"token service http://{registry.host}/token is plain http: the gateway does not send {registry.host}'s credentials there in clear"
+        in outcome.text
+    ), outcome.text
     assert not [r for r in registry.received if r.path.startswith("/token")]
     assert BASIC not in registry.authorizations()
     assert_never_leaked(gateway, outcome.text)
@@ -197,14 +245,21 @@ def test_a_huge_token_answer_is_refused_at_its_cap(body: str, make_gateway: Make
             exchange.head(200, {"Content-Type": "application/json", "Content-Length": str(512 * MIB)})
             sent.append(exchange.stream(b'{"token": "' + b"t" * 65536, 512 * MIB))
 
-    with HostileServer(tokens) as service, \
-            HostileServer(lambda e: e.send(401, b"", {"WWW-Authenticate": f'Bearer realm="{service.url}/token",service="r"'})) as registry:
+    with (
+        HostileServer(tokens) as service,
+        HostileServer(
+            lambda e: e.send(401, b"", {"WWW-Authenticate": f'Bearer realm="{service.url}/token",service="r"'})
+        ) as registry,
+    ):
         gateway = robot_gateway(make_gateway, tmp_path, registry.host)
         with survival(gateway) as watch:
             outcome = run_job(gateway, f"{registry.url}/v2/library/app/manifests/1.0")
 
     assert outcome.state == "FAILURE"
-    assert f"the answer of the token service of {registry.host} is larger than 65536 bytes (registries.max_token_bytes); refusing it" in outcome.text, outcome.text
+    assert (
+        f"the answer of the token service of {registry.host} is larger than 65536 bytes (registries.max_token_bytes); refusing it"
+        in outcome.text
+    ), outcome.text
     assert outcome.seconds < 10
     assert sum(sent) < 64 * MIB
     watch.assert_survived()

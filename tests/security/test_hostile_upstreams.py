@@ -55,7 +55,8 @@ def dragonfly_gateway(make_gateway: MakeGateway, tmp_path: Path, manager: Hostil
 
 
 def test_a_dragonfly_manager_answering_a_create_with_a_gzip_bomb_costs_no_more_than_the_answer_cap(
-    make_gateway: MakeGateway, tmp_path: Path,
+    make_gateway: MakeGateway,
+    tmp_path: Path,
 ) -> None:
     with HostileServer(bomb_on_create) as manager:
         gateway = dragonfly_gateway(make_gateway, tmp_path, manager)
@@ -70,7 +71,8 @@ def test_a_dragonfly_manager_answering_a_create_with_a_gzip_bomb_costs_no_more_t
 
 
 def test_a_dragonfly_manager_refusing_with_an_endless_body_fails_the_job_within_the_cap(
-    make_gateway: MakeGateway, tmp_path: Path,
+    make_gateway: MakeGateway,
+    tmp_path: Path,
 ) -> None:
     with HostileServer(endless_on_create) as manager:
         gateway = dragonfly_gateway(make_gateway, tmp_path, manager)
@@ -84,7 +86,8 @@ def test_a_dragonfly_manager_refusing_with_an_endless_body_fails_the_job_within_
 
 
 def test_a_kraken_proxy_answering_with_a_gzip_bomb_fails_the_job_within_the_probe_cap(
-    make_gateway: MakeGateway, tmp_path: Path,
+    make_gateway: MakeGateway,
+    tmp_path: Path,
 ) -> None:
     def kraken(exchange: Exchange) -> None:
         if exchange.request.method == "POST":

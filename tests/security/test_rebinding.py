@@ -33,6 +33,7 @@ FAILS_WITHIN_SECONDS = 15.0
 """Retries of a refused connection included (the registry client treats a ConnectError as transient)."""
 ROBOT_PASSWORD = "robot-password-for-the-mirror-only"
 
+
 @dataclass
 class World:
     """The namespace the test lives in: its DNS server and a gateway factory running inside it."""
@@ -48,7 +49,9 @@ def namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         name = require(lambda: stack.enter_context(network_namespace()))
         # ``ip netns exec`` gives the gateway the namespace's resolv.conf (our DNS server).
         real = gateway_process.gateway_command
-        monkeypatch.setattr(gateway_process, "gateway_command", lambda *args: ["ip", "netns", "exec", name, *real(*args)])
+        monkeypatch.setattr(
+            gateway_process, "gateway_command", lambda *args: ["ip", "netns", "exec", name, *real(*args)]
+        )
         yield name
 
 
@@ -62,11 +65,15 @@ def world(namespace: str, make_gateway: MakeGateway, tmp_path: Path) -> Iterator
         dns.close()
 
 
-def run_job(gateway: GatewayProcess, args: dict[str, Any], cluster_ids: list[int] | None = None) -> tuple[dict[str, Any], float]:
+def run_job(
+    gateway: GatewayProcess, args: dict[str, Any], cluster_ids: list[int] | None = None
+) -> tuple[dict[str, Any], float]:
     """Create a job through the Open API and wait for its end; returns it and the seconds it took."""
     started = time.monotonic()
     with gateway.client() as client:
-        response = client.post("/oapi/v1/jobs", json={"type": "preheat", "args": args, "scheduler_cluster_ids": cluster_ids})
+        response = client.post(
+            "/oapi/v1/jobs", json={"type": "preheat", "args": args, "scheduler_cluster_ids": cluster_ids}
+        )
     assert response.status_code == 200, response.text
     job = gateway.wait_job(response.json()["id"], timeout=FAILS_WITHIN_SECONDS + 15)
     return job, time.monotonic() - started
@@ -76,7 +83,9 @@ def answering(status: int, body: bytes = b"", headers: dict[str, str] | None = N
     return lambda exchange: exchange.send(status, body, headers)
 
 
-LOOPBACK_SECRET = b'{"errors": [{"code": "LOOPBACK_ONLY", "message": "internal admin service: you should not see this"}]}'
+LOOPBACK_SECRET = (
+    b'{"errors": [{"code": "LOOPBACK_ONLY", "message": "internal admin service: you should not see this"}]}'
+)
 
 
 def test_a_manifest_url_whose_name_rebinds_to_loopback_is_never_fetched(world: World) -> None:
@@ -86,7 +95,9 @@ def test_a_manifest_url_whose_name_rebinds_to_loopback_is_never_fetched(world: W
     url = f"http://registry.rebind.test:{internal.port}/v2/library/app/manifests/1.0"
 
     with survival(gateway) as watch:
-        job, seconds = run_job(gateway, {"type": "image", "url": url, "headers": {"Authorization": "Bearer harbor-token"}})
+        job, seconds = run_job(
+            gateway, {"type": "image", "url": url, "headers": {"Authorization": "Bearer harbor-token"}}
+        )
     internal.close()
 
     text = json.dumps(job)
@@ -108,10 +119,15 @@ def test_a_redirect_to_a_name_that_rebinds_to_loopback_is_not_followed(world: Wo
         if "/manifests/" in exchange.path:
             exchange.send(200, manifest, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
         else:  # the blob lives "in object storage" on a name that rebinds
-            exchange.send(307, headers={"Location": f"http://blobs.rebind.test:{internal.port}/{sha256(config)}?X-Amz-Signature=x"})
+            exchange.send(
+                307,
+                headers={"Location": f"http://blobs.rebind.test:{internal.port}/{sha256(config)}?X-Amz-Signature=x"},
+            )
 
     registry = HostileServer(registry_answer)
-    world.dns.script("blobs.rebind.test", [PUBLIC, LOOPBACK], cycle=True)  # public at every check, loopback at every connect
+    world.dns.script(
+        "blobs.rebind.test", [PUBLIC, LOOPBACK], cycle=True
+    )  # public at every check, loopback at every connect
     gateway = world.make_gateway(gateway_config(world.tmp, allow=[LOOPBACK]))
 
     with survival(gateway) as watch:
@@ -136,24 +152,38 @@ def test_a_token_service_on_a_name_that_rebinds_to_loopback_receives_no_credenti
     world.dns.script("auth.rebind.test", [PUBLIC, LOOPBACK], cycle=True)
     world.dns.script("origin.example.test", [PUBLIC])  # the image's origin: checked at creation, never contacted
     gateway = world.make_gateway(
-        gateway_config(world.tmp, allow=[], clusters=[{
-            "id": 1, "name": "mirrors", "adapter": "mirror",
-            "endpoints": [{"url": mirror.url, "username": "robot$preheat", "password_env": "MIRROR_PASSWORD"}],
-        }]),
+        gateway_config(
+            world.tmp,
+            allow=[],
+            clusters=[
+                {
+                    "id": 1,
+                    "name": "mirrors",
+                    "adapter": "mirror",
+                    "endpoints": [{"url": mirror.url, "username": "robot$preheat", "password_env": "MIRROR_PASSWORD"}],
+                }
+            ],
+        ),
         env={"MIRROR_PASSWORD": ROBOT_PASSWORD},
     )
 
     with survival(gateway) as watch:
-        job, seconds = run_job(gateway, {"type": "image", "url": "http://origin.example.test/v2/library/app/manifests/1.0"})
+        job, seconds = run_job(
+            gateway, {"type": "image", "url": "http://origin.example.test/v2/library/app/manifests/1.0"}
+        )
     tokens.close()
     mirror.close()
 
     text = json.dumps(job)
-    assert tokens.authorizations() == [] and tokens.received == [], "the token service on the rebinding name was contacted"
+    assert tokens.authorizations() == [] and tokens.received == [], (
+        "the token service on the rebinding name was contacted"
+    )
     assert job["state"] == "FAILURE", text
     assert f"host auth.rebind.test:{tokens.port} {CONNECT_TIME}" in text, text
     assert mirror.received, "the configured mirror on loopback was reached (operator endpoints may be anywhere)"
-    assert not any("Basic" in value for value in mirror.authorizations()), "the mirror itself is never sent the password"
+    assert not any("Basic" in value for value in mirror.authorizations()), (
+        "the mirror itself is never sent the password"
+    )
     assert ROBOT_PASSWORD not in text and "stolen-token" not in text
     assert seconds < FAILS_WITHIN_SECONDS
     watch.assert_survived()
@@ -192,8 +222,13 @@ def test_a_registry_allowed_by_name_may_live_on_a_private_address(world: World) 
     world.dns.script("harbor.corp.test", [LOOPBACK])
     gateway = world.make_gateway(gateway_config(world.tmp, allow=["harbor.corp.test"]))
 
-    job, _ = run_job(gateway, {"type": "image", "url": f"http://harbor.corp.test:{registry.port}/v2/library/app/manifests/1.0"})
+    job, _ = run_job(
+        gateway, {"type": "image", "url": f"http://harbor.corp.test:{registry.port}/v2/library/app/manifests/1.0"}
+    )
     registry.close()
 
     assert job["state"] == "SUCCESS", json.dumps(job)
-    assert [r.path.split("?")[0] for r in registry.received] == ["/v2/library/app/manifests/1.0", f"/v2/library/app/blobs/{sha256(config)}"]
+    assert [r.path.split("?")[0] for r in registry.received] == [
+        "/v2/library/app/manifests/1.0",
+        f"/v2/library/app/blobs/{sha256(config)}",
+    ]

@@ -67,7 +67,9 @@ async def test_a_body_within_its_cap_is_read_whole_in_every_encoding() -> None:
     assert await read_capped(response(Chunks([body[:7], body[7:]])), len(body)) == body
     assert await read_capped(response(Chunks([gzip_of(body)]), "gzip"), len(body)) == body
     assert await read_capped(response(Chunks([gzip_of(body, 15)]), "deflate"), len(body)) == body
-    assert await read_capped(response(Chunks([gzip_of(body, -15)]), "deflate"), len(body)) == body, "deflate without its zlib wrapper"
+    assert await read_capped(response(Chunks([gzip_of(body, -15)]), "deflate"), len(body)) == body, (
+        "deflate without its zlib wrapper"
+    )
     assert await read_capped(response(Chunks([body]), "identity"), len(body)) == body
 
 

@@ -125,7 +125,7 @@ def test_a_waiter_cancelled_as_it_is_granted_hands_the_slot_on() -> None:
 
 
 def test_the_default_floor_is_16_kib_per_second_over_30_seconds_after_30_seconds_grace() -> None:
-    assert ratefloor.DEFAULT == TransferFloor(16384, 30.0, 30.0)
+    assert TransferFloor(16384, 30.0, 30.0) == ratefloor.DEFAULT
     assert ratefloor.current() == ratefloor.DEFAULT
     assert "16 KiB/s over 30s" in ratefloor.DEFAULT.watch().explain()
 

@@ -29,10 +29,20 @@ class _Streamed(httpx.AsyncByteStream):
 @pytest.mark.anyio
 async def test_a_caller_header_with_a_line_break_fails_the_file_cleanly_and_sends_nothing() -> None:
     sent: list[httpx.Request] = []
-    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))) as http:
-        with pytest.raises(FetchError, match=r"header 'X-Token' of the request for file https://files.example/a.bin contains a line break"):
-            await stream_url(http, URLPolicy(allow=("files.example",)), file_ref("https://files.example/a.bin"), DiscardSink,
-                             headers={"X-Token": "abc\r\nX-Injected: 1"})
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))
+    ) as http:
+        with pytest.raises(
+            FetchError,
+            match=r"header 'X-Token' of the request for file https://files.example/a.bin contains a line break",
+        ):
+            await stream_url(
+                http,
+                URLPolicy(allow=("files.example",)),
+                file_ref("https://files.example/a.bin"),
+                DiscardSink,
+                headers={"X-Token": "abc\r\nX-Injected: 1"},
+            )
     assert sent == []
 
 
@@ -47,7 +57,12 @@ async def test_a_gzip_encoded_file_is_inflated_in_bounded_pieces_and_hashed_as_d
         return httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=_Streamed(encoded))
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-        size, digest = await stream_url(http, URLPolicy(allow=("files.example",)), file_ref("https://files.example/z"), DiscardSink,
-                                        on_bytes=pieces.append)
+        size, digest = await stream_url(
+            http,
+            URLPolicy(allow=("files.example",)),
+            file_ref("https://files.example/z"),
+            DiscardSink,
+            on_bytes=pieces.append,
+        )
     assert size == len(body) and max(pieces) <= 1 << 20
     assert digest == "sha256:2daeb1f36095b44b318410b3f4e8b5d989dcc7bb023d1426c492dab0a3053e74"

@@ -26,9 +26,20 @@ def digest_of(data: bytes) -> str:
 
 def image_manifest(config: bytes, layers: list[bytes], media_type: str = OCI_MANIFEST) -> bytes:
     def desc(data: bytes) -> dict[str, object]:
-        return {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest_of(data), "size": len(data)}
+        return {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest_of(data),
+            "size": len(data),
+        }
 
-    return json.dumps({"schemaVersion": 2, "mediaType": media_type, "config": desc(config), "layers": [desc(layer) for layer in layers]}).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": desc(config),
+            "layers": [desc(layer) for layer in layers],
+        }
+    ).encode()
 
 
 def put_blob(layout: OciLayout, data: bytes) -> str:
@@ -38,8 +49,16 @@ def put_blob(layout: OciLayout, data: bytes) -> str:
     return digest
 
 
-async def preheat(layout: OciLayout, repository: str, reference: str, layers: list[bytes], *, host: str = HOST,
-                  media_type: str = OCI_MANIFEST, config: bytes = b'{"architecture":"amd64"}') -> str:
+async def preheat(
+    layout: OciLayout,
+    repository: str,
+    reference: str,
+    layers: list[bytes],
+    *,
+    host: str = HOST,
+    media_type: str = OCI_MANIFEST,
+    config: bytes = b'{"architecture":"amd64"}',
+) -> str:
     """What the local adapter does for one image: reserve, blobs, manifest, index entry. Returns the manifest's digest."""
     raw = image_manifest(config, layers, media_type)
     blobs = [config, *layers]
@@ -60,7 +79,11 @@ def test_a_new_directory_becomes_an_empty_layout(tmp_path: Path) -> None:
     OciLayout(tmp_path, 1 << 30)
 
     assert json.loads((tmp_path / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
-    assert json.loads((tmp_path / "index.json").read_text()) == {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    assert json.loads((tmp_path / "index.json").read_text()) == {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [],
+    }
 
 
 def test_tags_and_digests_resolve_from_memory_and_survive_a_restart(tmp_path: Path) -> None:
@@ -69,7 +92,9 @@ def test_tags_and_digests_resolve_from_memory_and_survive_a_restart(tmp_path: Pa
 
     for reopened in (layout, OciLayout(tmp_path, 1 << 30)):
         found = reopened.resolve(HOST, "library/app", "1.0")
-        assert found is not None and (found.digest, found.mediaType) == (app, DOCKER_MANIFEST), "the origin's type, kept across a restart"
+        assert found is not None and (found.digest, found.mediaType) == (app, DOCKER_MANIFEST), (
+            "the origin's type, kept across a restart"
+        )
         assert reopened.resolve(None, "library/app", app) == found, "by digest, and the only origin is implied"
         assert reopened.resolve(HOST, "library/app", "2.0") is None
         assert reopened.resolve(HOST, "library/other", "1.0") is None
@@ -84,12 +109,26 @@ def test_tags_and_digests_resolve_from_memory_and_survive_a_restart(tmp_path: Pa
 def test_an_index_resolves_and_so_do_the_platform_manifests_preheated(tmp_path: Path) -> None:
     layout = OciLayout(tmp_path, 1 << 30)
     amd64, arm64 = image_manifest(b"cfg-amd64", [b"amd64"]), image_manifest(b"cfg-arm64", [b"arm64"])
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": digest_of(m), "size": len(m), "platform": {"os": "linux", "architecture": a}}
-        for m, a in ((amd64, "amd64"), (arm64, "arm64"))]}).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest_of(m),
+                    "size": len(m),
+                    "platform": {"os": "linux", "architecture": a},
+                }
+                for m, a in ((amd64, "amd64"), (arm64, "arm64"))
+            ],
+        }
+    ).encode()
 
     async def go() -> None:
-        async with layout.reserve(ref_name(HOST, "library/multi", "2.0"), {digest_of(b"cfg-amd64"): 9, digest_of(b"amd64"): 5}) as room:
+        async with layout.reserve(
+            ref_name(HOST, "library/multi", "2.0"), {digest_of(b"cfg-amd64"): 9, digest_of(b"amd64"): 5}
+        ) as room:
             put_blob(layout, b"cfg-amd64")
             put_blob(layout, b"amd64")
             await room.put_manifest(digest_of(index), index)
@@ -99,7 +138,9 @@ def test_an_index_resolves_and_so_do_the_platform_manifests_preheated(tmp_path: 
     asyncio.run(go())
 
     assert layout.resolve(HOST, "library/multi", "2.0") == Descriptor(digest_of(index), OCI_INDEX, len(index))
-    assert layout.resolve(HOST, "library/multi", digest_of(amd64)) == Descriptor(digest_of(amd64), OCI_MANIFEST, len(amd64))
+    assert layout.resolve(HOST, "library/multi", digest_of(amd64)) == Descriptor(
+        digest_of(amd64), OCI_MANIFEST, len(amd64)
+    )
     assert layout.resolve(HOST, "library/multi", digest_of(arm64)) is None, "a platform not preheated is not held"
     assert (tmp_path / "blobs" / "sha256" / digest_of(index)[7:]).read_bytes() == index, "stored byte for byte"
 
@@ -121,12 +162,16 @@ def test_many_jobs_recording_at_once_lose_nothing(tmp_path: Path) -> None:
     layout = OciLayout(tmp_path, 1 << 30)
 
     async def all_at_once() -> list[str]:
-        return await asyncio.gather(*(preheat(layout, "library/app", f"v{i}", [f"layer-{i}".encode(), b"shared"]) for i in range(30)))
+        return await asyncio.gather(
+            *(preheat(layout, "library/app", f"v{i}", [f"layer-{i}".encode(), b"shared"]) for i in range(30))
+        )
 
     digests = asyncio.run(all_at_once())
 
     recorded = index_json(tmp_path)
-    assert {name: entry["digest"] for name, entry in recorded.items()} == {f"{HOST}/library/app:v{i}": d for i, d in enumerate(digests)}
+    assert {name: entry["digest"] for name, entry in recorded.items()} == {
+        f"{HOST}/library/app:v{i}": d for i, d in enumerate(digests)
+    }
     assert OciLayout(tmp_path, 1 << 30).images().keys() == recorded.keys()
 
 
@@ -272,7 +317,10 @@ def test_files_count_towards_max_bytes_and_are_evicted_like_images(tmp_path: Pat
     assert not (tmp_path / "files" / "sha256" / "big").exists()
 
 
-@pytest.mark.parametrize(("text", "size"), [("10GiB", 10 << 30), ("500MB", 500_000_000), ("1.5 TiB", 3 << 39), ("4096", 4096), (123, 123), ("2k", 2000)])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10GiB", 10 << 30), ("500MB", 500_000_000), ("1.5 TiB", 3 << 39), ("4096", 4096), (123, 123), ("2k", 2000)],
+)
 def test_sizes_read_like_people_write_them(text: str | int, size: int) -> None:
     assert parse_size(text) == size
 

@@ -89,7 +89,9 @@ def test_the_json_snippets_are_dockers_daemon_json_and_a_containers_auth_file() 
     user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
     assert (user, secret) == ("nodes", "phg_..."), "base64 of user:token"
     [daemon] = [d for d in documents if "registry-mirrors" in d]
-    assert set(daemon) == {"registry-mirrors"} and all(m.startswith(("http://", "https://")) for m in daemon["registry-mirrors"])
+    assert set(daemon) == {"registry-mirrors"} and all(
+        m.startswith(("http://", "https://")) for m in daemon["registry-mirrors"]
+    )
 
 
 def test_the_helm_values_are_the_charts_and_match_its_example() -> None:
@@ -131,8 +133,13 @@ def test_the_daemonsets_script_writes_a_hosts_toml_readable_by_root_only(tmp_pat
         pytest.skip("no POSIX shell")
     [writer] = daemonset_objects()[1]["spec"]["template"]["spec"]["containers"]
     script = writer["args"][0].replace("/certs.d", str(tmp_path)).replace("exec sleep 2147483647", "exit 0")
-    result = subprocess.run([shell, "-c", script], env={"TOKEN": "phg_secret", "PATH": "/usr/bin:/bin"},
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [shell, "-c", script],
+        env={"TOKEN": "phg_secret", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     written = tmp_path / "harbor.example.com" / "hosts.toml"
     assert written.stat().st_mode & 0o777 == 0o600

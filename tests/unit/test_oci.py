@@ -39,20 +39,41 @@ from tests.fakes.raw_http import Handler, answering, read_head, serve
 
 def test_manifest_urls_split_into_registry_repository_and_reference() -> None:
     ref = parse_manifest_url("https://harbor.example.com/v2/library/alpine/manifests/3.19")
-    assert (ref.scheme, ref.host, ref.repository, ref.reference) == ("https", "harbor.example.com", "library/alpine", "3.19")
+    assert (ref.scheme, ref.host, ref.repository, ref.reference) == (
+        "https",
+        "harbor.example.com",
+        "library/alpine",
+        "3.19",
+    )
     assert ref.blob_url("sha256:" + "a" * 64) == f"https://harbor.example.com/v2/library/alpine/blobs/sha256:{'a' * 64}"
     prefixed = parse_manifest_url(f"http://gw:5000/mirror/v2/proj/app/manifests/sha256:{'b' * 64}")
     assert prefixed.prefix == "/mirror" and prefixed.name == f"proj/app@sha256:{'b' * 64}"
 
 
-@pytest.mark.parametrize("url", ["https://h/library/alpine:3.19", "https://h/v2/Library/x/manifests/1", "https://h/v2/a/manifests/", "file:///v2/a/manifests/b", "https://h/v2/a/blobs/sha256:aa"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://h/library/alpine:3.19",
+        "https://h/v2/Library/x/manifests/1",
+        "https://h/v2/a/manifests/",
+        "file:///v2/a/manifests/b",
+        "https://h/v2/a/blobs/sha256:aa",
+    ],
+)
 def test_anything_else_is_not_a_manifest_url(url: str) -> None:
     with pytest.raises(ValueError, match="not a manifest URL"):
         parse_manifest_url(url)
 
 
 def index(*platforms: dict[str, object]) -> Manifest:
-    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{"digest": f"sha256:{i:064x}", "platform": p, **({"annotations": p.pop("ann")} if "ann" in p else {})} for i, p in enumerate(platforms)]}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"digest": f"sha256:{i:064x}", "platform": p, **({"annotations": p.pop("ann")} if "ann" in p else {})}
+            for i, p in enumerate(platforms)
+        ],
+    }
     raw = msgspec.json.encode(doc)
     return Manifest(OCI_INDEX, "sha256:x", raw, msgspec.json.decode(raw, type=_ManifestDoc))
 
@@ -61,8 +82,12 @@ REF = ImageRef("https", "h", "app", "1")
 
 
 def test_a_platform_picks_one_entry_and_all_picks_every_runnable_one() -> None:
-    manifest = index({"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "arm64", "variant": "v8"},
-                     {"os": "unknown", "architecture": "unknown"}, {"os": "linux", "architecture": "amd64", "ann": {"vnd.docker.reference.type": "attestation-manifest"}})
+    manifest = index(
+        {"os": "linux", "architecture": "amd64"},
+        {"os": "linux", "architecture": "arm64", "variant": "v8"},
+        {"os": "unknown", "architecture": "unknown"},
+        {"os": "linux", "architecture": "amd64", "ann": {"vnd.docker.reference.type": "attestation-manifest"}},
+    )
     assert manifest.media_type in INDEX_TYPES
     assert [e.digest[-1] for e in select_platforms(manifest, "linux/arm64", REF)] == ["1"]
     assert [e.digest[-1] for e in select_platforms(manifest, "linux/arm64/v8", REF)] == ["1"]
@@ -70,7 +95,9 @@ def test_a_platform_picks_one_entry_and_all_picks_every_runnable_one() -> None:
 
 
 def test_a_missing_platform_says_which_ones_exist() -> None:
-    with pytest.raises(RegistryError, match=r"no matching manifest for platform linux/s390x in app:1 \(it has linux/amd64\)"):
+    with pytest.raises(
+        RegistryError, match=r"no matching manifest for platform linux/s390x in app:1 \(it has linux/amd64\)"
+    ):
         select_platforms(index({"os": "linux", "architecture": "amd64"}), "linux/s390x", REF)
 
 
@@ -84,7 +111,10 @@ BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 
 
 def blob_answer(body: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
 
 
 ORIGIN = parse_manifest_url("http://origin.example/v2/library/app/manifests/1.0")
@@ -95,7 +125,9 @@ async def fetch(base_url: str, verify: Verify, fingerprints: Fingerprints | None
         client = OciClient(http, URLPolicy(allow=("127.0.0.1",)), fingerprints=fingerprints)
         # One origin's blob read through the cache at ``base_url``, as the mirror adapter reads it.
         url = f"{base_url}/v2/library/app/blobs/{BLOB_DIGEST}"
-        return await client.fetch_blob(ORIGIN, Blob(BLOB_DIGEST, len(BLOB), ""), RegistryAuth(), DiscardSink, url=url, verify=verify)
+        return await client.fetch_blob(
+            ORIGIN, Blob(BLOB_DIGEST, len(BLOB), ""), RegistryAuth(), DiscardSink, url=url, verify=verify
+        )
 
 
 @pytest.mark.anyio
@@ -112,7 +144,6 @@ async def test_a_size_check_catches_a_blob_of_the_wrong_length() -> None:
     async with serve(answering(blob_answer(BLOB[:-1]))) as url:
         with pytest.raises(RegistryError, match=f"was {len(BLOB) - 1} bytes where the manifest says {len(BLOB)}"):
             await fetch(url, "size")
-
 
 
 CORRUPT = b"L" + BLOB[1:]
@@ -219,16 +250,38 @@ def test_the_caps_default_to_what_the_docs_say_and_the_config_keys_carry_them() 
     from gateway.config import RegistriesConfig
 
     assert ReadLimits() == ReadLimits(
-        manifest_bytes=4 << 20, error_body_bytes=64 << 10, token_bytes=64 << 10, blob_bytes=64 << 30, manifest_cache_bytes=32 << 20
+        manifest_bytes=4 << 20,
+        error_body_bytes=64 << 10,
+        token_bytes=64 << 10,
+        blob_bytes=64 << 30,
+        manifest_cache_bytes=32 << 20,
     )
     assert RegistriesConfig().limits() == ReadLimits()
-    tuned = RegistriesConfig(max_manifest_bytes=8192, max_blob_bytes=1 << 20, max_error_body_bytes=2048, max_token_bytes=4096, manifest_cache_bytes=0)
-    assert tuned.limits() == ReadLimits(manifest_bytes=8192, error_body_bytes=2048, token_bytes=4096, blob_bytes=1 << 20, manifest_cache_bytes=0)
+    tuned = RegistriesConfig(
+        max_manifest_bytes=8192,
+        max_blob_bytes=1 << 20,
+        max_error_body_bytes=2048,
+        max_token_bytes=4096,
+        manifest_cache_bytes=0,
+    )
+    assert tuned.limits() == ReadLimits(
+        manifest_bytes=8192, error_body_bytes=2048, token_bytes=4096, blob_bytes=1 << 20, manifest_cache_bytes=0
+    )
     with pytest.raises(ValueError, match="max_token_bytes: must be at least 1024"):
         RegistriesConfig(max_token_bytes=10)
 
 
-@pytest.mark.parametrize("text", [f"sha256:{'a' * 64}\n", f"sha256:{'a' * 64}\r\n", f" sha256:{'a' * 64}", "sha256:" + "A" * 64, "../../../../api/v2.0/users?x=", "latest"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"sha256:{'a' * 64}\n",
+        f"sha256:{'a' * 64}\r\n",
+        f" sha256:{'a' * 64}",
+        "sha256:" + "A" * 64,
+        "../../../../api/v2.0/users?x=",
+        "latest",
+    ],
+)
 def test_only_a_whole_sha256_digest_is_a_digest(text: str) -> None:
     assert not DIGEST_RE.match(text)
     assert DIGEST_RE.match(f"sha256:{'a' * 64}")
@@ -274,9 +327,14 @@ async def test_an_https_registry_redirecting_to_http_on_its_own_host_and_port_ge
 
     async with mock_client(answer, seen) as http:
         policy = URLPolicy(allow=("registry.example",))
-        response = await get_following_redirects(http, policy, "https://registry.example:8443/v2/a/blobs/x", {}, {"Authorization": "Bearer harbor-token"})
+        response = await get_following_redirects(
+            http, policy, "https://registry.example:8443/v2/a/blobs/x", {}, {"Authorization": "Bearer harbor-token"}
+        )
         await response.aclose()
-    assert seen == [("https://registry.example:8443/v2/a/blobs/x", "Bearer harbor-token"), ("http://registry.example:8443/blob", None)]
+    assert seen == [
+        ("https://registry.example:8443/v2/a/blobs/x", "Bearer harbor-token"),
+        ("http://registry.example:8443/blob", None),
+    ]
 
 
 def challenging(realm: str) -> Callable[[httpx.Request], httpx.Response]:
@@ -297,7 +355,10 @@ async def test_an_https_registry_credentials_never_go_to_a_plain_http_token_serv
     async with mock_client(challenging("http://auth.example/token"), seen) as http:
         client = OciClient(http, URLPolicy(allow=("registry.example", "auth.example")))
         ref = parse_manifest_url("https://registry.example/v2/library/app/manifests/1.0")
-        with pytest.raises(RegistryError, match=r"token service http://auth.example/token is plain http: the gateway does not send registry.example's credentials there in clear"):
+        with pytest.raises(
+            RegistryError,
+            match=r"token service http://auth.example/token is plain http: the gateway does not send registry.example's credentials there in clear",
+        ):
             await client.get_manifest(ref, RegistryAuth(credentials=ROBOT))
     assert [url for url, _ in seen] == ["https://registry.example/v2/library/app/manifests/1.0"]
 
@@ -311,7 +372,10 @@ async def test_with_an_allowlist_a_token_service_must_be_on_it_and_the_error_say
         with pytest.raises(RegistryError) as refused:
             await client.get_manifest(ref, RegistryAuth(credentials=ROBOT))
     message = str(refused.value)
-    assert "host auth.elsewhere.example:443, the token service registry.example names, is not allowed: add it to registries.allow" in message
+    assert (
+        "host auth.elsewhere.example:443, the token service registry.example names, is not allowed: add it to registries.allow"
+        in message
+    )
     assert "redirect" not in message
     assert len(seen) == 1
 
@@ -327,13 +391,16 @@ async def test_challenges_are_kept_per_origin_that_issued_them() -> None:
     assert list(client._challenges) == ["https://registry.example:443"]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    (b'{"token": "a b"}', "not a single word of printable ASCII"),
-    (b'{"token": "abc\\r\\nX-Injected: 1"}', "not a single word of printable ASCII"),
-    (b'{"token": {"nested": 1}}', "not a single word of printable ASCII"),
-    (b'{"access_token": ""}', "answered without a token"),
-    (b"[" * 100_000, "answered without a token"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"token": "a b"}', "not a single word of printable ASCII"),
+        (b'{"token": "abc\\r\\nX-Injected: 1"}', "not a single word of printable ASCII"),
+        (b'{"token": {"nested": 1}}', "not a single word of printable ASCII"),
+        (b'{"access_token": ""}', "answered without a token"),
+        (b"[" * 100_000, "answered without a token"),
+    ],
+)
 def test_a_token_answer_must_hold_one_header_safe_token(body: bytes, message: str) -> None:
     with pytest.raises(RegistryError, match=message):
         _parse_token(body, REF)
@@ -347,23 +414,37 @@ def test_a_token_is_reused_no_longer_than_an_hour_whatever_it_claims() -> None:
 
 def manifest_bytes(pad: int) -> bytes:
     config = b"{}"
-    return msgspec.json.encode({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": 2},
-        "layers": [], "annotations": {"pad": "p" * pad},
-    })
+    return msgspec.json.encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                "size": 2,
+            },
+            "layers": [],
+            "annotations": {"pad": "p" * pad},
+        }
+    )
 
 
 @pytest.mark.anyio
 async def test_the_by_digest_manifest_cache_is_bounded_by_bytes_not_entries() -> None:
-    bodies = {("sha256:" + hashlib.sha256(raw).hexdigest()): raw for raw in (manifest_bytes(100_000 + i) for i in range(40))}
+    bodies = {
+        ("sha256:" + hashlib.sha256(raw).hexdigest()): raw for raw in (manifest_bytes(100_000 + i) for i in range(40))
+    }
     seen: Seen = []
 
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=bodies[request.url.path.rsplit("/", 1)[1]], headers={"Content-Type": OCI_MANIFEST})
+        return httpx.Response(
+            200, content=bodies[request.url.path.rsplit("/", 1)[1]], headers={"Content-Type": OCI_MANIFEST}
+        )
 
     async with mock_client(answer, seen) as http:
-        client = OciClient(http, URLPolicy(allow=("registry.example",)), limits=ReadLimits(manifest_cache_bytes=1 << 20))
+        client = OciClient(
+            http, URLPolicy(allow=("registry.example",)), limits=ReadLimits(manifest_cache_bytes=1 << 20)
+        )
         ref = parse_manifest_url("https://registry.example/v2/library/app/manifests/1.0")
         for digest in bodies:
             assert (await client.get_manifest(ref, RegistryAuth(), digest)).digest == digest
@@ -371,7 +452,9 @@ async def test_the_by_digest_manifest_cache_is_bounded_by_bytes_not_entries() ->
         assert 5 <= len(client._manifests) <= 10
         last = list(bodies)[-1]
         cached = await client.get_manifest(ref, RegistryAuth(), last)
-        assert cached.raw == bodies[last] and cached.doc.config is not None and len(seen) == 40, "a hit is served from memory"
+        assert cached.raw == bodies[last] and cached.doc.config is not None and len(seen) == 40, (
+            "a hit is served from memory"
+        )
 
 
 @pytest.mark.anyio

@@ -120,8 +120,16 @@ async def plain(_request: Request) -> Response:
 async def served(tls: tuple[Path, Path] | None = None) -> AsyncIterator[int]:
     app = Starlette(routes=[Route("/plain", plain), Route("/slow", slow_stream)])
     certfile, keyfile = tls or (None, None)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, http=OneSendHttpProtocol, log_config=None, lifespan="off",
-                            ssl_certfile=certfile, ssl_keyfile=keyfile)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http=OneSendHttpProtocol,
+        log_config=None,
+        lifespan="off",
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -160,7 +168,11 @@ async def test_over_tls_too(tmp_path: Path) -> None:
     identity = _SigningIdentity.generate("127.0.0.1")
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
     certfile.write_bytes(identity.certificate_pem)
-    keyfile.write_bytes(identity.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    keyfile.write_bytes(
+        identity.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     trusting = ssl.create_default_context(cafile=str(certfile))
     trusting.check_hostname = False  # the certificate names no address; trusting it is the point
     async with served((certfile, keyfile)) as port:

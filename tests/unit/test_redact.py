@@ -39,7 +39,10 @@ def test_clip_replaces_controls_and_marks_the_cut() -> None:
 
 def test_scrub_hides_the_user_info_of_a_jobs_own_urls_in_old_texts() -> None:
     secrets = userinfo_of(["http://robot:s3cret-pw@h:5/v2/a/manifests/1"])
-    assert scrub("manifest robot:s3cret-pw@h:5/a:1 not found; http://x:y@z/ too", secrets) == "manifest h:5/a:1 not found; http://z/ too"
+    assert (
+        scrub("manifest robot:s3cret-pw@h:5/a:1 not found; http://x:y@z/ too", secrets)
+        == "manifest h:5/a:1 not found; http://z/ too"
+    )
 
 
 def test_a_stored_row_is_bounded_in_every_field() -> None:

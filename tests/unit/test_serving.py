@@ -56,7 +56,9 @@ async def _b(_request: Request) -> Response:
 
 
 def test_routes_sharing_a_path_become_one_that_allows_all_their_methods() -> None:
-    merged = merge_by_path([Route("/x", _a, methods=["GET"]), Route("/y", _a, methods=["GET"]), Route("/x", _b, methods=["PATCH"])])
+    merged = merge_by_path(
+        [Route("/x", _a, methods=["GET"]), Route("/y", _a, methods=["GET"]), Route("/x", _b, methods=["PATCH"])]
+    )
     assert [route.path for route in merged] == ["/x", "/y"]  # type: ignore[attr-defined]
     assert merged[0].methods == {"GET", "HEAD", "PATCH"}  # type: ignore[attr-defined]
     assert merged[1].endpoint is _a  # type: ignore[attr-defined]  # a lone route is kept as it was
@@ -109,8 +111,16 @@ async def echo(request: Request) -> Response:
 @asynccontextmanager
 async def served(limits: Limits) -> AsyncIterator[int]:
     app = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"])])
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, http=protocol_class(limits), ws="none", log_config=None,
-                            lifespan="off", limit_concurrency=None)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http=protocol_class(limits),
+        ws="none",
+        log_config=None,
+        lifespan="off",
+        limit_concurrency=None,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -124,7 +134,9 @@ async def served(limits: Limits) -> AsyncIterator[int]:
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     return head, await reader.readexactly(length)
 
 

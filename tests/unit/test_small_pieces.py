@@ -18,7 +18,9 @@ from gateway.jobs import InvalidRequest
 from gateway.logs import RedactingFilter, redact
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90d", 7776000), ("30m", 1800), ("15s", 15), ("500ms", 0.5), (12, 12.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90d", 7776000), ("30m", 1800), ("15s", 15), ("500ms", 0.5), (12, 12.0)]
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -74,10 +76,16 @@ def test_a_failed_warm_is_not_remembered() -> None:
     assert asyncio.run(scenario()) == 2
 
 
-@pytest.mark.parametrize("secret_text", [
-    "Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.payload.sig", "token phg_AbCdEf0123456789", "password=hunter2",
-    "https://robot:s3cr3t@harbor.example.com/v2/", "Basic dXNlcjpwYXNz",
-])
+@pytest.mark.parametrize(
+    "secret_text",
+    [
+        "Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.payload.sig",
+        "token phg_AbCdEf0123456789",
+        "password=hunter2",
+        "https://robot:s3cr3t@harbor.example.com/v2/",
+        "Basic dXNlcjpwYXNz",
+    ],
+)
 def test_log_redaction_hides_secrets(secret_text: str) -> None:
     record = logging.makeLogRecord({"msg": "failed with %s", "args": (secret_text,)})
     RedactingFilter().filter(record)
@@ -92,22 +100,28 @@ def test_json_depth_ignores_brackets_inside_strings() -> None:
 
 
 def test_harbors_exact_create_body_parses_with_its_nulls_and_zeros() -> None:
-    body = (b'{"type":"preheat","args":{"type":"image","url":"https://h/v2/library/alpine/manifests/3.19","tag":"",'
-            b'"filtered_query_params":"","headers":{"Authorization":"Bearer x"},"scope":"","concurrent_count":0,"timeout":0},'
-            b'"scheduler_cluster_ids":null}')
+    body = (
+        b'{"type":"preheat","args":{"type":"image","url":"https://h/v2/library/alpine/manifests/3.19","tag":"",'
+        b'"filtered_query_params":"","headers":{"Authorization":"Bearer x"},"scope":"","concurrent_count":0,"timeout":0},'
+        b'"scheduler_cluster_ids":null}'
+    )
     spec = parse_create(body)
     assert spec.urls == ["https://h/v2/library/alpine/manifests/3.19"] and spec.cluster_ids is None
     assert spec.headers == {"Authorization": "Bearer x"} and spec.timeout_seconds == 0 and spec.scope == ""
 
 
 def test_scripts_camel_case_and_nanosecond_timeouts_parse_too() -> None:
-    spec = parse_create(b'{"type":"preheat","args":{"type":"file","url":"https://e/f","filteredQueryParams":"Expires&Signature","timeout":90000000000,"platform":"linux/arm64"}}')
+    spec = parse_create(
+        b'{"type":"preheat","args":{"type":"file","url":"https://e/f","filteredQueryParams":"Expires&Signature","timeout":90000000000,"platform":"linux/arm64"}}'
+    )
     assert spec.type == "file" and spec.filtered_query_params == ["Expires", "Signature"]
     assert spec.timeout_seconds == 90 and spec.platform == "linux/arm64"
 
 
 def test_public_args_never_carry_secrets() -> None:
-    spec = parse_create(b'{"type":"preheat","args":{"url":"https://h/v2/a/manifests/b","headers":{"Authorization":"Bearer t"},"username":"u","password":"p"}}')
+    spec = parse_create(
+        b'{"type":"preheat","args":{"url":"https://h/v2/a/manifests/b","headers":{"Authorization":"Bearer t"},"username":"u","password":"p"}}'
+    )
     public = spec.public()
     assert public["headers"] == {} and public["password"] == "" and public["username"] == "u"
 

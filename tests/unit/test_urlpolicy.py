@@ -13,23 +13,45 @@ def check(policy: URLPolicy, url: str, *, redirect: bool = False) -> None:
     asyncio.run(policy.check_redirect(url) if redirect else policy.check(url))
 
 
-@pytest.mark.parametrize("url", ["https://harbor.example.com/v2/a/manifests/b", "http://harbor.example.com:80/x", "https://reg.corp.example.com/x", "http://10.1.2.3:5000/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://harbor.example.com/v2/a/manifests/b",
+        "http://harbor.example.com:80/x",
+        "https://reg.corp.example.com/x",
+        "http://10.1.2.3:5000/x",
+    ],
+)
 def test_allowlisted_hosts_pass(url: str) -> None:
     check(URLPolicy(("harbor.example.com", "*.corp.example.com", "10.0.0.0/8")), url)
 
 
-@pytest.mark.parametrize(("url", "words"), [
-    ("https://evil.example.com/x", "add it to registries.allow"),
-    ("https://corp.example.com/x", "not allowed"),  # *.suffix matches subdomains only
-    ("ftp://harbor.example.com/x", r"not an http\(s\) URL"),
-    ("https://harbor.example.com:8443/x", "not allowed"),
-])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("https://evil.example.com/x", "add it to registries.allow"),
+        ("https://corp.example.com/x", "not allowed"),  # *.suffix matches subdomains only
+        ("ftp://harbor.example.com/x", r"not an http\(s\) URL"),
+        ("https://harbor.example.com:8443/x", "not allowed"),
+    ],
+)
 def test_other_hosts_are_refused_naming_the_config_key(url: str, words: str) -> None:
     with pytest.raises(RefusedURL, match=words):
         check(URLPolicy(("harbor.example.com:443", "*.corp.example.com")), url)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1/x", "http://localhost:5000/x", "http://169.254.169.254/latest", "http://[::1]/x", "http://10.0.0.1/x", "http://100.100.100.200/x", "http://0.0.0.0/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x",
+        "http://localhost:5000/x",
+        "http://169.254.169.254/latest",
+        "http://[::1]/x",
+        "http://10.0.0.1/x",
+        "http://100.100.100.200/x",
+        "http://0.0.0.0/x",
+    ],
+)
 def test_without_an_allowlist_non_public_addresses_are_refused_after_dns(url: str) -> None:
     with pytest.raises(RefusedURL, match="non-public address"):
         check(URLPolicy(), url)

@@ -64,19 +64,25 @@ def build_image(repository: str, tag: str) -> tuple[bytes, list[bytes]]:
     """(manifest, blobs): a config and two layers, one text file and 2 MiB of noise."""
     hello = f"{repository}:{tag}, preheated by harbor-preheat-gateway\n".encode()
     layers = [layer({"hello.txt": hello}), layer({"data.bin": random.Random(8).randbytes(2 << 20)})]
-    config = json.dumps({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
-        "history": [{"created_by": "deploy/compose/demo/run_demo.py"} for _ in layers],
-    }, sort_keys=True).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": DOCKER_CONFIG, "size": len(config), "digest": digest(config)},
-        "layers": [{"mediaType": DOCKER_LAYER, "size": len(blob), "digest": digest(blob)} for blob, _ in layers],
-    }, indent=3).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
+            "history": [{"created_by": "deploy/compose/demo/run_demo.py"} for _ in layers],
+        },
+        sort_keys=True,
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": len(config), "digest": digest(config)},
+            "layers": [{"mediaType": DOCKER_LAYER, "size": len(blob), "digest": digest(blob)} for blob, _ in layers],
+        },
+        indent=3,
+    ).encode()
     return manifest, [config, *(blob for blob, _ in layers)]
 
 
@@ -104,12 +110,16 @@ def push(client: httpx.Client, origin: str, repository: str, tag: str) -> str:
         started = client.post(f"{origin}/v2/{repository}/blobs/uploads/", headers=auth)
         started.raise_for_status()
         upload = httpx.URL(origin).join(started.headers["Location"]).copy_merge_params({"digest": blob_digest})
-        client.put(upload, content=blob, headers={**auth, "Content-Type": "application/octet-stream"}).raise_for_status()
+        client.put(
+            upload, content=blob, headers={**auth, "Content-Type": "application/octet-stream"}
+        ).raise_for_status()
     response = client.put(
         f"{origin}/v2/{repository}/manifests/{tag}", content=manifest, headers={**auth, "Content-Type": DOCKER_MANIFEST}
     )
     response.raise_for_status()
-    say(f"pushed {repository}:{tag} ({len(blobs) - 1} layers, {sum(map(len, blobs))} bytes) to {origin}, {digest(manifest)}")
+    say(
+        f"pushed {repository}:{tag} ({len(blobs) - 1} layers, {sum(map(len, blobs))} bytes) to {origin}, {digest(manifest)}"
+    )
     return digest(manifest)
 
 
@@ -149,16 +159,23 @@ def main() -> int:
     with httpx.Client(timeout=30, trust_env=False) as client:
         push(client, origin, repository, tag)
         # What Harbor core hands a preheat provider: a short-lived pull token for one repository.
-        pull = registry_token(client, origin, "robot$preheat", secret("robot-password"), f"repository:{repository}:pull")
+        pull = registry_token(
+            client, origin, "robot$preheat", secret("robot-password"), f"repository:{repository}:pull"
+        )
         wait_until_ready(client, gateway, deadline)
         api = {"Authorization": f"Bearer {secret('gateway-token')}"}
         url = f"{origin}/v2/{repository}/manifests/{tag}"
         body = {
             "type": "preheat",
             "args": {
-                "type": "image", "url": url, "tag": "", "filtered_query_params": "",
-                "headers": {"Authorization": f"Bearer {pull}"}, "scope": scope,
-                "concurrent_count": 0, "timeout": 0,
+                "type": "image",
+                "url": url,
+                "tag": "",
+                "filtered_query_params": "",
+                "headers": {"Authorization": f"Bearer {pull}"},
+                "scope": scope,
+                "concurrent_count": 0,
+                "timeout": 0,
             },
             "scheduler_cluster_ids": clusters,
         }
@@ -180,7 +197,9 @@ def main() -> int:
 
     for state in job["result"]["job_states"]:
         for result in state["results"]:
-            say(f"cluster {result['scheduler_cluster_id']} {state['state']}{': ' + state['error'] if state['error'] else ''}")
+            say(
+                f"cluster {result['scheduler_cluster_id']} {state['state']}{': ' + state['error'] if state['error'] else ''}"
+            )
             for row in result["success_tasks"] or []:
                 say(f"  warmed {row['url'].rsplit('/', 1)[-1][:19]}... on {row['hostname']}")
             for row in result["failure_tasks"] or []:

@@ -60,7 +60,7 @@ def write_secret(path: Path, data: bytes, owner: tuple[int, int] | None, mode: i
 def signing_identity() -> tuple[bytes, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -72,7 +72,9 @@ def signing_identity() -> tuple[bytes, bytes]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
 
 
@@ -82,7 +84,10 @@ def create_gateway_token(config: str, owner: tuple[int, int] | None) -> bytes:
     extra = {"user": owner[0], "group": owner[1], "extra_groups": []} if owner else {}
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "token", "create", "--config", config, "--name", name],
-        capture_output=True, text=True, timeout=60, **extra,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **extra,
     )
     if result.returncode != 0:
         sys.exit(f"setup: preheat-gateway token create failed ({result.returncode}):\n{result.stdout}{result.stderr}")

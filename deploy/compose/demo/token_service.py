@@ -70,8 +70,10 @@ class Signer:
         }
 
     def sign(self, claims: dict[str, object]) -> str:
-        signing_input = b64url(json.dumps(self.header, separators=(",", ":")).encode()) + "." + b64url(
-            json.dumps(claims, separators=(",", ":")).encode()
+        signing_input = (
+            b64url(json.dumps(self.header, separators=(",", ":")).encode())
+            + "."
+            + b64url(json.dumps(claims, separators=(",", ":")).encode())
         )
         signature = self.key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg,arg-type]
         return signing_input + "." + b64url(signature)
@@ -94,7 +96,11 @@ class TokenService:
         except ValueError:
             raise PermissionError("malformed Basic credentials") from None
         expected = self.passwords.get(account)
-        if scheme.lower() != "basic" or expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
+        if (
+            scheme.lower() != "basic"
+            or expected is None
+            or not hmac.compare_digest(expected.encode(), password.encode())
+        ):
             raise PermissionError(f"wrong account or password for {account!r}")
         return account
 
@@ -109,8 +115,14 @@ class TokenService:
                 access.append({"type": resource_type, "name": name, "actions": granted})
         now = int(time.time())
         claims = {
-            "iss": ISSUER, "sub": account or "", "aud": service or SERVICE, "exp": now + EXPIRES_IN,
-            "nbf": now - 5, "iat": now, "jti": secrets.token_urlsafe(16), "access": access,
+            "iss": ISSUER,
+            "sub": account or "",
+            "aud": service or SERVICE,
+            "exp": now + EXPIRES_IN,
+            "nbf": now - 5,
+            "iat": now,
+            "jti": secrets.token_urlsafe(16),
+            "access": access,
         }
         token = self.signer.sign(claims)
         issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
@@ -121,7 +133,7 @@ def handler(service: TokenService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             parts = urlsplit(self.path)
             if parts.path == "/healthz":
                 self.send(200, {"status": "ok"})
@@ -150,7 +162,7 @@ def handler(service: TokenService) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             print(f"token-service: {format % args}", file=sys.stderr, flush=True)
 
     return Handler

@@ -9,6 +9,7 @@ on every pull: no restart is needed. A values change rolls the DaemonSet, which 
     python write_hosts.py CONFIG_DIR HOSTS_DIR [--once]
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -38,10 +39,8 @@ def write(config_dir: Path, hosts_dir: Path) -> list[str]:
         if directory.name not in wanted and (directory / MARKER).is_file():
             (directory / "hosts.toml").unlink(missing_ok=True)
             (directory / MARKER).unlink()
-            try:
+            with contextlib.suppress(OSError):  # something else lives there too: leave it
                 directory.rmdir()
-            except OSError:
-                pass  # something else lives there too: leave it
             print(f"write_hosts: removed {directory / 'hosts.toml'}", flush=True)
     return sorted(wanted)
 
