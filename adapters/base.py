@@ -12,31 +12,26 @@ This module must never import ``gateway``: third-party adapters depend on it alo
 from __future__ import annotations
 
 import abc
-import asyncio
-import hashlib
-import hmac
-import secrets
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
 
-import cachetools
 import httpx
 import msgspec
 
-from adapters import ratefloor
-from adapters.ratefloor import TransferFloor
-from adapters.urlpolicy import URLPolicy
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the services an AdapterContext lends; their modules build on this one
+    from adapters.dedupe import Deduper
     from adapters.oci import OciClient
+    from adapters.urlpolicy import URLPolicy
 
 Scope = Literal["single_seed_peer", "all_seed_peers", "all_peers"]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 PreheatType = Literal["image", "file"]
 DEFAULT_SCOPE: Scope = "single_seed_peer"
 DEFAULT_PLATFORM = "linux/amd64"
-T = TypeVar("T")
+OPTIONAL_ARGUMENTS = frozenset({"ips", "count", "percentage", "certificate_chain", "insecure_skip_verify"})
+"""Dragonfly's preheat arguments that mean something only to some adapters (see :attr:`Adapter.understands`)."""
 
 
 class PreheatError(Exception):
@@ -54,6 +49,32 @@ class Credentials(msgspec.Struct, frozen=True):
 
     def __repr__(self) -> str:  # keeps the password out of tracebacks and debug logs
         return f"Credentials(username={self.username!r}, password=<redacted>)"
+
+
+class EndpointChoice(msgspec.Struct, frozen=True, kw_only=True):
+    """Which of a cluster's endpoints an ``all_*`` preheat warms: Dragonfly's ``ips``, ``count``, ``percentage``.
+
+    At most one is set (the gateway refuses a mix); none means every endpoint.
+    """
+
+    ips: tuple[str, ...] = ()
+    """Endpoints by address: an IP an endpoint resolves to, or its host name."""
+    count: int | None = None
+    """The first ``count`` endpoints in configured order (all of them when there are fewer)."""
+    percentage: int | None = None
+    """That share of the endpoints, rounded up, in configured order."""
+
+    def __bool__(self) -> bool:
+        return bool(self.ips) or self.count is not None or self.percentage is not None
+
+
+class OriginTLS(msgspec.Struct, frozen=True, kw_only=True):
+    """How one job verifies its origin's TLS: Dragonfly's ``certificate_chain`` and ``insecure_skip_verify``."""
+
+    certificate_chain: tuple[str, ...] = ()
+    """PEM certificates trusted for the origin instead of the system's, for this job."""
+    insecure_skip_verify: bool = False
+    """Do not verify the origin's certificate at all, for this job."""
 
 
 class PreheatRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,7 +95,14 @@ class PreheatRequest(msgspec.Struct, frozen=True, kw_only=True):
     application: str = ""
     filtered_query_params: tuple[str, ...] = ()
     concurrency: int = 8
-    """Blobs in flight per endpoint."""
+    """Blobs in flight per endpoint (Dragonfly's ``concurrent_task_count``)."""
+    endpoints_at_once: int = 500
+    """Endpoints warmed at the same time (Dragonfly's ``concurrent_peer_count``)."""
+    choice: EndpointChoice = EndpointChoice()
+    """Which endpoints an ``all_*`` scope warms; only adapters naming ``ips``/``count``/``percentage``
+    in :attr:`Adapter.understands` ever receive one set."""
+    origin_tls: OriginTLS | None = None
+    """This job's TLS to its origin (registry or file server); ``None``: the gateway's own (``registries.tls``)."""
     piece_length: int | None = None
     timeout_seconds: float = 1800.0
     extra: dict[str, Any] = {}
@@ -138,11 +166,15 @@ class AdapterContext:
     policy: URLPolicy
     """Which hosts may be fetched from; adapters check redirects and endpoints through it."""
     dedupe: Deduper
+    """Single flight for warms, shared by every cluster (:mod:`adapters.dedupe`)."""
     credentials_for: Callable[[str], Credentials | None]
     """Configured credentials (``registries.credentials``) for a ``host[:port]``."""
     hostname: str
     ip: str
     user_agent: str = "harbor-preheat-gateway"
+    tls_by_host: Mapping[str, ssl.SSLContext] = field(default_factory=dict)
+    """``registries.tls`` as contexts by ``host[:port]``: ``http`` uses them already; an adapter that makes
+    its own clients to reach origins (``proxy``) passes them on as its clients' ``tls_by_host``."""
 
 
 class Adapter(abc.ABC):
@@ -161,6 +193,9 @@ class Adapter(abc.ABC):
         "use a local, proxy or dragonfly cluster for those, naming it in scheduler_cluster_ids"
     )
     """What to tell a user whose job targets this adapter with a type it does not support."""
+    understands: ClassVar[frozenset[str]] = frozenset()
+    """Which of Dragonfly's optional arguments (:data:`OPTIONAL_ARGUMENTS`) this adapter gives a meaning to;
+    the gateway refuses a job that sends another one to it (422), rather than ignore it."""
 
     def __init__(self, cluster: ClusterInfo, options: Any, context: AdapterContext) -> None:
         self.cluster = cluster
@@ -180,146 +215,3 @@ class Adapter(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional: most adapters hold nothing of their own
         """Release what the adapter holds (clients, pools)."""
-
-
-class _LeaderGone(PreheatError):
-    """The caller a fetch was shared with went away (its job was deleted or timed out)."""
-
-
-class Deduper:
-    """Single flight and a recent-window for warming one item on one target, from one source.
-
-    ``key`` names a warm: the target (a cache, an endpoint), the SOURCE it reads from (origin
-    ``scheme://host:port`` and repository, or a file's identity) and the item (a digest), so
-    callers of different registries never share a fetch. ``authority`` names who the fetch is
-    made as (:meth:`authority`: a keyed hash of the credentials, never the secret itself):
-
-    - same key, same authority: the caller joins the fetch in flight and shares its outcome;
-    - same key, another authority: the caller waits for that fetch and uses its bytes if they
-      arrived, but a failure there is not its own (someone else's token may have been refused):
-      it then fetches for itself;
-    - a caller whose leader was cancelled (its job deleted) fetches for itself too.
-
-    A key warmed within ``window`` seconds is not fetched again. Failures are not remembered,
-    so the next caller retries. Every fetch runs under ``floor`` (:mod:`adapters.ratefloor`).
-    """
-
-    def __init__(self, window: float = 600.0, maxsize: int = 200_000, *, floor: TransferFloor | None = None) -> None:
-        self._recent: cachetools.TTLCache[tuple[str, ...], int] = (
-            cachetools.TTLCache(maxsize=maxsize, ttl=window) if window > 0 else cachetools.TTLCache(maxsize=1, ttl=1e-9)
-        )
-        self._inflight: dict[tuple[str, ...], dict[str, asyncio.Future[int]]] = {}
-        self._secret = secrets.token_bytes(32)  # this process only: authorities cannot be compared elsewhere
-        self.floor = floor
-        self.fetches = 0
-        self.joined = 0
-        self.reused = 0
-        self.refetched = 0
-        """Callers that fetched for themselves after the fetch they waited on failed."""
-
-    def authority(self, *secrets_: str | None) -> str:
-        """Who a fetch is made as (an Authorization header, a username and password, ...), as a
-        keyed hash: equal for equal inputs within this process, and no secret can be read back."""
-        mac = hmac.new(self._secret, digestmod=hashlib.sha256)
-        for part in secrets_:
-            data = b"" if part is None else part.encode("utf-8", "surrogatepass")
-            mac.update(b"\0" if part is None else len(data).to_bytes(8, "big") + data)
-        return mac.hexdigest()[:32]
-
-    def authority_of(self, header: str | None = None, credentials: Credentials | None = None) -> str:
-        """:meth:`authority` of a caller's ``Authorization`` header and registry credentials."""
-        return self.authority(
-            header, credentials.username if credentials else None, credentials.password if credentials else None
-        )
-
-    def authority_of_headers(self, headers: dict[str, str]) -> str:
-        """:meth:`authority` of the headers a file is fetched with (tokens, cookies), in any order or case."""
-        return self.authority(*sorted(f"{name.lower()}:{value}" for name, value in headers.items()))
-
-    def forget(self, key: tuple[str, ...]) -> None:
-        self._recent.pop(key, None)
-
-    async def run(self, key: tuple[str, ...], warm: Callable[[], Awaitable[int]], *, authority: str = "") -> int:
-        """Warm ``key`` with ``warm()`` (returning bytes read) unless done or in flight; see the class docstring."""
-        for attempt in range(3):
-            size = self._recent.get(key)
-            if size is not None:
-                self.reused += 1
-                return size
-            flights = self._inflight.get(key) or {}
-            shared = flights.get(authority)
-            same_authority = shared is not None
-            if shared is None and flights and attempt == 0:
-                shared = next(iter(flights.values()))
-            if shared is None:
-                break
-            self.joined += 1
-            try:
-                return await asyncio.shield(shared)
-            except _LeaderGone:
-                pass
-            except Exception:
-                if same_authority:
-                    raise  # the same source, as the same caller: the same failure
-            self.refetched += 1
-        return await self._lead(key, authority, warm)
-
-    async def _lead(self, key: tuple[str, ...], authority: str, warm: Callable[[], Awaitable[int]]) -> int:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._inflight.setdefault(key, {})[authority] = future
-        try:
-            self.fetches += 1
-            with ratefloor.using(self.floor):
-                size = await warm()
-        except BaseException as error:
-            if not future.done():
-                # A cancelled leader hands on a failure its joiners fetch past.
-                future.set_exception(
-                    _LeaderGone("the fetch was shared with a job that went away; retry")
-                    if isinstance(error, asyncio.CancelledError)
-                    else error
-                )
-                future.exception()  # mark retrieved: joiners may not exist
-            raise
-        else:
-            self._recent[key] = size
-            future.set_result(size)
-            return size
-        finally:
-            flights = self._inflight.get(key)
-            if flights is not None and flights.get(authority) is future:
-                del flights[authority]
-                if not flights:
-                    del self._inflight[key]
-
-
-class Throttle:
-    """A token bucket shared by every transfer of one cluster: a bandwidth cap for WAN links."""
-
-    def __init__(self, bytes_per_second: float) -> None:
-        self.rate = bytes_per_second
-        self._allowance = bytes_per_second
-        self._last = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def consume(self, nbytes: int) -> None:
-        """Wait until ``nbytes`` more may pass (callers take turns, so the cap is shared fairly)."""
-        async with self._lock:
-            now = time.monotonic()
-            self._allowance = min(self.rate, self._allowance + (now - self._last) * self.rate) - nbytes
-            self._last = now
-            if self._allowance < 0:
-                await asyncio.sleep(-self._allowance / self.rate)
-
-
-async def bounded_gather(limit: int, jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run ``jobs`` with at most ``limit`` in flight; cancel the rest if one raises."""
-    semaphore = asyncio.Semaphore(max(1, limit))
-
-    async def one(job: Callable[[], Awaitable[T]]) -> T:
-        async with semaphore:
-            return await job()
-
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(job)) for job in jobs]
-    return [task.result() for task in tasks]

@@ -11,7 +11,8 @@ pieces of at most :data:`DECODED_PIECE` bytes, so a cap holds however the body i
   answer) and never fails on size;
 - :func:`decoded_view` hands a streaming reader (a blob, a file) the same bounded decoding;
 - :func:`quote` cuts any text a server wrote to a few hundred characters, marked as cut,
-  without control characters, before it goes into a message, a row or a log.
+  without control characters, before it goes into a message, a row or a log
+  (:func:`body_excerpt` does it to the bytes of an upstream's answer).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ EXCERPT_SECONDS = 10.0
 """The longest an error body is read for the few KiB of it that are quoted."""
 CUT_MARK = "…[cut]"
 """Appended to a quote that was cut short, so a reader knows there was more."""
+UPSTREAM_ANSWER_BYTES = 16 << 20
+"""The most an upstream (a Dragonfly manager, Kraken) may answer one request with: a job with its rows."""
+UPSTREAM_PROBE_BYTES = 64 << 10
+"""The most a health probe's answer is read to."""
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]")
 _SPACE = re.compile(r"\s+")
@@ -193,6 +198,11 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str:
     if len(clean) > limit or len(head) < len(text):
         return clean[:limit].rstrip() + CUT_MARK
     return clean
+
+
+def body_excerpt(body: bytes) -> str:
+    """An upstream's answer in one line, cut short, for quoting its complaint."""
+    return quote(body[: 4 * QUOTE_CHARS].decode("utf-8", "replace"))
 
 
 async def send_capped(

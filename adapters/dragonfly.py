@@ -19,6 +19,7 @@ manager that is down, or a state Harbor would not understand is reported as exac
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 from typing import Any
@@ -26,19 +27,22 @@ from typing import Any
 import httpx
 import msgspec
 
-from adapters.base import Adapter, AdapterContext, ClusterInfo, Health, PreheatError, PreheatRequest, Progress, TaskRow
-from adapters.bounded import BodyError, quote, send_capped
-from adapters.guard import ConnectGuard
-from adapters.oci import _describe
-from adapters.transport import new_client
-from adapters.upstream import (
-    UPSTREAM_ANSWER_BYTES,
-    UPSTREAM_PROBE_BYTES,
-    body_excerpt,
-    check_base_url,
-    check_env,
-    parse_seconds,
+from adapters.base import (
+    OPTIONAL_ARGUMENTS,
+    Adapter,
+    AdapterContext,
+    ClusterInfo,
+    Health,
+    PreheatError,
+    PreheatRequest,
+    Progress,
+    TaskRow,
 )
+from adapters.bounded import UPSTREAM_ANSWER_BYTES, UPSTREAM_PROBE_BYTES, BodyError, body_excerpt, quote, send_capped
+from adapters.describe import describe
+from adapters.guard import ConnectGuard
+from adapters.options import check_base_url, check_env, parse_seconds
+from adapters.transport import new_client
 
 NANOSECONDS = 1_000_000_000
 FIRST_POLL_SECONDS = 0.5
@@ -68,7 +72,7 @@ class DragonflyOptions(msgspec.Struct, forbid_unknown_fields=True):
         self.poll_interval = parse_seconds(self.poll_interval, key="poll_interval")
 
 
-# The manager's job as Harbor decodes it (reference section 3); unknown keys are ignored.
+# The manager's job as Harbor decodes it (Harbor's ``provider/dragonfly.go``); unknown keys are ignored.
 class _UpstreamTask(msgspec.Struct):
     url: str = ""
     hostname: str = ""
@@ -104,6 +108,7 @@ class DragonflyAdapter(Adapter):
     name = "dragonfly"
     Options = DragonflyOptions
     supports = frozenset({"image", "file"})
+    understands = OPTIONAL_ARGUMENTS  # forwarded: the manager gives each its own meaning
 
     def __init__(self, cluster: ClusterInfo, options: DragonflyOptions, context: AdapterContext) -> None:
         super().__init__(cluster, options, context)
@@ -146,7 +151,7 @@ class DragonflyAdapter(Adapter):
             )
         except httpx.TransportError as error:
             return Health(
-                False, _ms(started), f"cannot reach the Dragonfly manager at {self.manager}: {_describe(error)}"
+                False, _ms(started), f"cannot reach the Dragonfly manager at {self.manager}: {describe(error)}"
             )
         except BodyError as error:
             return Health(
@@ -224,8 +229,18 @@ class DragonflyAdapter(Adapter):
         }
         if request.piece_length is not None:
             args["piece_length"] = request.piece_length
+        args["concurrent_task_count"], args["concurrent_peer_count"] = request.concurrency, request.endpoints_at_once
+        choice = request.choice
+        for key, value in (("ips", list(choice.ips)), ("count", choice.count), ("percentage", choice.percentage)):
+            if value:
+                args[key] = value
         if request.credentials is not None:
             args["username"], args["password"] = request.credentials.username, request.credentials.password
+        if (tls := request.origin_tls) is not None:
+            if tls.certificate_chain:  # a Go [][]byte: each certificate's PEM bytes, base64 encoded
+                args["certificate_chain"] = [base64.b64encode(pem.encode()).decode() for pem in tls.certificate_chain]
+            if tls.insecure_skip_verify:
+                args["insecure_skip_verify"] = True
         for key, value in request.extra.items():
             args.setdefault(key, value)
         # An empty list means "all clusters" to us; Dragonfly reads that from null, as Harbor sends it.
@@ -248,13 +263,13 @@ class DragonflyAdapter(Adapter):
             except httpx.ConnectError as error:  # never sent: safe to try again
                 if attempt == CREATE_ATTEMPTS:
                     raise PreheatError(
-                        f"cannot reach the Dragonfly manager at {self.manager}: {_describe(error)}; check that it is running "
+                        f"cannot reach the Dragonfly manager at {self.manager}: {describe(error)}; check that it is running "
                         f"and that {self.cluster.config_path}.manager is its address"
                     ) from None
                 await asyncio.sleep(FIRST_POLL_SECONDS * attempt)
             except httpx.TransportError as error:  # maybe sent: a retry could create a second job
                 raise PreheatError(
-                    f"the Dragonfly manager at {self.manager} did not answer creating the job: {_describe(error)}; "
+                    f"the Dragonfly manager at {self.manager} did not answer creating the job: {describe(error)}; "
                     "check the manager (a job may have been created there)"
                 ) from None
             except BodyError as error:

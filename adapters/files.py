@@ -8,34 +8,31 @@ both URLs are one task. The gateway does the same: :func:`file_ref` forms that i
 adapters key their caches and their de-duplication on it.
 
 :func:`stream_url` fetches a file URL to the end: redirects followed by hand and each target
-checked against the URL policy (the caller's headers never leave the first origin), transient
-failures retried with backoff, every byte streamed into a sink, never held whole, and an
-encoded body inflated in bounded pieces (:mod:`adapters.bounded`).
+checked against the URL policy (the caller's headers and the job's own TLS never leave the
+first origin), transient failures retried with backoff, every byte streamed into a sink,
+never held whole, and an encoded body inflated in bounded pieces (:mod:`adapters.bounded`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import random
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from ssl import SSLContext
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from adapters.base import PreheatError
+from adapters.base import OriginTLS
 from adapters.bounded import BodyError, decoded_view, quote
+from adapters.describe import certificate_advice, describe
 from adapters.guard import RefusedConnection
-from adapters.oci import (
-    BlobSink,
-    BrokenStream,
-    _describe,
-    drain,
-    get_following_redirects,
-)
-from adapters.urlpolicy import RefusedURL, URLPolicy
+from adapters.redirects import get_following_redirects
+from adapters.retry import FetchError, retrying
+from adapters.streaming import BlobSink, BrokenStream, drain
+from adapters.transport import CertificateRejected
+from adapters.urlpolicy import RefusedURL, URLPolicy, origin
 
 DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
     "Expires",
@@ -75,6 +72,7 @@ _NOT_FORWARDED = frozenset(
 )
 _UNSAFE = re.compile(r"[\r\n\x00]")
 RETRY_ATTEMPTS = 3
+"""Attempts at one file before a transient failure is final (:func:`adapters.retry.retrying`)."""
 RETRY_BASE_SECONDS = 0.5
 
 
@@ -108,24 +106,28 @@ def filter_url(url: str, filtered_query_params: Iterable[str] = ()) -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(kept), ""))
 
 
-def file_ref(url: str, filtered_query_params: Iterable[str] = (), tag: str = "", application: str = "") -> FileRef:
-    """The identity of a file URL, as Dragonfly forms a task's (see the module docstring)."""
+def file_ref(
+    url: str,
+    filtered_query_params: Iterable[str] = (),
+    tag: str = "",
+    application: str = "",
+    origin_tls: OriginTLS | None = None,
+) -> FileRef:
+    """The identity of a file URL, as Dragonfly forms a task's (see the module docstring).
+
+    A file fetched under a job's own TLS (``origin_tls``) is a different file: a file has no digest,
+    so one read without verification, or trusting a caller's CA, must never be reused as verified.
+    """
     display = filter_url(url, filtered_query_params)
     identity = display
     if tag:
         identity += f"\ntag={tag}"
     if application:
         identity += f"\napplication={application}"
+    if origin_tls is not None:
+        trust = "insecure" if origin_tls.insecure_skip_verify else "\n".join(origin_tls.certificate_chain)
+        identity += f"\ntls={hashlib.sha256(trust.encode()).hexdigest()}"
     return FileRef(url=url, display_url=display, identity=identity)
-
-
-class FetchError(PreheatError):
-    """A file could not be fetched; ``transient`` ones are worth another attempt."""
-
-    def __init__(self, message: str, *, transient: bool = False, status: int | None = None) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
 
 
 async def stream_url(
@@ -137,11 +139,13 @@ async def stream_url(
     headers: Mapping[str, str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
     via: str = "",
+    ssl_context: SSLContext | None = None,
 ) -> tuple[int, str]:
     """GET ``ref.url`` to the end into a fresh sink per attempt; returns (bytes, ``sha256:...``).
 
     ``client`` must not follow redirects itself (the gateway's shared client, or a proxy's).
-    ``via`` names what the request went through (``proxy node-1``), for messages.
+    ``via`` names what the request went through (``proxy node-1``), for messages. ``ssl_context``
+    is the job's own TLS to the URL's origin (``certificate_chain``, ``insecure_skip_verify``).
     """
     forwarded = {k: v for k, v in (headers or {}).items() if k.lower() not in _NOT_FORWARDED}
     for name, value in forwarded.items():
@@ -150,14 +154,11 @@ async def stream_url(
                 f"header {quote(name, 60)!r} of the request for file {ref.display_url} contains a line break or NUL "
                 "character, which cannot be sent: remove it from the request's headers"
             )
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
-        try:
-            return await _fetch_once(client, policy, ref, open_sink, forwarded, on_bytes, via)
-        except FetchError as error:
-            if not error.transient or attempt == RETRY_ATTEMPTS:
-                raise
-            await asyncio.sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1) * (0.5 + random.random() / 2))
-    raise AssertionError("unreachable")
+    return await retrying(
+        lambda: _fetch_once(client, policy, ref, open_sink, forwarded, on_bytes, via, ssl_context),
+        attempts=RETRY_ATTEMPTS,
+        base_seconds=RETRY_BASE_SECONDS,
+    )
 
 
 async def _fetch_once(
@@ -168,15 +169,18 @@ async def _fetch_once(
     headers: dict[str, str],
     on_bytes: Callable[[int], None] | None,
     via: str,
+    ssl_context: SSLContext | None,
 ) -> tuple[int, str]:
     where = f"file {ref.display_url}" + (f" through {via}" if via else "")
-    # The caller's headers (a token, a cookie) are for the first host only.
+    # The caller's headers (a token, a cookie) and the job's TLS are for the first host only.
     try:
-        response = await get_following_redirects(client, policy, ref.url, {}, headers)
+        response = await get_following_redirects(client, policy, ref.url, {}, headers, ssl_context=ssl_context)
+    except CertificateRejected as error:  # the same certificate fails the same way: not retried
+        raise FetchError(f"cannot fetch {where}: {certificate_advice(error, origin(ref.url))}") from None
     except RefusedConnection as error:  # the connect-time policy: retrying would only ask DNS again
-        raise FetchError(f"cannot fetch {where}: {_describe(error)}") from None
+        raise FetchError(f"cannot fetch {where}: {describe(error)}") from None
     except httpx.TransportError as error:
-        raise FetchError(f"cannot fetch {where}: {_describe(error)}", transient=True) from None
+        raise FetchError(f"cannot fetch {where}: {describe(error)}", transient=True) from None
     except RefusedURL as error:
         raise FetchError(f"redirect for {where} refused: {error}") from None
     try:

@@ -2,7 +2,7 @@
 
 A cluster task posts one registry notification to ``{endpoint}/registry/notifications``, in
 the shape Harbor's own Kraken driver uses (capitalised keys, ``Action: push``, the Docker
-schema-2 media type whatever the artifact is, reference section 5). Kraken then pulls the
+schema-2 media type whatever the artifact is, as Harbor's ``provider/kraken.go`` sends it). Kraken then pulls the
 image into its origin cluster on its own.
 
 Honesty about SUCCESS: Kraken answers the notification at once and offers no way to follow
@@ -27,11 +27,15 @@ import httpx
 import msgspec
 
 from adapters.base import Adapter, AdapterContext, ClusterInfo, Health, PreheatError, PreheatRequest, Progress, TaskRow
-from adapters.bounded import BodyError, quote, send_capped
+from adapters.bounded import UPSTREAM_PROBE_BYTES, BodyError, body_excerpt, quote, send_capped
+from adapters.describe import describe
 from adapters.guard import ConnectGuard
-from adapters.oci import DIGEST_RE, DOCKER_MANIFEST, ImageRef, RegistryAuth, _describe, parse_manifest_url
+from adapters.oci import RegistryAuth
+from adapters.options import check_base_url, check_env, parse_seconds
+from adapters.origintls import job_context
+from adapters.reference import DIGEST_RE, DOCKER_MANIFEST, ImageRef, parse_manifest_url
 from adapters.transport import new_client
-from adapters.upstream import UPSTREAM_PROBE_BYTES, body_excerpt, check_base_url, check_env, host_ip, parse_seconds
+from adapters.urlpolicy import host_ip
 
 
 class KrakenOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,6 +60,7 @@ class KrakenOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 class KrakenAdapter(Adapter):
     name = "kraken"
+    understands = frozenset({"certificate_chain", "insecure_skip_verify"})  # its manifest read, for the digest
     unsupported_hint = (
         "Kraken preheats images only (it is told about pushed manifests): use a proxy or local cluster "
         "for files, naming it in scheduler_cluster_ids"
@@ -89,7 +94,7 @@ class KrakenAdapter(Adapter):
         except BodyError as error:
             return Health(False, _ms(started), f"Kraken {self.endpoint}/health answered with {error}")
         except httpx.TransportError as error:
-            return Health(False, _ms(started), f"cannot reach Kraken at {self.endpoint}: {_describe(error)}")
+            return Health(False, _ms(started), f"cannot reach Kraken at {self.endpoint}: {describe(error)}")
         if not 200 <= response.status_code < 300:
             return Health(False, _ms(started), f"Kraken {self.endpoint}/health answered {response.status_code}")
         return Health(True, _ms(started))
@@ -115,7 +120,7 @@ class KrakenAdapter(Adapter):
             raise PreheatError(f"Kraken at {self.endpoint} answered the notification with {error}") from None
         except httpx.TransportError as error:
             raise PreheatError(
-                f"cannot reach Kraken at {self.endpoint}: {_describe(error)}; check that its proxy is running and "
+                f"cannot reach Kraken at {self.endpoint}: {describe(error)}; check that its proxy is running and "
                 f"that {self.cluster.config_path}.endpoint is its address"
             ) from None
         if response.status_code in (401, 403):
@@ -144,7 +149,11 @@ class KrakenAdapter(Adapter):
         """The manifest's digest: given in the URL, or read from the origin."""
         if DIGEST_RE.match(origin.reference):
             return origin.reference
-        auth = RegistryAuth(header=request.headers.get("Authorization"), credentials=request.credentials)
+        auth = RegistryAuth(
+            header=request.headers.get("Authorization"),
+            credentials=request.credentials,
+            ssl=job_context(request.origin_tls),
+        )
         try:
             manifest = await self.context.oci.get_manifest(origin, auth)
         except PreheatError as error:
@@ -155,7 +164,7 @@ class KrakenAdapter(Adapter):
 
 
 def notification(origin: ImageRef, digest: str) -> dict[str, Any]:
-    """The body Harbor's Kraken driver posts (reference section 5): keys capitalised, ``Id``/``Url`` exactly."""
+    """The body Harbor's Kraken driver posts (``provider/kraken.go``): keys capitalised, ``Id``/``Url`` exactly."""
     tag = "" if DIGEST_RE.match(origin.reference) else origin.reference
     return {
         "Events": [

@@ -43,16 +43,9 @@ from types import TracebackType
 import msgspec
 
 from adapters.base import PreheatError
-from adapters.oci import (
-    DIGEST_RE,
-    DOCKER_LIST,
-    DOCKER_MANIFEST,
-    INDEX_TYPES,
-    MAX_MANIFEST_BYTES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Descriptor,
-)
+from adapters.manifest import Descriptor
+from adapters.oci import MAX_MANIFEST_BYTES
+from adapters.reference import DIGEST_RE, DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAST_USED = "io.harbor-preheat-gateway.last-used"

@@ -3,13 +3,14 @@ projects, Zot, Spegel, dfdaemon's registry mirror).
 
 A cache is warmed the way a node would warm it: by pulling through it. The gateway reads
 ``GET {url}/v2/{path_prefix}{repository}/manifests/{reference}`` and then every blob to the
-end (digest-checked, or length-checked with ``verify: size``), appending ``?ns={origin host}``
+end (checked by sha256 or fingerprint, or length-checked with ``verify: size``), appending ``?ns={origin host}``
 for caches that use containerd's convention. The cache fetches from the origin with its own
 credentials and keeps a copy.
 
-Scopes: ``single_seed_peer`` (default) warms each blob on one endpoint, moving to the next
-endpoint when one fails; ``all_seed_peers`` and ``all_peers`` warm every endpoint. The task
-succeeds when every blob reached at least one endpoint; per-endpoint failures are listed.
+Scopes (:mod:`adapters.fanout`): ``single_seed_peer`` (default) warms each blob on one endpoint,
+moving to the next endpoint when one fails; ``all_seed_peers`` and ``all_peers`` warm every
+chosen endpoint. The task succeeds when every blob reached at least one endpoint; per-endpoint
+failures are listed.
 """
 
 from __future__ import annotations
@@ -32,20 +33,17 @@ from adapters.base import (
     PreheatError,
     PreheatRequest,
     Progress,
-    TaskRow,
-    Throttle,
 )
-from adapters.bounded import BodyError, send_capped
-from adapters.oci import (
-    Blob,
-    DiscardSink,
-    ImageRef,
-    RegistryAuth,
-    Verify,
-    _describe,
-    parse_manifest_url,
-)
-from adapters.upstream import UPSTREAM_PROBE_BYTES, check_base_url, check_login, host_ip
+from adapters.bounded import UPSTREAM_PROBE_BYTES, BodyError, send_capped
+from adapters.describe import describe
+from adapters.fanout import Route, fan_out
+from adapters.manifest import Blob
+from adapters.oci import RegistryAuth
+from adapters.options import check_base_url, check_login
+from adapters.reference import ImageRef, parse_manifest_url
+from adapters.streaming import DiscardSink, Verify
+from adapters.throttle import Throttle
+from adapters.urlpolicy import host_ip
 
 PROBE_TIMEOUT_SECONDS = 5.0
 
@@ -91,7 +89,7 @@ class MirrorOptions(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("bandwidth_mib_per_second must be positive (leave it out for no cap)")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Endpoint:
     """One cache, as the adapter uses it."""
 
@@ -120,6 +118,7 @@ class _Endpoint:
 class MirrorAdapter(Adapter):
     name = "mirror"
     Options = MirrorOptions
+    understands = frozenset({"ips", "count", "percentage"})
     unsupported_hint = "files cannot go through a registry mirror: use a proxy or local cluster for files, naming it in scheduler_cluster_ids"
 
     def __init__(self, cluster: ClusterInfo, options: MirrorOptions, context: AdapterContext) -> None:
@@ -129,7 +128,7 @@ class MirrorAdapter(Adapter):
                 config=endpoint,
                 hostname=urlsplit(endpoint.url).hostname or endpoint.url,
                 semaphore=asyncio.Semaphore(options.concurrency),
-                credentials=Credentials(endpoint.username, os.environ.get(endpoint.password_env, ""))
+                credentials=Credentials(endpoint.username, os.environ.get(endpoint.password_env or "", ""))
                 if endpoint.username
                 else None,
             )
@@ -160,7 +159,7 @@ class MirrorAdapter(Adapter):
                 timeout=PROBE_TIMEOUT_SECONDS,
             )
         except httpx.TransportError as error:
-            return f"{endpoint.hostname}: {_describe(error)}"
+            return f"{endpoint.hostname}: {describe(error)}"
         except BodyError as error:
             return f"{endpoint.hostname}: /v2/ answered with {error}"
         if response.status_code not in (200, 401):
@@ -173,28 +172,7 @@ class MirrorAdapter(Adapter):
         except ValueError as error:
             raise PreheatError(str(error)) from None
         await self._resolve_ips()
-        run = _Run(self, origin, request.platform, progress)
-        blobs, resolver, manifest_errors = await run.resolve()
-        copies = 1 if request.scope == "single_seed_peer" else len(self.endpoints)
-        progress.planned(len(blobs) * copies, sum(blob.size for blob in blobs) * copies)
-        if request.scope == "single_seed_peer":
-            order = [resolver] + [e for e in self.endpoints if e is not resolver and e.hostname not in manifest_errors]
-            await asyncio.gather(*(run.warm_on_first(order, blob) for blob in blobs))
-        else:
-            await asyncio.gather(
-                *(
-                    run.warm_all_on(
-                        endpoint, blobs, manifest_errors.get(endpoint.config.url), resolved=endpoint is resolver
-                    )
-                    for endpoint in self.endpoints
-                )
-            )
-        missing = [blob for blob in blobs if blob.digest not in run.reached]
-        if missing:
-            raise PreheatError(
-                f"{len(missing)} of {len(blobs)} blobs of {origin.name} reached no cache of cluster "
-                f"{self.cluster.name}: {run.last_error.get(missing[0].digest, 'see the failure rows')}"
-            )
+        await fan_out(_Route(self, origin, request.platform, progress), self.endpoints, request)
 
     async def _resolve_ips(self) -> None:
         for endpoint in self.endpoints:
@@ -202,113 +180,64 @@ class MirrorAdapter(Adapter):
                 endpoint.ip = await host_ip(endpoint.config.url)
 
 
-class _Run:
-    """The state of one cluster task: which blobs reached a cache, and the last error of each."""
+class _Route(Route[_Endpoint, Blob]):
+    """One cluster task through the caches: an image's blobs, pulled through each cache."""
+
+    noun = "cache"
 
     def __init__(self, adapter: MirrorAdapter, origin: ImageRef, platform: str, progress: Progress) -> None:
-        self.adapter = adapter
-        self.oci = adapter.context.oci
-        self.dedupe = adapter.context.dedupe
-        self.origin = origin
-        self.platform = platform
-        self.progress = progress
-        self.reached: set[str] = set()
-        self.last_error: dict[str, str] = {}
-
-    async def resolve(self) -> tuple[list[Blob], _Endpoint, dict[str, str]]:
-        """Resolve the manifest through the first cache that answers; keep the others' errors."""
-        errors: dict[str, str] = {}
-        for endpoint in self.adapter.endpoints:
-            try:
-                blobs = await self._manifests_through(endpoint)
-            except PreheatError as error:
-                errors[endpoint.config.url] = str(error)
-                if getattr(error, "status", None) == 404 or "no matching manifest" in str(error):
-                    break  # the image itself is missing: every cache would say the same
-                continue
-            return blobs, endpoint, errors
-        raise PreheatError(
-            f"no cache of cluster {self.adapter.cluster.name} could resolve {self.origin.name}: "
-            + "; ".join(errors.values())
+        super().__init__(
+            cluster=adapter.cluster.name,
+            dedupe=adapter.context.dedupe,
+            progress=progress,
+            what=f"blobs of {origin.name}",
+            image=origin.name,
+            manifest_url=origin.manifest_url(),
         )
+        self.adapter, self.oci, self.origin, self.platform = adapter, adapter.context.oci, origin, platform
 
-    async def _manifests_through(self, endpoint: _Endpoint) -> list[Blob]:
+    def names(self, endpoint: _Endpoint) -> tuple[str, ...]:
+        return endpoint.hostname, endpoint.ip
+
+    async def resolve(self, endpoint: _Endpoint) -> list[Blob]:
         _, blobs = await self.oci.resolve_blobs(
             endpoint.image(self.origin), endpoint.auth(), self.platform, query=endpoint.query(self.origin)
         )
         return blobs
 
-    async def warm_all_on(
-        self, endpoint: _Endpoint, blobs: list[Blob], manifest_error: str | None, *, resolved: bool
-    ) -> None:
-        """``all_*`` scopes: the manifests and every blob through this endpoint.
+    def url(self, item: Blob) -> str:
+        return self.origin.blob_url(item.digest)
 
-        Blobs are fetched by digest, so they need not wait for the manifests: both go at once.
-        An endpoint that already failed to serve the manifests is not tried again.
-        """
-        if manifest_error is not None:
-            for blob in blobs:
-                self._fail(endpoint, blob, manifest_error)
-            return
+    def size(self, item: Blob) -> int:
+        return item.size
 
-        async def manifests() -> None:
-            try:
-                await self._manifests_through(endpoint)
-            except PreheatError as error:  # the blobs may still land: report the manifest on its own row
-                self.progress.failed(
-                    TaskRow(
-                        url=self.origin.manifest_url(),
-                        hostname=endpoint.hostname,
-                        ip=endpoint.ip,
-                        description=str(error),
-                    )
-                )
-
-        await asyncio.gather(*([] if resolved else [manifests()]), *(self.warm(endpoint, blob) for blob in blobs))
-
-    async def warm_on_first(self, order: list[_Endpoint], blob: Blob) -> None:
-        """``single_seed_peer``: one endpoint per blob, the next one when it fails."""
-        for endpoint in order:
-            if await self.warm(endpoint, blob):
-                return
-
-    async def warm(self, endpoint: _Endpoint, blob: Blob) -> bool:
+    def key(self, endpoint: _Endpoint, item: Blob) -> tuple[str, ...]:
+        # One fetch per cache, repository, origin and check: a checked warm never joins one that
+        # only counted bytes.
         image = endpoint.image(self.origin)
         query = endpoint.query(self.origin)
-        verify = self.adapter.options.verify
-
-        async def fetch() -> int:
-            async with endpoint.semaphore:  # only real fetches take a slot, not joiners
-                return await self.oci.fetch_blob(
-                    image,
-                    blob,
-                    endpoint.auth(),
-                    DiscardSink,
-                    query=query,
-                    on_bytes=self.progress.transferred,
-                    throttle=self.adapter.throttle,
-                    verify=verify,
-                    source=self.origin.base,
-                )
-
-        # One fetch per cache, repository, origin and check: a digest-checked warm never joins one that
-        # only counted bytes; the authority is the cache's own account, the same for every job.
-        key = ("mirror", image.base, image.repository, query, self.origin.base, blob.digest, verify)
-        try:
-            await self.dedupe.run(key, fetch, authority=endpoint.authority)
-        except PreheatError as error:
-            self._fail(endpoint, blob, str(error))
-            return False
-        self.reached.add(blob.digest)
-        self.progress.succeeded(
-            TaskRow(url=self.origin.blob_url(blob.digest), hostname=endpoint.hostname, ip=endpoint.ip)
+        return (
+            "mirror",
+            image.base,
+            image.repository,
+            query,
+            self.origin.base,
+            item.digest,
+            self.adapter.options.verify,
         )
-        return True
 
-    def _fail(self, endpoint: _Endpoint, blob: Blob, message: str) -> None:
-        self.last_error[blob.digest] = message
-        self.progress.failed(
-            TaskRow(
-                url=self.origin.blob_url(blob.digest), hostname=endpoint.hostname, ip=endpoint.ip, description=message
-            )
+    def authority(self, endpoint: _Endpoint, item: Blob) -> str:
+        return endpoint.authority  # the cache's own account, the same for every job
+
+    async def fetch(self, endpoint: _Endpoint, item: Blob) -> int:
+        return await self.oci.fetch_blob(
+            endpoint.image(self.origin),
+            item,
+            endpoint.auth(),
+            DiscardSink,
+            query=endpoint.query(self.origin),
+            on_bytes=self.progress.transferred,
+            throttle=self.adapter.throttle,
+            verify=self.adapter.options.verify,
+            source=self.origin.base,
         )

@@ -3,14 +3,15 @@ every node, a Squid or Varnish in front of a registry).
 
 A blob or file is warmed the way a node would fetch it: its ORIGIN URL is requested through
 the proxy (``GET http://origin/...`` in absolute form) and read to the end. Blobs are
-digest-checked, so a proxy serving corrupt bytes fails the row. For an image, the manifests
+checked (sha256, or a fingerprint against a sha256-checked copy), so a proxy serving corrupt bytes fails the row. For an image, the manifests
 are resolved through the proxy as well, with the caller's token (or ``registries.credentials``),
 so the proxy caches them too; redirects (to object storage) are followed through the proxy
 after the URL policy allowed them, without the caller's credentials.
 
-Scopes, as for mirrors: ``single_seed_peer`` (default) warms each item on one proxy, moving
-to the next when one fails; ``all_seed_peers`` and ``all_peers`` warm every proxy. The task
-succeeds when every item reached at least one proxy; per-proxy failures are listed.
+Scopes, as for mirrors (:mod:`adapters.fanout`): ``single_seed_peer`` (default) warms each item
+on one proxy, moving to the next when one fails; ``all_seed_peers`` and ``all_peers`` warm every
+chosen proxy. The task succeeds when every item reached at least one proxy; per-proxy failures
+are listed.
 
 Each proxy gets its own pooled HTTP client, closed by :meth:`ProxyAdapter.aclose`. https
 origins go through a proxy as a CONNECT tunnel, which a caching proxy can only cache if it
@@ -19,13 +20,14 @@ intercepts TLS (dfdaemon does with its ``hijackHTTPS`` setting).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,15 +41,22 @@ from adapters.base import (
     PreheatError,
     PreheatRequest,
     Progress,
-    TaskRow,
 )
-from adapters.files import FetchError, FileRef, file_ref, stream_url
+from adapters.fanout import Route, fan_out
+from adapters.files import FileRef, file_ref, stream_url
 from adapters.guard import ConnectGuard
-from adapters.oci import Blob, DiscardSink, ImageRef, OciClient, RegistryAuth, parse_manifest_url
+from adapters.manifest import Blob
+from adapters.oci import OciClient, RegistryAuth
+from adapters.options import check_base_url, check_login, parse_seconds
+from adapters.origintls import job_context
+from adapters.reference import ImageRef, parse_manifest_url
+from adapters.retry import FetchError, TransferError
+from adapters.streaming import DiscardSink
 from adapters.transport import new_client
-from adapters.upstream import check_base_url, check_login, host_ip, parse_seconds
+from adapters.urlpolicy import host_ip
 
 PROBE_TIMEOUT_SECONDS = 5.0
+ItemT = TypeVar("ItemT")
 
 
 class ProxyEndpoint(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,12 +97,12 @@ class ProxyOptions(msgspec.Struct, forbid_unknown_fields=True):
         return [entry for entry in self.proxies if isinstance(entry, ProxyEndpoint)]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Proxy:
     """One proxy, as the adapter uses it."""
 
     config: ProxyEndpoint
-    name: str
+    hostname: str
     """For rows and messages: the host, or host:port when several proxies share a host."""
     client: httpx.AsyncClient
     oci: OciClient
@@ -101,39 +110,11 @@ class _Proxy:
     ip: str = ""
 
 
-@dataclass
-class _Item:
-    """One blob or file to warm: its row URL, its identity, and how to fetch it through a proxy."""
-
-    url: str
-    identity: str
-    fetch: Callable[[_Proxy], Awaitable[int]]
-    size: int = 0
-    """Known for blobs; 0 for files (their size shows only once fetched)."""
-    authority: str = ""
-    """Who the item is fetched as (:meth:`adapters.base.Deduper.authority` of the caller's credentials)."""
-    reached: bool = False
-    last_error: str = ""
-
-
-@dataclass
-class _Plan:
-    """What one cluster task warms, and in which order it tries the proxies."""
-
-    items: list[_Item]
-    order: list[_Proxy]
-    what: str
-    """``blobs`` or ``files``, for messages."""
-    prepare: Callable[[_Proxy], Awaitable[None]] | None = None
-    """For ``all_*`` scopes: warm what an item needs first (an image's manifests) on one proxy."""
-    errors: dict[str, str] = field(default_factory=dict)
-    """Proxies that already failed to prepare, by URL, with why."""
-
-
 class ProxyAdapter(Adapter):
     name = "proxy"
     Options = ProxyOptions
     supports = frozenset({"image", "file"})
+    understands = frozenset({"ips", "count", "percentage", "certificate_chain", "insecure_skip_verify"})
 
     def __init__(self, cluster: ClusterInfo, options: ProxyOptions, context: AdapterContext) -> None:
         super().__init__(cluster, options, context)
@@ -142,7 +123,7 @@ class ProxyAdapter(Adapter):
         self.proxies: list[_Proxy] = []
         for endpoint in endpoints:
             parts = urlsplit(endpoint.url)
-            auth = (endpoint.username, os.environ.get(endpoint.password_env, "")) if endpoint.username else None
+            auth = (endpoint.username, os.environ.get(endpoint.password_env or "", "")) if endpoint.username else None
             client = new_client(
                 proxy=httpx.Proxy(endpoint.url, auth=auth),
                 timeout=httpx.Timeout(float(options.timeout), connect=10.0),
@@ -151,11 +132,12 @@ class ProxyAdapter(Adapter):
                 ),
                 headers={"User-Agent": context.user_agent},
                 guard=ConnectGuard(context.policy, configured=[endpoint.url]),
+                tls_by_host=context.tls_by_host,  # registries.tls, through the tunnel to the origin
             )
             self.proxies.append(
                 _Proxy(
                     config=endpoint,
-                    name=(parts.hostname or endpoint.url) if hosts[parts.hostname] == 1 else parts.netloc,
+                    hostname=(parts.hostname or endpoint.url) if hosts[parts.hostname] == 1 else parts.netloc,
                     client=client,
                     oci=OciClient(
                         client,
@@ -186,9 +168,9 @@ class ProxyAdapter(Adapter):
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), PROBE_TIMEOUT_SECONDS)
         except TimeoutError:
-            return f"proxy {proxy.name}: no connection within {PROBE_TIMEOUT_SECONDS:.0f}s"
+            return f"proxy {proxy.hostname}: no connection within {PROBE_TIMEOUT_SECONDS:.0f}s"
         except OSError as error:
-            return f"proxy {proxy.name}: {error.strerror or error}"
+            return f"proxy {proxy.hostname}: {error.strerror or error}"
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -200,133 +182,130 @@ class ProxyAdapter(Adapter):
         for proxy in self.proxies:
             if not proxy.ip:
                 proxy.ip = await host_ip(proxy.config.url)
-        plan = (
-            self._file_plan(request, progress) if request.type == "file" else await self._image_plan(request, progress)
-        )
-        progress.planned(len(plan.items), sum(item.size for item in plan.items))
-        if request.scope == "single_seed_peer":
-            await asyncio.gather(*(self._warm_on_first(plan.order, item, progress) for item in plan.items))
+        if request.type == "file":
+            refs = [
+                file_ref(url, request.filtered_query_params, request.tag, request.application, request.origin_tls)
+                for url in request.urls
+            ]
+            await fan_out(_FileRoute(self, request, progress), self.proxies, request, refs)
         else:
-            await asyncio.gather(*(self._warm_all_on(proxy, plan, progress) for proxy in self.proxies))
-        missing = [item for item in plan.items if not item.reached]
-        if missing:
-            raise PreheatError(
-                f"{len(missing)} of {len(plan.items)} {plan.what} reached no proxy of cluster {self.cluster.name}: "
-                f"{missing[0].last_error}"
-            )
-
-    def _file_plan(self, request: PreheatRequest, progress: Progress) -> _Plan:
-        items = []
-        authority = self.context.dedupe.authority_of_headers(request.headers)
-        for url in request.urls:
-            ref = file_ref(url, request.filtered_query_params, request.tag, request.application)
-
-            async def fetch(proxy: _Proxy, ref: FileRef = ref) -> int:
-                size, _ = await stream_url(
-                    proxy.client,
-                    self.context.policy,
-                    ref,
-                    DiscardSink,
-                    headers=request.headers,
-                    on_bytes=progress.transferred,
-                    via=f"proxy {proxy.name}",
-                )
-                return size
-
-            items.append(_Item(url=ref.display_url, identity=ref.identity, fetch=fetch, authority=authority))
-        return _Plan(items=items, order=self.proxies, what="files")
-
-    async def _image_plan(self, request: PreheatRequest, progress: Progress) -> _Plan:
-        try:
-            origin = parse_manifest_url(request.urls[0])
-        except ValueError as error:
-            raise PreheatError(str(error)) from None
-        auths = {
-            proxy.config.url: RegistryAuth(header=request.headers.get("Authorization"), credentials=request.credentials)
-            for proxy in self.proxies
-        }
-        blobs, resolver, errors = await self._resolve(origin, auths, request.platform)
-        order = [resolver] + [p for p in self.proxies if p is not resolver and p.config.url not in errors]
-        authority = self.context.dedupe.authority_of(request.headers.get("Authorization"), request.credentials)
-
-        def item(blob: Blob) -> _Item:
-            async def fetch(proxy: _Proxy) -> int:
-                return await proxy.oci.fetch_blob(
-                    origin, blob, auths[proxy.config.url], DiscardSink, on_bytes=progress.transferred
-                )
-
-            url = origin.blob_url(blob.digest)
-            return _Item(url=url, identity=url, fetch=fetch, size=blob.size, authority=authority)
-
-        async def manifests(proxy: _Proxy) -> None:
-            await proxy.oci.resolve_blobs(origin, auths[proxy.config.url], request.platform)
-
-        return _Plan(items=[item(blob) for blob in blobs], order=order, what="blobs", prepare=manifests, errors=errors)
-
-    async def _resolve(
-        self, origin: ImageRef, auths: dict[str, RegistryAuth], platform: str
-    ) -> tuple[list[Blob], _Proxy, dict[str, str]]:
-        """Resolve the manifest through the first proxy that answers; keep the others' errors."""
-        errors: dict[str, str] = {}
-        for proxy in self.proxies:
             try:
-                _, blobs = await proxy.oci.resolve_blobs(origin, auths[proxy.config.url], platform)
-            except PreheatError as error:
-                errors[proxy.config.url] = self._explain(proxy, error)
-                if getattr(error, "status", None) == 404 or "no matching manifest" in str(error):
-                    break  # the image itself is missing: every proxy would say the same
-                continue
-            return blobs, proxy, errors
-        raise PreheatError(
-            f"no proxy of cluster {self.cluster.name} could resolve {origin.name}: " + "; ".join(errors.values())
-        )
+                origin = parse_manifest_url(request.urls[0])
+            except ValueError as error:
+                raise PreheatError(str(error)) from None
+            await fan_out(_ImageRoute(self, request, progress, origin), self.proxies, request)
 
-    async def _warm_on_first(self, order: list[_Proxy], item: _Item, progress: Progress) -> None:
-        """``single_seed_peer``: one proxy per item, the next one when it fails."""
-        for proxy in order:
-            if await self._warm(proxy, item, progress):
-                return
-
-    async def _warm_all_on(self, proxy: _Proxy, plan: _Plan, progress: Progress) -> None:
-        """``all_*`` scopes: (for an image, the manifests first, then) every item through this proxy."""
-        error = plan.errors.get(proxy.config.url)
-        if error is None and plan.prepare is not None:
-            try:
-                await plan.prepare(proxy)
-            except PreheatError as failure:
-                error = self._explain(proxy, failure)
-        if error is not None:
-            for item in plan.items:
-                self._fail(proxy, item, error, progress)
-            return
-        await asyncio.gather(*(self._warm(proxy, item, progress) for item in plan.items))
-
-    async def _warm(self, proxy: _Proxy, item: _Item, progress: Progress) -> bool:
-        async def fetch() -> int:
-            async with proxy.semaphore:  # only real fetches take a slot, not joiners
-                return await item.fetch(proxy)
-
-        try:  # the identity names the source (the origin URL); the authority, the caller's credentials
-            await self.context.dedupe.run(("proxy", proxy.config.url, item.identity), fetch, authority=item.authority)
-        except PreheatError as error:
-            self._fail(proxy, item, self._explain(proxy, error), progress)
-            return False
-        item.reached = True
-        progress.succeeded(TaskRow(url=item.url, hostname=proxy.name, ip=proxy.ip))
-        return True
-
-    def _explain(self, proxy: _Proxy, error: PreheatError) -> str:
+    def explain(self, proxy: _Proxy, error: PreheatError) -> str:
         """Name the proxy in an error; a 407 is the proxy's own refusal, not the origin's."""
-        if getattr(error, "status", None) == 407:
+        if isinstance(error, TransferError) and error.status == 407:
             index = self.proxies.index(proxy)
             return (
-                f"proxy {proxy.name} refused the gateway (407 Proxy Authentication Required): check username and "
+                f"proxy {proxy.hostname} refused the gateway (407 Proxy Authentication Required): check username and "
                 f"password_env of {self.cluster.config_path}.proxies[{index}]"
             )
         if isinstance(error, FetchError):  # a file's error names the proxy already
             return str(error)
-        return f"through proxy {proxy.name}: {error}"
+        return f"through proxy {proxy.hostname}: {error}"
 
-    def _fail(self, proxy: _Proxy, item: _Item, message: str, progress: Progress) -> None:
-        item.last_error = message
-        progress.failed(TaskRow(url=item.url, hostname=proxy.name, ip=proxy.ip, description=message))
+
+class _Route(Route[_Proxy, ItemT]):
+    """One cluster task through the proxies: each item fetched by its origin URL through a proxy."""
+
+    noun = "proxy"
+
+    def __init__(
+        self, adapter: ProxyAdapter, request: PreheatRequest, progress: Progress, *, what: str, origin: ImageRef | None
+    ) -> None:
+        super().__init__(
+            cluster=adapter.cluster.name,
+            dedupe=adapter.context.dedupe,
+            progress=progress,
+            what=what,
+            image=origin.name if origin else "",
+            manifest_url=origin.manifest_url() if origin else "",
+        )
+        self.adapter, self.request = adapter, request
+
+    def names(self, endpoint: _Proxy) -> tuple[str, ...]:
+        return endpoint.hostname, urlsplit(endpoint.config.url).hostname or "", endpoint.ip
+
+    def key(self, endpoint: _Proxy, item: ItemT) -> tuple[str, ...]:
+        return ("proxy", endpoint.config.url, self.identity(item))  # the identity names the source: the origin URL
+
+    @abc.abstractmethod
+    def identity(self, item: ItemT) -> str:
+        """What ``item`` is, whatever URL names it."""
+
+    def explain(self, endpoint: _Proxy, error: PreheatError) -> str:
+        return self.adapter.explain(endpoint, error)
+
+
+class _FileRoute(_Route[FileRef]):
+    """Files: fetched through a proxy as they are, with the caller's headers for the first origin only."""
+
+    def __init__(self, adapter: ProxyAdapter, request: PreheatRequest, progress: Progress) -> None:
+        super().__init__(adapter, request, progress, what="files", origin=None)
+        self._authority = adapter.context.dedupe.authority_of_headers(request.headers)
+
+    def url(self, item: FileRef) -> str:
+        return item.display_url
+
+    def identity(self, item: FileRef) -> str:
+        return item.identity
+
+    def authority(self, endpoint: _Proxy, item: FileRef) -> str:
+        return self._authority  # the caller's headers
+
+    async def fetch(self, endpoint: _Proxy, item: FileRef) -> int:
+        size, _ = await stream_url(
+            endpoint.client,
+            self.adapter.context.policy,
+            item,
+            DiscardSink,
+            headers=self.request.headers,
+            on_bytes=self.progress.transferred,
+            via=f"proxy {endpoint.hostname}",
+            ssl_context=job_context(self.request.origin_tls),  # an https origin is a tunnel: TLS end to end
+        )
+        return size
+
+
+class _ImageRoute(_Route[Blob]):
+    """An image: its manifests resolved and its blobs pulled through a proxy, with the caller's token."""
+
+    def __init__(self, adapter: ProxyAdapter, request: PreheatRequest, progress: Progress, origin: ImageRef) -> None:
+        super().__init__(adapter, request, progress, what="blobs", origin=origin)
+        self.origin = origin
+        self._auths: dict[_Proxy, RegistryAuth] = {}
+        self._authority = adapter.context.dedupe.authority_of(request.headers.get("Authorization"), request.credentials)
+
+    def auth(self, proxy: _Proxy) -> RegistryAuth:
+        """The task's authentication to the origin through ``proxy`` (its tokens are got through that proxy)."""
+        if proxy not in self._auths:
+            self._auths[proxy] = RegistryAuth(
+                header=self.request.headers.get("Authorization"),
+                credentials=self.request.credentials,
+                ssl=job_context(self.request.origin_tls),  # an https origin is a tunnel: TLS end to end
+            )
+        return self._auths[proxy]
+
+    async def resolve(self, endpoint: _Proxy) -> list[Blob]:
+        _, blobs = await endpoint.oci.resolve_blobs(self.origin, self.auth(endpoint), self.request.platform)
+        return blobs
+
+    def url(self, item: Blob) -> str:
+        return self.origin.blob_url(item.digest)
+
+    def identity(self, item: Blob) -> str:
+        return self.url(item)
+
+    def size(self, item: Blob) -> int:
+        return item.size
+
+    def authority(self, endpoint: _Proxy, item: Blob) -> str:
+        return self._authority  # the caller's token and credentials
+
+    async def fetch(self, endpoint: _Proxy, item: Blob) -> int:
+        return await endpoint.oci.fetch_blob(
+            self.origin, item, self.auth(endpoint), DiscardSink, on_bytes=self.progress.transferred
+        )

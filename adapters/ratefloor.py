@@ -2,7 +2,7 @@
 
 The per-read timeout (30 s) trips only when nothing arrives for 30 s; a registry sending one
 byte a second never trips it and keeps a slot, a connection and a job busy for as long as it
-likes. A :class:`TransferFloor` asks every body read through :func:`adapters.oci.drain` for
+likes. A :class:`TransferFloor` asks every body read through :func:`adapters.streaming.drain` for
 ``bytes_per_second × window_seconds`` bytes in every ``window_seconds`` after a
 ``grace_seconds`` start (slow first bytes of a cold cache); a read that falls behind fails
 with a message naming the rate.

@@ -13,6 +13,13 @@ lets protocol errors through as aiohttp exceptions and reads bodies 16 KiB at a 
 Given a :class:`adapters.guard.ConnectGuard`, the transport connects only to addresses the
 URL policy allows, decided on the answers it actually connects to (DNS rebinding): see
 :mod:`adapters.guard`. A refusal is :class:`adapters.guard.RefusedConnection`, a ``ConnectError``.
+
+TLS to an origin can be set per request and per host: a request carrying an
+``ssl.SSLContext`` in ``request.extensions["ssl"]`` (a job's ``certificate_chain`` or
+``insecure_skip_verify``) connects with it; otherwise a context given for the request's
+``host[:port]`` at construction (``registries.tls``) is used; otherwise the client's own.
+aiohttp keys its pool by the context, so connections made under one setting never serve
+another. A certificate that fails verification is :class:`CertificateRejected`.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -54,6 +62,38 @@ READ_CHUNK = 1 << 20
 """Largest piece a body is handed on in; aiohttp's buffer bounds what is actually held."""
 READ_BUFFER = 1 << 20
 """aiohttp's read buffer per connection: it holds up to twice this before it stops reading."""
+SSL_EXTENSION = "ssl"
+"""The request extension holding that request's own ``ssl.SSLContext``."""
+
+
+class CertificateRejected(httpx.ConnectError):
+    """The server's TLS certificate failed verification (an unknown CA, a wrong name, expired): nothing was sent.
+
+    Not worth retrying: the same certificate fails the same way. ``reason`` is OpenSSL's word for it.
+    """
+
+    def __init__(self, message: str, *, reason: str, request: httpx.Request) -> None:
+        super().__init__(message, request=request)
+        self.reason = reason
+
+
+def tls_authority(text: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` as (lower-cased host, port); a host alone means port 443.
+
+    :class:`ValueError` for anything else (a scheme, a path, user-info, a bad port).
+    """
+    if not text or any(c in text for c in "/?#@ \t\r\n"):
+        raise ValueError(f"{text!r} is not a host or host:port (no scheme, path or spaces)")
+    try:
+        parts = urlsplit(f"//{text}")
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"{text!r} is not a host or host:port ({error})") from None
+    if not parts.hostname:
+        raise ValueError(f"{text!r} has no host")
+    if port == 0:
+        raise ValueError(f"{text!r}: port 0 is no port")
+    return parts.hostname.lower(), 443 if port is None else port
 
 
 @contextmanager
@@ -63,8 +103,21 @@ def _translated(request: httpx.Request) -> Iterator[None]:
     except _CAUGHT as error:
         if isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, AddressRefused):
             raise RefusedConnection(str(error.os_error), request=request) from error
+        if isinstance(error, aiohttp.ClientConnectorCertificateError):
+            reason = _verify_reason(error.certificate_error)
+            raise CertificateRejected(
+                f"the TLS certificate of {error.host}:{error.port} failed verification ({reason})",
+                reason=reason,
+                request=request,
+            ) from error
         meant = next(httpx_error for aiohttp_error, httpx_error in _ERRORS if isinstance(error, aiohttp_error))
         raise meant(str(error) or type(error).__name__, request=request) from error
+
+
+def _verify_reason(error: Exception) -> str:
+    """OpenSSL's reason (``unable to get local issuer certificate``, ``Hostname mismatch, ...``), in one short line."""
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
+    return " ".join(str(reason).split())[:200]
 
 
 class _Body(httpx.AsyncByteStream):
@@ -106,9 +159,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         proxy: httpx.Proxy | None = None,
         trust_env: bool = False,
         guard: ConnectGuard | None = None,
+        tls_by_host: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
         self._limits = limits
         self._ssl: ssl.SSLContext | bool = httpx.create_ssl_context(verify=verify) if verify else False
+        # host[:port] -> context (registries.tls), keyed as a request's (host, port) is matched.
+        self._tls_by_host = {tls_authority(authority): context for authority, context in (tls_by_host or {}).items()}
         self._proxy = str(proxy.url) if proxy else None
         self._proxy_auth = aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None
         # HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, read once: aiohttp's own trust_env re-reads the
@@ -141,9 +197,26 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._proxy or not self._env_proxies:
             return self._proxy
         proxy = self._env_proxies.get(url.scheme) or self._env_proxies.get("all")
-        if proxy and urllib.request.proxy_bypass_environment(url.host, self._env_proxies):
+        # typeshed leaves out proxy_bypass_environment, which urllib.request has defined since Python 3.2.
+        if proxy and urllib.request.proxy_bypass_environment(url.host, self._env_proxies):  # type: ignore[attr-defined]
             return None
         return proxy
+
+    def _ssl_for(self, request: httpx.Request, proxy: str | None) -> ssl.SSLContext | None:
+        """The request's own context, else its authority's (``tls_by_host``); ``None``: the session's."""
+        url = request.url
+        if url.scheme != "https":
+            return None
+        context = request.extensions.get(SSL_EXTENSION) or self._tls_by_host.get((url.host.lower(), url.port or 443))
+        if context is not None and proxy is not None and proxy.lower().startswith("https:"):
+            # aiohttp would use the origin's context for the proxy's own TLS as well: a job's
+            # insecure_skip_verify would then stop verifying the operator's proxy (and its password).
+            raise httpx.ProxyError(
+                f"TLS settings for {url.host} cannot be used through the https proxy {urlsplit(proxy).netloc}: "
+                "reach that proxy over http (the origin's TLS then runs end to end through it)",
+                request=request,
+            )
+        return context
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
@@ -154,8 +227,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         content = await request.aread()  # only small bodies are ever sent (JSON)
         options: dict[str, Any] = {}
-        if proxy := self._proxy_for(request.url):
+        proxy = self._proxy_for(request.url)
+        if proxy:
             options.update(proxy=proxy, proxy_auth=self._proxy_auth)
+        if (context := self._ssl_for(request, proxy)) is not None:
+            options["ssl"] = context  # aiohttp keys its pool by it
         # A head dripped a byte at a time never trips the per-read timeout: the whole head has a deadline.
         head_seconds = (
             sum(value for value in (timeout.get("pool"), timeout.get("connect"), timeout.get("read")) if value) or None
@@ -215,14 +291,19 @@ def new_client(
     trust_env: bool = True,
     headers: dict[str, str] | None = None,
     guard: ConnectGuard | None = None,
+    tls_by_host: Mapping[str, ssl.SSLContext] | None = None,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` on :class:`AiohttpTransport`; redirects are never followed here.
 
     ``guard`` enforces the URL policy where connections are made (:mod:`adapters.guard`): every
     client that reaches outside the gateway passes one; ``None`` (tests only) connects anywhere.
+    ``tls_by_host`` maps ``host[:port]`` (a host alone: port 443) to the context https requests to it
+    use, unless a request carries its own in ``extensions["ssl"]``.
     """
     return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, verify=verify, proxy=proxy, trust_env=trust_env, guard=guard),
+        transport=AiohttpTransport(
+            limits=limits, verify=verify, proxy=proxy, trust_env=trust_env, guard=guard, tls_by_host=tls_by_host
+        ),
         trust_env=False,  # the transport reads the proxy environment itself
         follow_redirects=False,
         timeout=timeout,

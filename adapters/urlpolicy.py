@@ -174,4 +174,13 @@ async def resolve(host: str, port: int) -> list[str]:
         infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), DNS_TIMEOUT_SECONDS)
     except (OSError, TimeoutError) as error:
         raise RefusedURL(f"host {host} cannot be resolved ({error or 'timed out'}): check the URL") from None
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})  # an IPv4 or IPv6 address: typeshed allows an int too
+
+
+async def host_ip(url: str) -> str:
+    """The first address ``url``'s host resolves to ("" if it does not), for result rows."""
+    parts = urlsplit(url)
+    try:
+        return (await resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)))[0]
+    except (RefusedURL, IndexError):
+        return ""

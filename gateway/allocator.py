@@ -1,18 +1,10 @@
 """Keep glibc's allocator from handing blob buffers back to the kernel after every read.
 
-A blob streams through the gateway as a run of short-lived buffers of 256 KiB to 1 MiB
-(uvloop's reads, aiohttp's body pieces, the chunks we hash). With glibc's defaults a buffer
-above the mmap threshold is its own ``mmap``, and the top of the heap is trimmed as soon as
-it is freed, so the next buffer faults its pages in afresh. Measured on one 1 GiB stream:
-250,000 page faults and 0.9 s of kernel time with the defaults (the sha256 of that GiB takes
-0.65 s), 8,000 faults and 0.15 s with buffers up to 4 MiB kept in a heap that holds 8 MiB
-spare at its top. The serving gateway warming a 64 MiB blob took 50,000 page faults with the
-defaults and 1,200 tuned (tests/integration/test_allocator.py); warming 2 GiB into two caches,
-its CPU went from 5.6 s to 5.0 s. The cost is at most that spare in resident memory.
-
-Only the ``serve`` process tunes itself, and only on glibc. An operator who sets these
-parameters through the environment (``GLIBC_TUNABLES=glibc.malloc.top_pad=...``, ``mmap_threshold``
-or ``trim_threshold``, or the older ``MALLOC_TOP_PAD_`` style) keeps theirs.
+A blob streams through as short-lived buffers of 256 KiB to 1 MiB; with glibc's defaults each
+is its own ``mmap`` and the next one faults its pages in afresh. Buffers up to 4 MiB now come
+from the heap, which keeps 8 MiB spare at its top (docs/design.md, "Process tuning"). Only the
+``serve`` process tunes itself, only on glibc, and an operator's own ``GLIBC_TUNABLES`` or
+``MALLOC_*_`` settings are kept.
 """
 
 from __future__ import annotations

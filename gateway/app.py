@@ -14,11 +14,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import cachetools
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,15 +26,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapters import registry as adapter_registry
-from adapters.base import Adapter, AdapterContext, ClusterInfo, Deduper
+from adapters.base import Adapter, AdapterContext, ClusterInfo
+from adapters.dedupe import Deduper
 from adapters.guard import ConnectGuard, urls_in
 from adapters.oci import OciClient
 from adapters.transport import new_client
 from gateway import console
 from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
 from gateway.config import Config
-from gateway.endpoints import kraken, legacy, mirror, openapi, probes
-from gateway.fastpath import FastStatusMiddleware
+from gateway.endpoints import kraken, legacy, metrics, mirror, openapi, probes, schema
 from gateway.gcpolicy import CollectorPolicy
 from gateway.health import ClusterHealth
 from gateway.httputil import APIError, error_response
@@ -46,6 +45,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.routing import merge_by_path
 from gateway.runner import Runner
 from gateway.secretbox import SecretBox
+from gateway.statuscache import StatusCache
 from gateway.store import JobRecord, SqlStore, StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")
@@ -65,7 +65,7 @@ USER_AGENT = f"harbor-preheat-gateway/{VERSION}"
 class Gateway:
     """Everything the endpoints need, alive between start() and stop()."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, tune_process: bool = False) -> None:
         self.config = config
         self.version = VERSION
         self.started_at = time.time()
@@ -75,10 +75,12 @@ class Gateway:
             Path(config.store.secret_key_file) if config.store.secret_key_file else config.state_dir / "secret.key",
         )
         self.auth = Authenticator(config.auth, self.store)
+        tls_by_host = config.registries.tls_contexts()  # registries.tls, built once
         self.http = new_client(
             timeout=httpx.Timeout(config.registries.read_timeout_seconds, connect=10.0),
             headers={"User-Agent": USER_AGENT},
             guard=_connect_guard(config),
+            tls_by_host=tls_by_host,
         )
         self.dedupe = Deduper(window=config.runner.dedupe_window_seconds, floor=config.runner.transfer_floor)
         policy = config.registries.policy()
@@ -94,6 +96,7 @@ class Gateway:
             hostname=socket.gethostname(),
             ip=_primary_ip(),
             user_agent=USER_AGENT,
+            tls_by_host=tls_by_host,
         )
         self.adapters: dict[int, Adapter] = {
             cluster.id: adapter_registry.load(cluster.config.adapter)(
@@ -114,11 +117,11 @@ class Gateway:
         self.health = ClusterHealth(self.adapters)
         self.create_limit = RateLimiter(config.server.create_rate_per_second, config.server.create_burst)
         self.metrics.watch(self._scraped)
-        # Finished jobs never change (but for bio): their rendered bytes are served from here.
-        self.rendered: cachetools.TTLCache[tuple[str, int], bytes] = cachetools.TTLCache(maxsize=20_000, ttl=300)
+        self.statuses = StatusCache()
         self._lock_file: Any = None
         self._lag_watch: asyncio.Task[None] | None = None
-        self._collector = CollectorPolicy(self.metrics.gc_pauses)
+        # Process-wide: only the serve command's own process tunes its collector (embedders and tests keep theirs).
+        self._collector = CollectorPolicy(self.metrics.gc_pauses) if tune_process else None
 
     async def start(self) -> None:
         if self.store.dialect == "sqlite":
@@ -135,7 +138,8 @@ class Gateway:
             await self._print_first_token()
         await self.runner.start()
         self._lag_watch = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
-        self._collector.settle()
+        if self._collector is not None:
+            self._collector.settle()
         log.info(
             "serving %d cluster(s) from %s with store %s", len(self.adapters), self.config.source, self.store.dialect
         )
@@ -156,7 +160,8 @@ class Gateway:
     async def stop(self) -> None:
         """After the server drained its requests: hand unfinished tasks back, then close everything."""
         self.draining = True
-        self._collector.restore()
+        if self._collector is not None:
+            self._collector.restore()
         if self._lag_watch is not None:
             self._lag_watch.cancel()
         await self.runner.stop()
@@ -167,21 +172,6 @@ class Gateway:
         await self.store.close()
         if self._lock_file is not None:
             self._lock_file.close()
-
-    async def job_bytes(self, dialect: str, job_id: int, render: Callable[[JobRecord], bytes]) -> bytes | None:
-        """A job rendered by ``dialect`` (None if there is no such job); a finished job's bytes are
-        kept, and the polling fast path (``gateway.fastpath``) serves them from then on."""
-        key = (dialect, job_id)
-        cached = self.rendered.get(key)
-        if cached is not None:
-            return cached
-        job = await self.jobs.get(job_id)
-        if job is None:
-            return None
-        body = render(job)
-        if job.finished:
-            self.rendered[key] = body
-        return body
 
     def _created(self, job: JobRecord) -> None:
         self.metrics.jobs_created.labels(job.source).inc()
@@ -217,7 +207,11 @@ class Gateway:
             ),
             gauge_family("cluster_up", "1 when the cluster's last health check reached it.", up, ["cluster"]),
             *_layout_families(
-                {(a.cluster.name,): a.layout for a in self.adapters.values() if getattr(a, "layout", None) is not None}
+                {
+                    (a.cluster.name,): layout
+                    for a in self.adapters.values()
+                    if (layout := getattr(a, "layout", None)) is not None
+                }
             ),
             *mirror.metric_families(self),
         ]
@@ -366,8 +360,9 @@ class PathPrefixMiddleware:
         await self.app(scope, receive, send)
 
 
-def create_app(config: Config) -> Starlette:
-    gateway = Gateway(config)
+def create_app(config: Config, *, tune_process: bool = False) -> Starlette:
+    """The gateway as an ASGI app; ``tune_process`` (the ``serve`` command) also tunes the process's collector."""
+    gateway = Gateway(config, tune_process=tune_process)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -385,14 +380,24 @@ def create_app(config: Config) -> Starlette:
 
     # One route per path: a 405's Allow then names every method the path serves.
     routes = merge_by_path(
-        [*probes.routes(), *openapi.routes(), *legacy.routes(), *kraken.routes(), *console.routes(), *mirror.routes()]
+        [
+            *probes.routes(),
+            *metrics.routes(),
+            *schema.routes(),
+            *openapi.routes(),
+            *legacy.routes(),
+            *kraken.routes(),
+            *console.routes(),
+            *mirror.routes(),
+        ]
     )
+    # Status polls, most of what Harbor sends, are matched first: Starlette tries routes in order.
+    routes.sort(key=lambda route: getattr(route, "path", "") not in ("/oapi/v1/jobs/{id:int}", "/preheats/{id}"))
     app = Starlette(
         routes=routes,
         middleware=[
             *([Middleware(PathPrefixMiddleware, root_path=config.server.root_path)] if config.server.root_path else []),
             Middleware(mirror.ListenerSplitMiddleware, separate=bool(config.server.mirror_listen)),
-            Middleware(FastStatusMiddleware, gateway=lambda: gateway),
             Middleware(RequestIdMiddleware),
             Middleware(HTTPMetricsMiddleware, metrics=gateway.metrics, routes=routes),
             Middleware(

@@ -11,4 +11,4 @@ if TYPE_CHECKING:
 
 
 def gateway_of(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    return request.app.state.gateway

@@ -1,6 +1,6 @@
 """Who may call the gateway: personal access tokens, IdP JWTs, and the authentication middleware.
 
-Harbor authenticates to a provider with one header on every request (reference section 2),
+Harbor authenticates to a provider with one header on every request (Harbor's ``src/pkg/p2p/preheat/provider/auth``),
 built by its instance's auth mode:
 
 - OAUTH, ``Authorization: Bearer <credential>``: a personal access token (``phg_...``), or a
@@ -27,7 +27,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import hmac
 import logging
 import secrets
 import time
@@ -35,11 +34,14 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-import authlib.deprecate  # noqa: F401  (first: importing it installs an "always" filter the one below must override)
 import cachetools
 import msgspec
+from joserfc import jwt
+from joserfc.errors import BadSignatureError, InvalidKeyCurveError, JoseError, KeyParameterError, SecurityWarning
+from joserfc.jwk import JWKRegistry, Key
+from joserfc.jws import JWSRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters.bounded import send_capped
@@ -48,11 +50,9 @@ from adapters.transport import new_client
 from gateway.config import AuthConfig, JWTConfig
 from gateway.store import SqlStore
 
-with warnings.catch_warnings():
-    # Authlib 1.7+ marks authlib.jose deprecated in favour of joserfc; it keeps working before 2.0.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from authlib.jose import JsonWebKey, JsonWebToken, KeySet
-    from authlib.jose.errors import BadSignatureError, UnsupportedAlgorithmError
+# RFC 9864 deprecates the name "EdDSA" (for "Ed25519"), and joserfc warns on every use of it; identity
+# providers still sign with that name, and auth.jwt.algorithms is the operator's choice.
+warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
 
 TOKEN_PREFIX = "phg_"
 SCOPES = frozenset({"job", "pull"})
@@ -111,10 +111,8 @@ class TokenVerifier:
         cached = self._verified.get(digest) if self._cache_enabled else None
         if cached is not None and (cached[1] is None or cached[1] > time.time()):
             return cached[0]
-        record = await self.store.find_token(digest)
-        # The lookup is by hash, so its timing reveals nothing about the token; the compare
-        # below guards the last step all the same.
-        if record is None or not hmac.compare_digest(digest, hash_token(token)):
+        record = await self.store.find_token(digest)  # by hash: its timing reveals nothing about the token
+        if record is None:
             raise Unauthorized("unknown token", "unknown_token")
         if record.revoked_at is not None:
             raise Unauthorized(f"token {record.name!r} was revoked", "revoked_token")
@@ -125,13 +123,6 @@ class TokenVerifier:
             self._verified[digest] = (principal, record.expires_at)
             await self.store.touch_token(record.id)
         return principal
-
-    def cached(self, token: str) -> Principal | None:
-        """The principal of a token verified within ``auth.token_cache_seconds``; no I/O."""
-        entry = self._verified.get(hash_token(token)) if self._cache_enabled else None
-        if entry is None or (entry[1] is not None and entry[1] <= time.time()):
-            return None
-        return entry[0]
 
 
 def bearer(headers: dict[str, str]) -> str | None:
@@ -162,14 +153,40 @@ def _b64url_json(segment: str) -> Any:
     return msgspec.json.decode(base64.urlsafe_b64decode(padded.encode("ascii")))
 
 
-def load_public_keys(path: str) -> KeySet:
-    """A PEM public key or certificate, or a JWK / JWKS JSON file, as a key set."""
+def _import_jwks(document: Any) -> list[Key]:
+    """The keys of a JWKS document, kids as published; a key of an unknown ``kty`` is skipped (RFC 7517 section 5)."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS: no list of keys")
+    keys: list[Key] = []
+    for entry in document["keys"]:
+        if not isinstance(entry, dict):
+            raise ValueError("not a JWKS: a key is not an object")
+        if entry.get("kty") in JWKRegistry.key_types:
+            keys.append(JWKRegistry.import_key(entry))
+    return keys
+
+
+def _import_pem(raw: bytes) -> Key:
+    """A PEM public key, private key or certificate: joserfc wants its type named, so each is tried."""
+    for kty in ("RSA", "EC", "OKP"):
+        try:
+            return JWKRegistry.import_key(raw, kty, {"use": "sig"})
+        except (ValueError, JoseError):  # unreadable, or a key of another type
+            continue
+    raise ValueError("no RSA, EC or OKP key in it")
+
+
+def load_public_keys(path: str) -> list[Key]:
+    """A PEM public key or certificate, or a JWK / JWKS JSON file, as a list of keys."""
     raw = Path(path).read_bytes()
     try:
         if raw.lstrip().startswith(b"{"):
             document = msgspec.json.decode(raw)
-            return JsonWebKey.import_key_set(document if "keys" in document else {"keys": [document]})
-        return KeySet([JsonWebKey.import_key(raw, {"use": "sig"})])
+            keys = _import_jwks(document if "keys" in document else {"keys": [document]})
+            if not keys:
+                raise ValueError("no key of a known type")
+            return keys
+        return [_import_pem(raw)]
     except Exception as error:
         raise ValueError(
             f"auth.jwt.public_key_file: {path} is not a PEM public key or certificate, a JWK or a JWKS ({type(error).__name__})"
@@ -191,8 +208,14 @@ class JWTVerifier:
 
     def __init__(self, config: JWTConfig) -> None:
         self.config = config
-        self._jwt = JsonWebToken(list(config.algorithms))
-        self._keys: dict[str | None, Any] = {}
+        # An IdP's own header parameters are ignored, as RFC 7515 allows (``crit`` is still enforced).
+        self._registry = JWSRegistry(algorithms=list(config.algorithms), strict_check_header=False)
+        # joserfc's own caps (a 512-byte header, a 1 KiB signature) would refuse an x5c chain or an RSA-8192
+        # signature; MAX_TOKEN_BYTES bounds the whole token instead.
+        self._registry.max_header_length = self.MAX_TOKEN_BYTES
+        self._registry.max_payload_length = self.MAX_TOKEN_BYTES
+        self._registry.max_signature_length = self.MAX_TOKEN_BYTES
+        self._keys: dict[str | None, Key] = {}
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -201,9 +224,9 @@ class JWTVerifier:
             self._fetched_at = float("inf")
 
     @staticmethod
-    def _index(keys: KeySet) -> dict[str | None, Any]:
-        usable = [key for key in keys.keys if key.kty != "oct" and key.tokens.get("use", "sig") == "sig"]
-        indexed: dict[str | None, Any] = {key.kid: key for key in usable}
+    def _index(keys: list[Key]) -> dict[str | None, Key]:
+        usable = [key for key in keys if key.key_type != "oct" and key.get("use", "sig") == "sig"]
+        indexed: dict[str | None, Key] = {key.kid: key for key in usable}
         if len(usable) == 1:
             indexed.setdefault(None, usable[0])
         return indexed
@@ -227,12 +250,12 @@ class JWTVerifier:
                     )
                 if response.status_code != 200:
                     raise ValueError(f"HTTP {response.status_code}")
-                self._keys = self._index(JsonWebKey.import_key_set(msgspec.json.decode(body)))
+                self._keys = self._index(_import_jwks(msgspec.json.decode(body)))
                 self._fetched_at = now
             except Exception as error:  # the previous keys stay in use; say why in the log
                 log.warning("fetching the JWKS at auth.jwt.jwks_url %s failed: %s", url, str(error)[:200])
 
-    async def _key_for(self, kid: str | None) -> Any:
+    async def _key_for(self, kid: str | None) -> Key:
         if self.config.jwks_url:
             await self._refresh(forced=False)
             if kid not in self._keys:
@@ -264,16 +287,16 @@ class JWTVerifier:
             )
         kid = header.get("kid")
         key = await self._key_for(kid if isinstance(kid, str) else None)
-        if _KEY_TYPES[header["alg"][:2]] != key.kty:
+        if _KEY_TYPES[header["alg"][:2]] != key.key_type:
             raise Unauthorized("JWT algorithm does not fit the type of the key its kid names", "jwt_algorithm")
         try:
-            claims = dict(self._jwt.decode(token, key))
-        except UnsupportedAlgorithmError:
-            raise Unauthorized("JWT algorithm is not accepted (see auth.jwt.algorithms)", "jwt_algorithm") from None
+            claims = dict(jwt.decode(token, key, registry=self._registry).claims)
         except BadSignatureError:
             raise Unauthorized(
                 "JWT signature does not verify against the identity provider's keys", "jwt_signature"
             ) from None
+        except (KeyParameterError, InvalidKeyCurveError):  # the key's own alg, curve or key_ops rule it out
+            raise Unauthorized("JWT algorithm does not fit the key its kid names", "jwt_algorithm") from None
         except Exception:  # whatever else a hostile token provokes in the library is a 401, not a 500
             raise Unauthorized("malformed JWT", "jwt_malformed") from None
         return self._check_claims(claims)
@@ -305,7 +328,8 @@ class JWTVerifier:
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
+    """A JSON number: ``true``/``false`` are not, though Python's bool is an int."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -329,7 +353,6 @@ class Authenticator:
         self.tokens = TokenVerifier(store, config.token_cache_seconds)
         self.jwt = JWTVerifier(config.jwt) if config.jwt is not None and config.mode != "none" else None
         self.custom_header = config.custom_header.lower() if config.custom_header else None
-        self._custom_header_bytes = self.custom_header.encode("latin-1") if self.custom_header else b"\0"
         self.failures: Counter[str] = Counter()
 
     @property
@@ -380,33 +403,6 @@ class Authenticator:
             raise Unauthorized(f"unsupported Authorization scheme: send {self.accepted()}", "scheme")
         raise Unauthorized(f"missing credentials: send {self.accepted()}", "missing")
 
-    def quick(self, raw_headers: list[tuple[bytes, bytes]]) -> bool:
-        """True when the request's token was verified moments ago (no I/O, for the polling fast path).
-
-        Follows :meth:`authenticate`'s order (custom header, then Authorization); False means
-        "not known": the caller must take the normal path, which verifies for real.
-        """
-        if not self.enabled:
-            return True
-        if not self.config.tokens:
-            return False
-        headers = {name: value for name, value in raw_headers if name in (b"authorization", self._custom_header_bytes)}
-        try:
-            if self.custom_header and self._custom_header_bytes in headers:
-                token = headers[self._custom_header_bytes].decode("latin-1").strip()
-            else:
-                scheme, _, credential = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer":
-                    token = credential.strip()
-                elif scheme.lower() == "basic" and self.config.basic:
-                    token = basic_secret(f"Basic {credential}")
-                else:
-                    return False
-        except Unauthorized:
-            return False
-        principal = self.tokens.cached(token) if token else None
-        return principal is not None and "job" in principal.scopes
-
     def forbidden_reason(self, principal: Principal) -> str:
         if principal.method == "jwt" and self.config.jwt is not None:
             return f"the JWT's scope/scp claim lacks {self.config.jwt.scope!r} (auth.jwt.scope)"
@@ -424,7 +420,7 @@ class AuthMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        authenticator: Callable[[], Authenticator | None],
+        authenticator: Callable[[], Authenticator],
         public_prefixes: tuple[str, ...] = ("/console",),
         anonymous_pull: bool = False,
     ) -> None:
@@ -449,9 +445,6 @@ class AuthMiddleware:
             return
         reject = _reject_pull if mirror else _reject
         authenticator = self.authenticator()
-        if authenticator is None:
-            await reject(send, 503, "the gateway is starting")
-            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             principal = await authenticator.authenticate(headers, basic=True if mirror else None)

@@ -29,6 +29,7 @@ import errno
 import logging
 import os
 import select
+import weakref
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -125,13 +126,16 @@ class _ZeroCopySend:
     __slots__ = ("_cycle", "_protocol", "_send")
 
     def __init__(self, protocol: Any, cycle: Any, send: Any) -> None:
-        self._protocol, self._cycle, self._send = protocol, cycle, send
+        # The cycle holds this as its ``send``: a weak reference back and the unbound ``send`` leave no
+        # reference cycle per request, so reference counting frees each one (the collector never has to).
+        self._protocol, self._send = protocol, send.__func__
+        self._cycle: Callable[[], Any] = weakref.ref(cycle)
 
     async def __call__(self, message: Any) -> None:
+        cycle = self._cycle()
         if message["type"] != EXTENSION:
-            await self._send(message)
+            await self._send(cycle, message)
             return
-        cycle = self._cycle
         if cycle.disconnected:
             return
         if not cycle.response_started or cycle.response_complete or cycle.chunked_encoding:
@@ -149,16 +153,13 @@ class _ZeroCopySend:
             cycle.expected_content_length -= count
         # uvicorn's own bookkeeping ends the response (keep-alive, pipelining, Connection: close)
         await self._send(
-            {"type": "http.response.body", "body": b"", "more_body": bool(message.get("more_body", False))}
+            cycle, {"type": "http.response.body", "body": b"", "more_body": bool(message.get("more_body", False))}
         )
 
     async def _sendfile(self, file_fd: int, offset: int, count: int) -> bool:
         """Send ``count`` bytes; False (the connection closed) when the client went away or stalled."""
-        transport, cycle = self._protocol.transport, self._cycle
+        transport, cycle = self._protocol.transport, self._cycle()
         loop = asyncio.get_running_loop()
-        flush = getattr(transport, "flush", None)
-        if flush is not None:
-            flush()  # the one-send transport's held head goes first
         deadline = loop.time() + SEND_STALL_SECONDS
         while transport.get_write_buffer_size():  # the head leaves the process before the body's bytes
             if transport.is_closing() or cycle.disconnected:
@@ -209,7 +210,7 @@ class _ZeroCopySend:
             os.close(fd)
 
     def _abort(self) -> None:
-        cycle = self._cycle
+        cycle = self._cycle()
         cycle.disconnected = True
         cycle.message_event.set()
         self._protocol.transport.close()
@@ -217,8 +218,13 @@ class _ZeroCopySend:
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> bool:
     """Wait until ``fd`` can take bytes; False after :data:`SEND_STALL_SECONDS` without."""
-    ready = loop.create_future()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
     try:
         await asyncio.wait_for(ready, SEND_STALL_SECONDS)
         return True

@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from adapters.durations import parse_duration
 from gateway import preheat_cli
-from gateway.config import CONFIG_ENV, Config, ConfigError, load_config, parse_duration
+from gateway.config import CONFIG_ENV, Config, ConfigError, load_config
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -41,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.server.listen = f"{host}:{port}"
     configure_logging()
     tls = config.server.tls
-    app = create_app(config)
+    app = create_app(config, tune_process=True)
     limits = Limits.from_config(config.server)
     served = app
     if config.server.mirror_address is not None:  # the mirror on an address of its own

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +19,9 @@ import msgspec.inspect
 import yaml
 
 from adapters import registry as adapter_registry
-from adapters.base import Credentials
+from adapters.base import Credentials, OriginTLS
 from adapters.bounded import BODY_SECONDS
+from adapters.durations import parse_duration
 from adapters.oci import (
     MANIFEST_CACHE_BYTES,
     MAX_BLOB_BYTES,
@@ -27,16 +29,15 @@ from adapters.oci import (
     MAX_MANIFEST_BYTES,
     MAX_TOKEN_BYTES,
     ReadLimits,
-    parse_platform,
 )
+from adapters.origintls import read_ca_file, ssl_context
 from adapters.ratefloor import TransferFloor
+from adapters.reference import parse_platform
+from adapters.transport import tls_authority
 from adapters.urlpolicy import URLPolicy
 
 CONFIG_ENV = "PREHEAT_GATEWAY_CONFIG"
 STATE_DIR_ENV = "PREHEAT_GATEWAY_STATE_DIR"
-SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class ConfigError(Exception):
@@ -45,18 +46,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-def parse_duration(text: str | int | float) -> float:
-    """``90d``, ``30m``, ``15s``, ``500ms`` or a number of seconds, as seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(text)
-    match = _DURATION.fullmatch(str(text).strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 12h or 90d")
-    return float(match[1]) * _UNITS[match[2]]
 
 
 def default_state_dir() -> Path:
@@ -310,11 +299,56 @@ class RegistryCredential(_Section):
         return Credentials(self.username, Path(self.password_file or "").read_text().strip())
 
 
+class RegistryTLS(_Section):
+    """How the gateway verifies one registry's (or file server's) TLS, for every job that sets none of its own."""
+
+    host: str
+    """``harbor.internal`` (port 443) or ``harbor.internal:8443``: the authority this entry is for."""
+    ca_file: str | None = None
+    """PEM file of the CA (or CAs) that signed the host's certificate, trusted for that host instead of the default
+    CAs; read and checked at start."""
+    insecure_skip_verify: bool = False
+    """Do not verify the host's certificate at all (a test registry); its traffic can then be read and changed
+    by anyone in between, credentials included."""
+
+    def __post_init__(self) -> None:
+        try:
+            tls_authority(self.host)
+        except ValueError as error:
+            raise ValueError(f"host: {error}") from None
+        if self.ca_file is None and not self.insecure_skip_verify:
+            raise ValueError(
+                "ca_file: give ca_file (the CA that signed the host's certificate) or insecure_skip_verify: true"
+            )
+        if self.ca_file is not None and self.insecure_skip_verify:
+            raise ValueError("insecure_skip_verify: it makes ca_file pointless: give one of them")
+        self._chain()
+
+    def _chain(self) -> tuple[str, ...]:
+        if self.ca_file is None:
+            return ()
+        try:
+            return (read_ca_file(Path(self.ca_file).expanduser()),)
+        except ValueError as error:
+            raise ValueError(f"ca_file: {error}") from None
+
+    def context(self) -> ssl.SSLContext:
+        """The client context for this host (the CA file is read again: it was checked at load)."""
+        return ssl_context(OriginTLS(certificate_chain=self._chain(), insecure_skip_verify=self.insecure_skip_verify))
+
+
 class RegistriesConfig(_Section):
     allow: list[str] = []
     """Hosts the gateway may fetch from: ``host``, ``host:port``, ``*.suffix``, CIDR, or ``*``."""
     credentials: list[RegistryCredential] = []
-    """Used when the caller sent none (Kraken events, the CLI) or its token was refused."""
+    """Used when the caller sent none (Kraken events, the CLI) or its token was refused. Never for a job that sets
+    its own ``certificate_chain`` or ``insecure_skip_verify``: a caller's TLS choice could lead them to a man in
+    the middle."""
+    tls: list[RegistryTLS] = []
+    """TLS to registries and file servers behind a private CA (``{host, ca_file}``) or unverified
+    (``{host, insecure_skip_verify: true}``), for Kraken events, the CLI and every job that sends no
+    ``certificate_chain``/``insecure_skip_verify`` of its own (those win for their job). Hosts not listed are
+    verified against the default CAs (``SSL_CERT_FILE``, else the certifi bundle)."""
     max_manifest_bytes: int = MAX_MANIFEST_BYTES
     """Largest manifest or index read from a registry, counted after decompression (4 MiB); larger ones are refused."""
     max_blob_bytes: int = MAX_BLOB_BYTES
@@ -344,9 +378,19 @@ class RegistriesConfig(_Section):
         for key in ("read_timeout_seconds", "body_timeout_seconds"):
             if not 0 < getattr(self, key) <= 3600:
                 raise ValueError(f"{key}: must be more than 0 and at most 3600 seconds")
+        seen: dict[tuple[str, int], int] = {}
+        for index, entry in enumerate(self.tls):
+            authority = tls_authority(entry.host)
+            if authority in seen:
+                raise ValueError(f"tls[{index}].host: {entry.host} is already configured by tls[{seen[authority]}]")
+            seen[authority] = index
 
     def policy(self) -> URLPolicy:
         return URLPolicy(tuple(self.allow))
+
+    def tls_contexts(self) -> dict[str, ssl.SSLContext]:
+        """``registries.tls`` as the origin client takes it: ``host[:port]`` to its context, built at load."""
+        return {entry.host: entry.context() for entry in self.tls}
 
     def limits(self) -> ReadLimits:
         """The caps the registry client reads within."""
@@ -546,7 +590,7 @@ def _convert_reporting_all(raw: Any, struct: type[Any], where: str, errors: list
             return msgspec.convert(raw, struct)
         except msgspec.ValidationError as error:
             errors.append(_describe(error, where, struct))
-            unknown = re.match(r"Object contains unknown field `(.+?)`(?: - at `\$`)?$", str(error))
+            unknown = re.match(r"Object contains unknown field `([^`]+)`(?: - at `\$`)?$", str(error))
             if not unknown or not isinstance(raw, dict):
                 return None
             raw.pop(unknown[1], None)

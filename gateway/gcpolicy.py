@@ -1,20 +1,10 @@
-"""Garbage collection tuned for an event loop that serves Harbor, and its pauses measured.
+"""Garbage collection tuned for an event loop that serves Harbor, and its pauses timed.
 
-CPython's cyclic collector runs on the event loop's thread and stops every request while it
-works. With the default thresholds (a young collection every 700 net container allocations,
-an older one every 10 of those, a full one when the old generation has grown by a quarter)
-the gateway collected 474 times during the thousand-tag benchmark (own core), 1.3 s in all;
-each of its 3 full collections walked every object in the process for about 100 ms, and a
-create that arrived then waited for it.
-
-Two changes, once the gateway has started and before it serves: everything built so far
-(modules, the app, the adapters, the store) is moved out of the collector's sight with
-:func:`gc.freeze`, so a full collection walks only what the gateway allocated since; and the
-young generation is collected every 50,000 net allocations. The serving path makes no
-cyclic garbage (``adapters.transport`` unties httpx's responses), so reference counting frees
-nearly everything and the count seldom gets there: in the same benchmark, no collection at
-all, and a peak RSS of 79 MiB instead of 87 (README, Benchmarks).
-``preheat_gateway_gc_pause_seconds`` shows what collections cost in production.
+The cyclic collector stops the event loop while it runs. Once start-up is done, what exists
+is frozen out of its sight and young collections run 70 times less often; the serving path
+makes almost no cyclic garbage, so reference counting frees nearly everything. Applied by the
+``serve`` command only (docs/design.md, "Process tuning"); ``preheat_gateway_gc_pause_seconds``
+shows what collections cost.
 """
 
 from __future__ import annotations

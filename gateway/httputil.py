@@ -6,7 +6,6 @@ Dragonfly's manager uses), with a 4xx status for anything the caller can fix.
 
 from __future__ import annotations
 
-import math
 import re
 from itertools import accumulate
 from typing import Any
@@ -89,47 +88,7 @@ def int_param(request: Request, name: str, default: int, *, minimum: int, maximu
     return value
 
 
-async def json_body(request: Request, *, creates_job: bool = False) -> bytes:
-    """A JSON request body within the configured limits; ``creates_job`` also charges the
-    caller's creation rate limit for one job first (429 with ``Retry-After``)."""
+async def json_body(request: Request) -> bytes:
+    """A JSON request body within the configured limits (``server.max_body_bytes``, ``server.max_json_depth``)."""
     server = request.app.state.gateway.config.server
-    if creates_job:
-        charge_job_creations(request, 1)
     return await read_json_body(request, server.max_body_bytes, server.max_json_depth)
-
-
-def charge_job_creations(request: Request, jobs: int) -> None:
-    """Charge the caller's creation rate limit for ``jobs`` jobs, all or none of them.
-
-    A request that would create more jobs than the bucket holds now is refused whole with 429
-    and a ``Retry-After`` by which its whole cost has refilled. More than ``server.create_burst``
-    at once can never fit, and is refused saying so.
-    """
-    gateway = request.app.state.gateway
-    limit = gateway.create_limit
-    if limit.rate <= 0 or jobs <= 0:
-        return
-    if jobs > limit.burst:
-        gateway.metrics.rate_limited.inc()
-        raise APIError(
-            429,
-            f"this request would create {jobs} jobs; this credential may create at most {limit.burst} at once "
-            "(server.create_burst): send them in smaller requests",
-            {"Retry-After": str(max(1, round(jobs / limit.rate)))},
-        )
-    principal = request.scope.get("state", {}).get("principal")
-    wait = limit.acquire(principal.name if principal else "anonymous", jobs)
-    if wait:
-        gateway.metrics.rate_limited.inc()
-        what = (
-            "too many jobs created by this credential"
-            if jobs == 1
-            else (
-                f"this request would create {jobs} jobs, more than this credential may create now; no job was created"
-            )
-        )
-        raise APIError(
-            429,
-            f"{what}; retry in {wait:.1f}s (server.create_rate_per_second)",
-            {"Retry-After": str(max(1, math.ceil(wait)))},
-        )

@@ -18,10 +18,12 @@ from typing import Any, Literal
 import msgspec
 
 from adapters import registry as adapter_registry
+from adapters.base import DEFAULT_SCOPE, OPTIONAL_ARGUMENTS, SCOPES, OriginTLS
 from adapters.files import filter_url
-from adapters.oci import parse_manifest_url, parse_platform
+from adapters.origintls import parse_certificate_chain
+from adapters.reference import parse_manifest_url, parse_platform
 from adapters.urlpolicy import RefusedURL, URLPolicy, split_http_url
-from gateway.config import SCOPES, Cluster, Config
+from gateway.config import Cluster, Config
 from gateway.redact import has_userinfo, public_url
 from gateway.secretbox import SecretBox
 from gateway.store import JobRecord, NewJob, SqlStore
@@ -29,6 +31,12 @@ from gateway.store import JobRecord, NewJob, SqlStore
 MAX_HEADERS = 32
 MAX_HEADER_BYTES = 16 << 10
 MAX_INT64 = 2**63 - 1
+MAX_CONCURRENT_TASKS = 100
+MAX_CONCURRENT_PEERS = 1000
+MAX_COUNT = 200
+MAX_IPS = 1000
+_ADDRESS = re.compile(r"[0-9A-Za-z.:%_-]{1,253}")
+"""An IPv4 or IPv6 address or a host name, as ``ips`` may name an endpoint."""
 """The largest integer Go (Harbor, Dragonfly) decodes into an int64: anything beyond is no sensible value."""
 USERINFO_REFUSED = "user-info in URLs is not accepted: send credentials as headers or configure registries.credentials"
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -63,12 +71,29 @@ class JobSpec(msgspec.Struct, kw_only=True):
     """Secret: sealed at rest, never echoed."""
     piece_length: int | None = None
     concurrent_count: int = 0
+    """Blobs in flight per endpoint (Dragonfly's ``concurrent_task_count``); 0: the default."""
+    concurrent_peer_count: int = 0
+    """Endpoints warmed at once; 0: the default."""
+    ips: list[str] = []
+    count: int | None = None
+    percentage: int | None = None
+    """``ips``, ``count``, ``percentage``: which endpoints an ``all_*`` scope warms (at most one is given)."""
+    certificate_chain: list[str] = []
+    """PEM certificates this job trusts for its origin's TLS."""
+    insecure_skip_verify: bool = False
     timeout_seconds: float = 0.0
     cluster_ids: list[int] | None = None
     bio: str = ""
     source: str = "openapi"
     extra: dict[str, Any] = {}
     """Arguments the gateway does not interpret, kept for adapters that forward upstream."""
+
+    def origin_tls(self) -> OriginTLS | None:
+        """The job's own TLS to its origin, or ``None`` for the gateway's (``registries.tls``, the system's CAs)."""
+        if not self.certificate_chain and not self.insecure_skip_verify:
+            return None
+        chain = parse_certificate_chain(self.certificate_chain) if self.certificate_chain else ()
+        return OriginTLS(certificate_chain=chain, insecure_skip_verify=self.insecure_skip_verify)
 
     def public_urls(self) -> list[str]:
         """The URLs without user-info or signing parameters (image and file alike): a signed URL is a credential.
@@ -88,6 +113,39 @@ class JobSpec(msgspec.Struct, kw_only=True):
         """What :meth:`public` leaves out and a worker needs: sealed at rest, purged when the job ends."""
         urls = self.urls if self.public_urls() != self.urls else []
         return {"headers": self.headers, "password": self.password, "urls": urls}
+
+
+def check_dragonfly_arguments(spec: JobSpec) -> None:
+    """Dragonfly's own bounds on its preheat arguments, each a 422 naming them."""
+    for name, value, low, high, default in (
+        ("concurrent_task_count", spec.concurrent_count, 1, MAX_CONCURRENT_TASKS, "8"),
+        ("concurrent_peer_count", spec.concurrent_peer_count, 1, MAX_CONCURRENT_PEERS, "500"),
+    ):
+        if value != 0 and not low <= value <= high:
+            raise InvalidRequest(f"{name} must be between {low} and {high} (0 or absent: {default})")
+    for name, given, high in (("count", spec.count, MAX_COUNT), ("percentage", spec.percentage, 100)):
+        if given is not None and not 1 <= given <= high:
+            raise InvalidRequest(f"{name} must be between 1 and {high}")
+    chosen = [name for name in ("ips", "count", "percentage") if getattr(spec, name) not in (None, [])]
+    if len(chosen) > 1:
+        raise InvalidRequest(f"{' and '.join(chosen)} each choose endpoints: send one of them")
+    if chosen and spec.scope in ("", DEFAULT_SCOPE):
+        raise InvalidRequest(
+            f"{chosen[0]} chooses which endpoints to warm, for scope all_seed_peers or all_peers; "
+            f"scope {spec.scope or 'single_seed_peer (the default)'} warms each blob on one endpoint"
+        )
+    if len(spec.ips) > MAX_IPS:
+        raise InvalidRequest(f"ips has {len(spec.ips)} addresses: at most {MAX_IPS}")
+    for ip in spec.ips:
+        if not _ADDRESS.fullmatch(ip):
+            raise InvalidRequest(f"ips: {public_text(ip, 80)!r} is not an IP address or host name")
+    if spec.certificate_chain:
+        if spec.insecure_skip_verify:
+            raise InvalidRequest("certificate_chain and insecure_skip_verify contradict each other: send one")
+        try:
+            parse_certificate_chain(spec.certificate_chain)
+        except ValueError as error:
+            raise InvalidRequest(str(error)) from None
 
 
 def parse_filtered_query_params(text: str) -> list[str]:
@@ -206,13 +264,8 @@ class JobService:
         if spec.timeout_seconds < 0:
             raise InvalidRequest("timeout cannot be negative (it is a Go duration in nanoseconds; 0 means the default)")
         self._check_timeout(spec.timeout_seconds)
-        for name, value in (
-            ("piece_length", spec.piece_length),
-            ("count", spec.extra.get("count")),
-            ("percentage", spec.extra.get("percentage")),
-        ):
-            if isinstance(value, int) and not -MAX_INT64 <= value <= MAX_INT64:
-                raise InvalidRequest(f"{name} is out of range: at most {MAX_INT64} (a Go int64)")
+        if spec.piece_length is not None and not -MAX_INT64 <= spec.piece_length <= MAX_INT64:
+            raise InvalidRequest(f"piece_length is out of range: at most {MAX_INT64} (a Go int64)")
         for name, text in (
             ("tag", spec.tag),
             ("application", spec.application),
@@ -222,8 +275,8 @@ class JobService:
         ):
             if bad := _TEXT_FORBIDDEN.search(text):
                 raise InvalidRequest(f"{name} contains {_describe_char(bad.group())}: remove it")
-        if spec.concurrent_count < 0 or spec.concurrent_count > 1000:
-            raise InvalidRequest("concurrent_count must be between 0 (the default, 8) and 1000")
+        check_dragonfly_arguments(spec)
+        self.check_understood(spec, self.targets(spec))
         if spec.piece_length is not None and spec.piece_length < 0:
             raise InvalidRequest("piece_length cannot be negative")
         if len(spec.headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in spec.headers.items()) > MAX_HEADER_BYTES:
@@ -232,6 +285,28 @@ class JobService:
             check_header(name, value)
         if len(spec.bio) > 1000:
             raise InvalidRequest("bio is longer than 1000 characters")
+
+    def check_understood(self, spec: JobSpec, targets: list[int]) -> None:
+        """Refuse an optional Dragonfly argument sent to a cluster whose adapter gives it no meaning."""
+        given = sorted(name for name in OPTIONAL_ARGUMENTS if getattr(spec, name))
+        if not given:
+            return
+        for cluster_id in targets:
+            cluster = self.clusters[cluster_id]
+            adapter = adapter_registry.load(cluster.config.adapter)
+            if unused := [name for name in given if name not in adapter.understands]:
+                able = [
+                    f"{c.id} ({c.name})"
+                    for c in self.clusters.values()
+                    if set(given) <= adapter_registry.load(c.config.adapter).understands
+                ]
+                hint = f"clusters that use them: {', '.join(able)}" if able else "no cluster of this gateway uses them"
+                raise InvalidRequest(
+                    f"cluster {cluster.name} (id {cluster.id}, adapter {cluster.config.adapter}) gives "
+                    f"{' and '.join(unused)} no meaning, so the gateway will not send it there: leave "
+                    f"{'it' if len(unused) == 1 else 'them'} out, or name other clusters in scheduler_cluster_ids "
+                    f"({hint}); see docs/adapters.md"
+                )
 
     def targets(self, spec: JobSpec) -> list[int]:
         """The clusters a job runs on: those it names (an unsupporting one then fails its task,
@@ -253,9 +328,17 @@ class JobService:
                 f"runner.max_timeout): send a Go duration in nanoseconds up to that, or 0 for the default ({runner.default_timeout})"
             )
 
-    async def create(self, spec: JobSpec, *, check: Callable[[JobSpec], Awaitable[None]] | None = None) -> JobRecord:
+    async def create(
+        self,
+        spec: JobSpec,
+        *,
+        check: Callable[[JobSpec], Awaitable[None]] | None = None,
+        event_key: str | None = None,
+    ) -> JobRecord:
         """Validate and commit a job. ``check`` runs after validation, before anything is stored: a dialect's
-        create-time check (:mod:`gateway.precheck`) that may refuse what would certainly fail."""
+        create-time check (:mod:`gateway.precheck`) that may refuse what would certainly fail. With ``event_key``
+        (a Kraken event's), the key is recorded with the job, and :class:`gateway.store.EventHasJob` raised
+        instead when the event already made one."""
         await self.validate(spec)
         if check is not None:
             await check(spec)
@@ -274,6 +357,7 @@ class JobService:
                 secret=self.box.seal(spec.secrets()),
                 deadline=now + timeout,
                 created_at=now,
+                event_key=event_key,
             )
         )
         self.on_created(job)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 
 import msgspec
 from starlette.requests import ClientDisconnect
@@ -65,7 +65,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        event = {
+        event: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -110,13 +110,19 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        current = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        current = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+                current = given if _REQUEST_ID.fullmatch(given) else ""
+                break
+        current = current or os.urandom(16).hex()  # as uuid4().hex, without building a UUID per request
+        header = (b"x-request-id", current.encode())
         token = request_id.set(current)
 
         async def stamp(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", current.encode())]}
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:

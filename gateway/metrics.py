@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -108,8 +108,12 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+LabelValues = TypeVar("LabelValues", bound=tuple[str, ...])
+"""One sample's label values, in the order of its family's label names."""
+
+
 def counter_family(
-    name: str, documentation: str, values: Mapping[tuple[str, ...], float], labels: list[str]
+    name: str, documentation: str, values: Mapping[LabelValues, float], labels: list[str]
 ) -> CounterMetricFamily:
     family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
     for label_values, value in values.items():
@@ -118,7 +122,7 @@ def counter_family(
 
 
 def gauge_family(
-    name: str, documentation: str, values: Mapping[tuple[str, ...], float], labels: list[str]
+    name: str, documentation: str, values: Mapping[LabelValues, float], labels: list[str]
 ) -> GaugeMetricFamily:
     family = GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
     for label_values, value in values.items():
@@ -132,7 +136,8 @@ class HTTPMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: Iterable[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
-        self.templates = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
+        self._timers: dict[tuple[str, str, int], Histogram] = {}
+        self.templates: dict[object, str] = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,6 +161,8 @@ class HTTPMetricsMiddleware:
             route = self.templates.get(scope.get("endpoint"), "other")
             if route == "other" and scope["path"].startswith("/console"):
                 route = "/console"
-            self.metrics.http_duration.labels(route, scope["method"], str(status)).observe(
-                time.perf_counter() - started
-            )
+            key = (route, scope["method"], status)
+            timer = self._timers.get(key)
+            if timer is None:  # labels() costs more than the observation; the keys are bounded as the labels are
+                timer = self._timers[key] = self.metrics.http_duration.labels(route, scope["method"], str(status))
+            timer.observe(time.perf_counter() - started)

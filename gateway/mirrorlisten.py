@@ -41,11 +41,12 @@ class MirrorListener:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
     ) -> None:
+        self.protocol = protocol_class(limits)
         self.config = uvicorn.Config(
             app,
             host=host,
             port=port,
-            http=protocol_class(limits),
+            http=self.protocol,
             ws="none",
             lifespan="off",
             limit_concurrency=None,
@@ -64,11 +65,16 @@ class MirrorListener:
         if not config.loaded:
             config.load()
         factory = functools.partial(
-            config.http_protocol_class, config=config, server_state=self.state, app_state={MIRROR_LISTENER: True}
+            self.protocol, config=config, server_state=self.state, app_state={MIRROR_LISTENER: True}
         )
-        tls = {"ssl_handshake_timeout": self.limits.header_timeout} if config.ssl is not None else {}
         self.server = await asyncio.get_running_loop().create_server(
-            factory, host=config.host, port=config.port, ssl=config.ssl, backlog=2048, **tls
+            factory,
+            host=config.host,
+            port=config.port,
+            ssl=config.ssl,
+            backlog=2048,
+            # asyncio refuses a handshake timeout without TLS; None is its default there
+            ssl_handshake_timeout=self.limits.header_timeout if config.ssl is not None else None,
         )
         log.info(
             "serving the registry mirror on %s://%s:%d", "https" if config.ssl else "http", config.host, config.port

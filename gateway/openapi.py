@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from gateway.dialects.dragonfly import CreateJobRequest, PatchJobRequest
+from gateway.store import JOB_STATES
 
 JOB_TYPES = ("preheat",)
 """The job types the gateway creates (and the ``type`` filter of a list accepts)."""
@@ -28,7 +29,7 @@ _JOB = {
         "task_id": {"type": "string"},
         "bio": {"type": "string"},
         "type": {"type": "string", "enum": list(JOB_TYPES)},
-        "state": {"type": "string", "enum": ["PENDING", "SUCCESS", "FAILURE"]},
+        "state": {"type": "string", "enum": list(JOB_STATES)},
         "source": {"type": "string"},
         "args": {"type": "object", "description": "The request's arguments; headers and password are always blanked."},
         "result": {
@@ -99,7 +100,7 @@ def _list_parameters(max_page_size: int) -> list[dict[str, Any]]:
         for name, schema in (
             ("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}),
             ("per_page", {"type": "integer", "minimum": 1, "maximum": max_page_size, "default": 10}),
-            ("state", {"type": "string", "enum": ["PENDING", "SUCCESS", "FAILURE"]}),
+            ("state", {"type": "string", "enum": list(JOB_STATES)}),
             ("type", {"type": "string", "enum": list(JOB_TYPES)}),
         )
     ]

@@ -3,8 +3,10 @@
 Harbor 2.1-2.11 never show a job's failure text (their task log ends "is fail with error: "); the
 only answers they log are HTTP errors of a call, ``POST ".../preheats" error: 404 Not Found {body}``.
 So before a legacy job is committed, the gateway reads the image's manifest once through the
-client, auth order (the caller's header, then configured credentials) and URL policy the adapters
-use, for at most :data:`CREATE_CHECK_SECONDS`. A definite answer becomes the create's answer; an
+client, auth order (the caller's header, then configured credentials), TLS (the job's own
+``certificate_chain``/``insecure_skip_verify``, else ``registries.tls``) and URL policy the adapters
+use, for at most :data:`CREATE_CHECK_SECONDS`. A job with its own TLS is, as when it runs, never
+handed the configured credentials. A definite answer becomes the create's answer; an
 undecided one (a slow or unreachable registry, a 5xx, a rate limit) is accepted and runs as before.
 """
 
@@ -15,7 +17,10 @@ import logging
 from urllib.parse import urlsplit
 
 from adapters.base import Credentials
-from adapters.oci import OciClient, RegistryAuth, RegistryError, parse_manifest_url
+from adapters.oci import OciClient, RegistryAuth
+from adapters.origintls import job_context, overrides
+from adapters.reference import parse_manifest_url
+from adapters.retry import RegistryError
 from gateway.config import Config
 from gateway.jobs import JobSpec
 
@@ -52,10 +57,14 @@ async def check_manifest(oci: OciClient, config: Config, spec: JobSpec, seconds:
         ref = parse_manifest_url(url)
     except ValueError:
         return  # validation already refused it; nothing to decide here
+    try:
+        tls = spec.origin_tls()  # as the runner hands it to the adapters
+    except ValueError:
+        return  # validation already refused it
     credentials = Credentials(spec.username, spec.password) if spec.username and spec.password else None
-    if credentials is None:
+    if credentials is None and not overrides(tls):  # the operator's credentials only over the operator's TLS
         credentials = config.credentials_for(urlsplit(url).netloc)
-    auth = RegistryAuth(header=spec.headers.get("Authorization"), credentials=credentials)
+    auth = RegistryAuth(header=spec.headers.get("Authorization"), credentials=credentials, ssl=job_context(tls))
     try:
         async with asyncio.timeout(seconds):
             await oci.get_manifest(ref, auth)

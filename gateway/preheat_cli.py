@@ -18,12 +18,13 @@ from typing import Any, TextIO
 
 import httpx
 
+from adapters.base import SCOPES
+from adapters.durations import parse_duration
 from gateway.config import (
     CONFIG_ENV,
     ConfigError,
     RunnerConfig,
     load_config,
-    parse_duration,
 )
 
 TOKEN_ENV = "PREHEAT_GATEWAY_TOKEN"
@@ -251,7 +252,7 @@ def add_parser(commands: Any) -> None:
     )
     preheat.add_argument("--cluster", type=int, action="append", help="cluster id; repeat for several (default: all)")
     preheat.add_argument("--platform", help="os/arch[/variant] or 'all' (default: the cluster's, else linux/amd64)")
-    preheat.add_argument("--scope", choices=["single_seed_peer", "all_seed_peers", "all_peers"])
+    preheat.add_argument("--scope", choices=SCOPES)
     preheat.add_argument("--type", choices=["image", "file"], default="image")
     preheat.add_argument("--description", help="stored as the job's bio")
     preheat.add_argument(

@@ -27,6 +27,7 @@ from adapters.base import (
     DEFAULT_SCOPE,
     Adapter,
     Credentials,
+    EndpointChoice,
     PreheatError,
     PreheatRequest,
     TaskRow,
@@ -36,7 +37,7 @@ from gateway.jobs import JobSpec
 from gateway.metrics import Metrics
 from gateway.redact import stored_error, stored_row, strip_userinfo
 from gateway.secretbox import SecretBox
-from gateway.store import Claim, SqlStore, TaskProgress, TaskResult
+from gateway.store import TERMINAL, Claim, SqlStore, TaskProgress, TaskResult
 
 MAX_ROWS_PER_TASK = 10_000
 DEFAULT_MAX_RESULT_BYTES = 1 << 20
@@ -218,11 +219,11 @@ class Runner:
                     held_ids = [i for i, r in self._running.items() if not r.task.done()]
                     still = await self.store.renew_leases(self.owner, held_ids, self.config.runner.lease_seconds)
                     for task_id in set(held_ids) - still:
-                        running = self._running.get(task_id)
-                        if running is not None:
+                        lost = self._running.get(task_id)
+                        if lost is not None:
                             log.info("lost task %d (job deleted or lease taken over); stopping it", task_id)
-                            running.cancelled = True
-                            running.task.cancel()
+                            lost.cancelled = True
+                            lost.task.cancel()
             except Exception:
                 log.exception("saving progress or renewing leases failed; retrying")
 
@@ -280,7 +281,7 @@ class Runner:
             job_state = await self.store.finish_task(
                 claim.task_id, self.owner, state=state, error=error, progress=recorder.progress, result=recorder.result
             )
-            if job_state in ("SUCCESS", "FAILURE"):
+            if job_state in TERMINAL:
                 self.metrics.jobs_finished.labels(str(claim.args.get("source", "")), job_state).inc()
             if job_state is None:
                 log.warning("task %d finished after its lease was lost; its result was dropped", claim.task_id)
@@ -337,7 +338,10 @@ class Runner:
         # Signed URLs are sealed; user-info is refused at create (a job stored before that fetches without it).
         urls = [strip_userinfo(str(url)) for url in secrets.get("urls") or spec.urls]
         credentials = Credentials(spec.username, password) if spec.username and password else None
-        if credentials is None and spec.type == "image":
+        tls = spec.origin_tls()
+        # The operator's credentials go only over the TLS the operator configured: a caller's own CA or
+        # skip-verify could otherwise hand them to a man in the middle.
+        if credentials is None and spec.type == "image" and tls is None:
             credentials = self.config.credentials_for(urlsplit(spec.urls[0]).netloc)
         return PreheatRequest(
             job_id=claim.job_id,
@@ -351,6 +355,9 @@ class Runner:
             application=spec.application,
             filtered_query_params=tuple(spec.filtered_query_params),
             concurrency=spec.concurrent_count or 8,
+            endpoints_at_once=spec.concurrent_peer_count or 500,
+            choice=EndpointChoice(ips=tuple(spec.ips), count=spec.count, percentage=spec.percentage),
+            origin_tls=tls,
             piece_length=spec.piece_length,
             timeout_seconds=max(0.0, claim.deadline - time.time()),
             extra=spec.extra,

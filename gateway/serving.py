@@ -49,7 +49,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.blobresponse import offer_zerocopy
 from gateway.logs import DISCONNECT_LOGGED
-from gateway.onesend import OneSendHttpProtocol
 
 log = logging.getLogger("gateway.serving")
 
@@ -113,8 +112,8 @@ def _response(status: int, reason: str, message: str) -> bytes:
     ).encode() + body
 
 
-class GuardedHttpProtocol(OneSendHttpProtocol):
-    """The one-send httptools protocol with deadlines, a head size cap and a connection cap.
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with deadlines, a head size cap and a connection cap.
 
     Use :func:`protocol_class` to bind :class:`Limits`; uvicorn constructs one per connection.
     """
@@ -221,7 +220,6 @@ class GuardedHttpProtocol(OneSendHttpProtocol):
         self._phase, self._head_bytes = LINGER, 0
         self.flow.resume_reading()
         if transport.can_write_eof():
-            transport.flush()  # type: ignore[attr-defined]  # the one-send transport's held head, if any
             transport.write_eof()
         self._set_deadline(self.loop.time() + LINGER_SECONDS)
 
@@ -486,7 +484,7 @@ class GuardedServer(uvicorn.Server):
         try:
             await super().startup(sockets)
         finally:
-            del loop.create_server  # type: ignore[attr-defined]
+            del loop.create_server
 
 
 def serve(

@@ -32,6 +32,7 @@ SECTIONS = [
     ("auth.jwt", getattr(config, "JWTConfig", None)),
     ("registries", config.RegistriesConfig),
     ("registries.credentials[]", config.RegistryCredential),
+    ("registries.tls[]", config.RegistryTLS),
     ("runner", config.RunnerConfig),
     ("clusters[] (every adapter)", config.ClusterConfig),
 ]

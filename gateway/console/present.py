@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from adapters.oci import parse_manifest_url
+from adapters.reference import parse_manifest_url
 from gateway.config import Cluster
 from gateway.redact import public_url, strip_userinfo
 from gateway.store import JobRecord, TaskProgress, TaskRecord

@@ -24,10 +24,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from adapters.base import SCOPES
 from adapters.files import DEFAULT_FILTERED_QUERY_PARAMS
 from gateway.app_types import gateway_of
 from gateway.auth import Unauthorized
-from gateway.config import SCOPES
 from gateway.console import present
 from gateway.console.session import (
     SESSION_COOKIE,
@@ -43,14 +43,13 @@ from gateway.dialects import dragonfly
 from gateway.httputil import APIError, read_body
 from gateway.ids import ascii_number
 from gateway.jobs import InvalidRequest
-from gateway.store import JobRecord
+from gateway.store import JOB_STATES, JobRecord
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 PER_PAGE = 20
 MAX_REFRESH_IDS = 100
 MAX_ID = 2**63 - 1
-STATES = ("PENDING", "SUCCESS", "FAILURE")
 NOTICES = {
     "created": "The preheat was created; this page follows it until it ends.",
     "canceled": "The preheat was canceled; its unfinished clusters are marked failed.",
@@ -388,9 +387,9 @@ async def preheats(request: Request, session: Session) -> Response:
     params = request.query_params
     notices: list[str] = []
     state = params.get("state", "")
-    if state and state not in STATES:
+    if state and state not in JOB_STATES:
         notices.append(
-            f"State {state[:30]!r} is not one of {', '.join(s.lower() for s in STATES)}; showing every state."
+            f"State {state[:30]!r} is not one of {', '.join(s.lower() for s in JOB_STATES)}; showing every state."
         )
         state = ""
     cluster_text = params.get("cluster", "")
@@ -423,7 +422,7 @@ async def preheats(request: Request, session: Session) -> Response:
         state=state,
         cluster=cluster_text,
         q=text,
-        states=STATES,
+        states=JOB_STATES,
         notices=notices,
         created=_number(created),
         page_url=lambda n: (
@@ -577,8 +576,7 @@ async def cancel_preheat(request: Request, session: Session) -> Response:
         assert missing is not None
         return missing
     canceled = await gateway.jobs.cancel(job.id, by=session.name)
-    for key in [k for k in gateway.rendered if k[1] == job.id]:
-        gateway.rendered.pop(key, None)
+    gateway.statuses.forget(job.id)
     if canceled:
         log.info(
             "console: %s canceled preheat %d", session.name, job.id, extra={"principal": session.name, "job_id": job.id}

@@ -1,4 +1,4 @@
-"""Dialect A: Dragonfly's Open API, spoken by Harbor 2.12+ (reference section 3).
+"""Dialect A: Dragonfly's Open API, spoken by Harbor 2.12+ (Harbor's ``src/pkg/p2p/preheat/provider/dragonfly.go``, 2.12+).
 
 Only translation lives here: a create body into a :class:`JobSpec`, a job into the exact
 JSON Harbor's Go client decodes (integer ``id``, RFC 3339 UTC times, ``state`` one of
@@ -17,7 +17,7 @@ import msgspec
 from adapters.base import TaskRow
 from gateway.config import Cluster
 from gateway.jobs import MAX_INT64, InvalidRequest, JobSpec, parse_filtered_query_params
-from gateway.store import JobRecord, TaskRecord
+from gateway.store import TERMINAL, JobRecord, TaskRecord
 
 NANOSECONDS = 1_000_000_000
 
@@ -45,6 +45,10 @@ class PreheatArgs(msgspec.Struct):
     count: int | None = None
     percentage: int | None = None
     timeout: int = 0
+    certificate_chain: list[str] | None = None
+    insecure_skip_verify: bool = False
+    priority: int | None = None
+    load_to_cache: bool = False
 
 
 class CreateJobRequest(msgspec.Struct):
@@ -83,17 +87,8 @@ def parse_create(body: bytes, *, source: str = "openapi") -> JobSpec:
     urls = [u for u in ([args.url] if args.url else []) + list(args.urls or []) if u]
     if not urls:
         raise InvalidRequest("args.url is empty: give the image's manifest URL (or a file's URL)")
-    extra = {
-        key: value
-        for key, value in (
-            ("concurrent_task_count", args.concurrent_task_count),
-            ("concurrent_peer_count", args.concurrent_peer_count),
-            ("ips", args.ips),
-            ("count", args.count),
-            ("percentage", args.percentage),
-        )
-        if value
-    }
+    # Meaningful only to an upstream Dragonfly, which is sent them as they came (docs/adapters.md).
+    extra = {key: value for key, value in (("priority", args.priority), ("load_to_cache", args.load_to_cache)) if value}
     return JobSpec(
         type=kind,  # type: ignore[arg-type]
         urls=urls,
@@ -107,6 +102,12 @@ def parse_create(body: bytes, *, source: str = "openapi") -> JobSpec:
         password=args.password,
         piece_length=args.piece_length,
         concurrent_count=args.concurrent_count or args.concurrent_task_count,
+        concurrent_peer_count=args.concurrent_peer_count,
+        ips=list(args.ips or []),
+        count=args.count,
+        percentage=args.percentage,
+        certificate_chain=list(args.certificate_chain or []),
+        insecure_skip_verify=args.insecure_skip_verify,
         timeout_seconds=timeout_seconds(args.timeout),
         cluster_ids=request.scheduler_cluster_ids,
         bio=request.bio,
@@ -158,6 +159,12 @@ def _args(job: JobRecord) -> dict[str, Any]:
         "scope": spec.get("scope", ""),
         "piece_length": spec.get("piece_length"),
         "concurrent_count": spec.get("concurrent_count", 0),
+        "concurrent_peer_count": spec.get("concurrent_peer_count", 0),
+        "ips": spec.get("ips") or None,
+        "count": spec.get("count"),
+        "percentage": spec.get("percentage"),
+        "certificate_chain": spec.get("certificate_chain") or None,
+        "insecure_skip_verify": spec.get("insecure_skip_verify", False),
         "timeout": int(spec.get("timeout_seconds", 0) * NANOSECONDS),
     }
 
@@ -199,7 +206,7 @@ def _outcome(task: TaskRecord, clusters: Mapping[int, Cluster], kind: str) -> st
 
 
 def _job_state(task: TaskRecord, clusters: Mapping[int, Cluster], job: JobRecord) -> dict[str, Any]:
-    state = task.state if task.state in ("SUCCESS", "FAILURE") else "PENDING"
+    state = task.state if task.state in TERMINAL else "PENDING"
     error = task.error
     if job.state == "FAILURE" and not error:
         error = _outcome(task, clusters, str(job.args.get("type", "image")))

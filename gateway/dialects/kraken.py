@@ -1,4 +1,4 @@
-"""Dialect C: Kraken's registry notifications, which any Harbor sends with vendor "Kraken" (reference section 5).
+"""Dialect C: Kraken's registry notifications, which any Harbor sends with vendor "Kraken" (Harbor's ``src/pkg/p2p/preheat/provider/kraken.go``).
 
 Only translation lives here. Harbor POSTs a distribution-style notification with
 capitalised keys (``Events``, ``Id``, ``Target.Url``) and marks its task SUCCESS on any
@@ -18,14 +18,14 @@ from typing import Any
 
 import msgspec
 
-from adapters.oci import (
+from adapters.reference import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
     parse_manifest_url,
 )
-from gateway.dialects.legacy import convert, decode_json, fold_keys
+from gateway.dialects.gojson import convert, decode_json, fold_keys
 from gateway.jobs import InvalidRequest, JobSpec, check_digest
 
 MANIFEST_MEDIA_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX})

@@ -1,11 +1,11 @@
-"""Dialect B: the legacy Dragonfly preheat API, spoken by Harbor 2.1 to 2.11 (reference section 4).
+"""Dialect B: the legacy Dragonfly preheat API, spoken by Harbor 2.1 to 2.11 (Harbor's ``src/pkg/p2p/preheat/provider/dragonfly.go`` before 2.12).
 
 Only translation lives here. Harbor POSTs its preheat-image record (``type``, ``url``,
 ``headers``, ``image``, ``tag``, ``digest``) and reads back ``{"ID": "<id>"}``; it then polls
 ``GET /preheats/{id}`` for ``status``, ``startTime``, ``finishTime`` and ``errorMsg``.
 
 Harbor's Go client decodes these keys case-insensitively and treats a JSON ``null`` as
-"leave the zero value", so the parser here does the same. Its status handling is unforgiving:
+"leave the zero value", so the parser here does the same (:mod:`gateway.dialects.gojson`). Its status handling is unforgiving:
 the job loop ends a task only on ``SUCCESS`` or ``FAIL``. Harbor 2.8-2.11 also map ``FAILED``
 to ``FAIL`` and ``WAITING`` to pending, but 2.1-2.7 pass the string on unchanged, so a failure
 is answered ``FAIL``, the one string every legacy Harbor ends a task on; anything else keeps
@@ -17,51 +17,17 @@ is still filled, for the console, scripts and the Open API view of the same job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
 from gateway.dialects.dragonfly import rfc3339
+from gateway.dialects.gojson import convert, decode_json, fold_keys, header_values
 from gateway.jobs import InvalidRequest, JobSpec, check_digest
 from gateway.store import JobRecord
 
 WAITING, RUNNING, SUCCESS, FAIL = "WAITING", "RUNNING", "SUCCESS", "FAIL"
 _ENCODER = msgspec.json.Encoder()
-
-
-def fold_keys(value: Any, where: str) -> dict[str, Any]:
-    """One JSON object level as Go's ``encoding/json`` sees it: keys matched case-insensitively, nulls skipped."""
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{where} must be a JSON object")
-    return {str(key).lower(): item for key, item in value.items() if item is not None}
-
-
-def decode_json(body: bytes) -> Any:
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise InvalidRequest(f"request body is not valid JSON ({error})") from None
-
-
-def convert(value: dict[str, Any], struct: type[Any], where: str) -> Any:
-    try:
-        return msgspec.convert(value, struct)
-    except msgspec.ValidationError as error:
-        raise InvalidRequest(f"invalid {where}: {str(error).replace('`', '').replace('$.', '')}") from None
-
-
-def header_values(headers: Mapping[str, Any], where: str) -> dict[str, str]:
-    """Harbor's ``map[string]interface{}`` headers as strings (a list joins like repeated headers)."""
-    result: dict[str, str] = {}
-    for name, value in headers.items():
-        if isinstance(value, str):
-            result[str(name)] = value
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            result[str(name)] = ", ".join(value)
-        else:
-            raise InvalidRequest(f"{where}.{name} must be a string")
-    return result
 
 
 class PreheatImage(msgspec.Struct):

@@ -29,8 +29,10 @@ from starlette.routing import BaseRoute, Route
 from gateway.app_types import gateway_of
 from gateway.dialects import kraken
 from gateway.endpoints.openapi import healthy
-from gateway.httputil import charge_job_creations, json_body, json_response
+from gateway.httputil import json_body, json_response
 from gateway.jobs import InvalidRequest
+from gateway.ratelimit import charge_job_creations
+from gateway.store import EventHasJob
 
 log = logging.getLogger("gateway.kraken")
 
@@ -74,23 +76,21 @@ async def notifications(request: Request) -> Response:
     made_here: dict[int, int] = {}  # event index -> its new job
     for preheat, key in fresh:
         try:
-            job = await gateway.jobs.create(preheat.spec)
+            job = await gateway.jobs.create(preheat.spec, event_key=key)
         except InvalidRequest as error:  # only if a check's answer changed since validation (DNS)
             done = f"; jobs {', '.join(map(str, job_ids))} were created for the events before it" if job_ids else ""
             raise InvalidRequest(f"Events[{preheat.index}]: {error}{done}") from None
+        except EventHasJob as made_first:  # a retry of this notification, handled at the same moment
+            assert key is not None
+            log.info(
+                "Kraken event %s: job %d was made for it by another delivery; none made here",
+                preheat.event_id[:80],
+                made_first.job_id,
+                extra={"job_id": made_first.job_id},
+            )
+            made[key] = made_first.job_id
+            continue
         if key is not None:
-            first = await gateway.store.record_kraken_event(key, job.id)
-            if first != job.id:  # a retry of this notification, handled at the same moment, made its job first
-                await gateway.jobs.delete(job.id)
-                log.info(
-                    "Kraken event %s: job %d was made for it by another delivery; job %d withdrawn",
-                    preheat.event_id[:80],
-                    first,
-                    job.id,
-                    extra={"job_id": first},
-                )
-                made[key] = first
-                continue
             made[key] = job.id
         made_here[preheat.index] = job.id
         job_ids.append(job.id)

@@ -19,6 +19,7 @@ from gateway.httputil import APIError, json_body, json_response
 from gateway.ids import MAX_ID_DIGITS, ascii_number
 from gateway.jobs import JobSpec
 from gateway.precheck import ManifestRefused, check_manifest
+from gateway.ratelimit import charge_job_creations
 
 log = logging.getLogger("gateway.legacy")
 
@@ -36,7 +37,8 @@ async def create_preheat(request: Request) -> Response:
     a refused host or redirect: 422) is the answer here and no job is created (:mod:`gateway.precheck`).
     """
     gateway = gateway_of(request)
-    spec = legacy.parse_create(await json_body(request, creates_job=True))
+    charge_job_creations(request, 1)
+    spec = legacy.parse_create(await json_body(request))
 
     async def check(checked: JobSpec) -> None:
         try:
@@ -55,7 +57,7 @@ async def get_preheat(request: Request) -> Response:
     job_id = ascii_number(raw, MAX_ID_DIGITS)
     if job_id is None:
         raise APIError(404, f"preheat task {raw[:40]!r} not found: ids are the numbers POST /preheats returned")
-    body = await gateway.job_bytes("legacy", job_id, legacy.status_body)
+    body = await gateway.statuses.reply("legacy", job_id, gateway.jobs.get, legacy.status_body)
     if body is None:
         raise APIError(404, f"preheat task {job_id} not found")
     return json_response(body)

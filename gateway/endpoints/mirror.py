@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from starlette.requests import Request
@@ -278,7 +278,7 @@ def _blob_response(request: Request, file: Any, size: int, digest: str, stats: M
     )
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal[False] | None:
     """A single ``bytes=`` range as (first, last) inclusive; None to send the whole blob (no header,
     or one this server ignores: several ranges, bad syntax); False when it is unsatisfiable (416)."""
     if header is None:

@@ -16,8 +16,9 @@ from gateway.httputil import (
     json_response,
 )
 from gateway.openapi import JOB_TYPES, MAX_PAGE
+from gateway.ratelimit import charge_job_creations
+from gateway.store import JOB_STATES
 
-JOB_STATES = ("PENDING", "SUCCESS", "FAILURE")
 MAX_JOB_ID = 2**63 - 1
 
 
@@ -41,7 +42,8 @@ async def healthy(request: Request) -> Response:
 
 async def create_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    spec = dragonfly.parse_create(await json_body(request, creates_job=True))
+    charge_job_creations(request, 1)
+    spec = dragonfly.parse_create(await json_body(request))
     job = await gateway.jobs.create(spec)
     return json_response(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at))
 
@@ -49,9 +51,10 @@ async def create_job(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     gateway = gateway_of(request)
     job_id = job_id_of(request)
-    body = await gateway.job_bytes(
+    body = await gateway.statuses.reply(
         "openapi",
         job_id,
+        gateway.jobs.get,
         lambda job: dragonfly.encode(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at)),
     )
     if body is None:
@@ -91,7 +94,7 @@ async def patch_job(request: Request) -> Response:
         raise APIError(422, "bio is longer than 1000 characters")
     if not await gateway.store.set_bio(job_id, bio):
         raise APIError(404, f"job {job_id} not found")
-    gateway.rendered.pop(("openapi", job_id), None)
+    gateway.statuses.forget(job_id)
     job = await gateway.jobs.get(job_id)
     if job is None:
         raise APIError(404, f"job {job_id} not found")
@@ -103,8 +106,7 @@ async def delete_job(request: Request) -> Response:
     job_id = job_id_of(request)
     if not await gateway.jobs.delete(job_id):
         raise APIError(404, f"job {job_id} not found")
-    for key in [k for k in gateway.rendered if k[1] == job_id]:
-        gateway.rendered.pop(key, None)
+    gateway.statuses.forget(job_id)
     return Response(status_code=200)
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.httputil import error_response, json_response
-from gateway.openapi import document
 
 READY_TIMEOUT_SECONDS = 2.0
 
@@ -38,27 +36,8 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-async def metrics(request: Request) -> Response:
-    """Prometheus exposition; the job-state gauge is refreshed from the store on each scrape."""
-    gateway = request.app.state.gateway
-    try:
-        counts = await asyncio.wait_for(gateway.store.count_jobs_by_state(), READY_TIMEOUT_SECONDS)
-    except Exception:  # a scrape still answers with what the process knows
-        counts = {}
-    for state in ("PENDING", "SUCCESS", "FAILURE"):
-        gateway.metrics.jobs.labels(state).set(counts.get(state, 0))
-    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-async def openapi_document(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    return json_response(document(gateway.version, gateway.config.server.max_page_size))
-
-
 def routes() -> list[Route]:
     return [
-        Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
     ]

@@ -28,7 +28,7 @@ import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from gateway.store import StoreUnavailable
+from gateway.store.models import StoreUnavailable
 from gateway.store.sql import Row
 
 log = logging.getLogger("gateway.store")

@@ -25,9 +25,10 @@ from gateway.redact import (
     stored_row,
     userinfo_of,
 )
-from gateway.store import (
+from gateway.store.models import (
     TERMINAL,
     Claim,
+    EventHasJob,
     JobRecord,
     NewJob,
     TaskProgress,
@@ -50,8 +51,11 @@ class Transaction(Protocol):
 class Driver(Protocol):
     """What a database must offer the store."""
 
-    dialect: Literal["sqlite", "postgresql"]
-    integrity_error: type[Exception]
+    @property
+    def dialect(self) -> Literal["sqlite", "postgresql"]: ...
+    @property
+    def integrity_error(self) -> type[Exception]:
+        """The exception a unique constraint's violation raises."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -267,6 +271,10 @@ class SqlStore:
                 },
             )
             assert row is not None
+            if new.event_key is not None:  # in the job's own transaction: a crash leaves both or neither
+                first = await self._record_event(tx, new.event_key, row[0], new.created_at)
+                if first != row[0]:
+                    raise EventHasJob(first)  # rolls the job back: a retried delivery made it first
             tasks = []
             for cluster_id in new.target_cluster_ids:
                 task = await tx.fetchone(
@@ -302,7 +310,8 @@ class SqlStore:
         text: str | None = None,
     ) -> tuple[list[JobRecord], int]:
         """Newest first, with the total that matched."""
-        where, params = ["1 = 1"], {}
+        where: list[str] = ["1 = 1"]
+        params: dict[str, Any] = {}
         if state:
             where.append("state = :state")
             params["state"] = state
@@ -528,16 +537,15 @@ class SqlStore:
         )
         return {str(key): int(job_id) for key, job_id in rows}
 
-    @_timed
-    async def record_kraken_event(self, key: str, job_id: int) -> int:
+    @staticmethod
+    async def _record_event(tx: Any, key: str, job_id: int, now: float) -> int:
         """Remember that the event ``key`` made ``job_id``; returns the job it made first (another one when a
         retry of the same notification, handled at the same moment, recorded its job before this one)."""
-        async with self.driver.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO kraken_events (event_key, job_id, created_at) VALUES (:key, :job, :now) ON CONFLICT (event_key) DO NOTHING",
-                {"key": key, "job": job_id, "now": time.time()},
-            )
-            row = await tx.fetchone("SELECT job_id FROM kraken_events WHERE event_key = :key", {"key": key})
+        await tx.execute(
+            "INSERT INTO kraken_events (event_key, job_id, created_at) VALUES (:key, :job, :now) ON CONFLICT (event_key) DO NOTHING",
+            {"key": key, "job": job_id, "now": now},
+        )
+        row = await tx.fetchone("SELECT job_id FROM kraken_events WHERE event_key = :key", {"key": key})
         return int(row[0]) if row else job_id
 
     # --- personal access tokens ------------------------------------------------------------

@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.store import StoreUnavailable
+from gateway.store.models import StoreUnavailable
 from gateway.store.sql import Row
 
 # No automatic checkpoints: one would run inside a commit, on the event loop, and fsync.
@@ -124,19 +124,19 @@ class SqliteDriver:
         if self._writer is None:
             raise StoreUnavailable("the store is closed")
         async with self._lock:
-            await self._retry_busy(lambda: self._writer.execute("BEGIN IMMEDIATE"))  # type: ignore[union-attr]
+            await self._retry_busy(lambda: self._writer.execute("BEGIN IMMEDIATE"))
             try:
                 yield _Tx(self._writer)
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise
             else:
-                await self._retry_busy(lambda: self._writer.execute("COMMIT"))  # type: ignore[union-attr]
+                await self._retry_busy(lambda: self._writer.execute("COMMIT"))
 
     async def fetchall(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
         if self._reader is None:
             raise StoreUnavailable("the store is closed")
-        return await self._retry_busy(lambda: self._reader.execute(sql, params or {}).fetchall())  # type: ignore[union-attr]
+        return await self._retry_busy(lambda: self._reader.execute(sql, params or {}).fetchall())
 
     async def fetchone(self, sql: str, params: dict[str, Any] | None = None) -> Row | None:
         rows = await self.fetchall(sql, params)

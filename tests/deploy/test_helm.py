@@ -744,7 +744,11 @@ WRONG = {
     ),
     "a grace period shorter than the drain": (
         {"terminationGracePeriodSeconds": 15},
-        r"terminationGracePeriodSeconds: 15 cuts the gateway's drain short.*at least 20",
+        r"terminationGracePeriodSeconds: 15 cuts the gateway's drain short.*at least 25",
+    ),
+    "a shutdown delay the grace period does not cover": (
+        {"config": {"server": {"shutdown_delay_seconds": 20}, "clusters": SINGLE_CLUSTERS}},
+        r"terminationGracePeriodSeconds: 30 cuts.*/readyz 503 for 20 s.*at least 40",
     ),
     "a misspelt value": (
         {"replica": 3},

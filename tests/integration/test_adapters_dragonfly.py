@@ -225,6 +225,8 @@ def test_file_preheats_are_forwarded_with_their_arguments(
             "piece_length": 4 << 20,
             "concurrent_count": 4,
             "count": 2,
+            "scope": "all_peers",
+            "concurrent_peer_count": 50,
             "platform": "linux/arm64",
         },
     )
@@ -239,6 +241,7 @@ def test_file_preheats_are_forwarded_with_their_arguments(
         2,
         "linux/arm64",
     )
+    assert (args["scope"], args["concurrent_task_count"], args["concurrent_peer_count"]) == ("all_peers", 4, 50)
     # The manager gets the signed URLs; the job shows them without their signatures.
     assert {row["url"] for row in state_of(job, 3)["results"][0]["success_tasks"]} == {
         url.partition("?")[0] for url in urls

@@ -190,7 +190,7 @@ def test_metrics_and_request_ids(client: TestClient) -> None:
         'preheat_gateway_blob_checks_total{check="sha256"}',
         "preheat_gateway_retries_total",
         "preheat_gateway_cluster_up",
-        'preheat_gateway_gc_pause_seconds_count{generation="2"}',
+        "# TYPE preheat_gateway_gc_pause_seconds histogram",  # timed only in the serve command's process
     ):
         assert name in metrics, name
     assert 'route="/oapi/v1/jobs"' in metrics and "phg_" not in metrics

@@ -27,7 +27,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from adapters.layout import OciLayout
-from adapters.oci import Descriptor
+from adapters.manifest import Descriptor
 from gateway.app import create_app
 from gateway.auth import hash_token, new_token
 from gateway.config import build_config

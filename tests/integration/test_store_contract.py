@@ -29,6 +29,7 @@ from psycopg import sql
 from adapters.base import TaskRow
 from gateway.store import (
     Claim,
+    EventHasJob,
     NewJob,
     SqlStore,
     StoreUnavailable,
@@ -517,18 +518,20 @@ async def test_sibling_tasks_finished_at_once_by_two_replicas_still_roll_the_job
 # --- Kraken events -------------------------------------------------------------------------
 
 
-async def test_a_kraken_event_names_the_job_it_made_once(store: SqlStore, peer: SqlStore) -> None:
-    first, second = await store.create_job(new_job()), await peer.create_job(new_job())
+async def test_a_kraken_event_makes_its_job_once_in_the_same_transaction(store: SqlStore, peer: SqlStore) -> None:
+    first = await store.create_job(new_job(event_key="event-a"))
 
-    assert await store.record_kraken_event("event-a", first.id) == first.id
-    assert await peer.record_kraken_event("event-a", second.id) == first.id, (
-        "a retry handled at the same time: the first job wins"
-    )
+    with pytest.raises(EventHasJob) as retried:
+        await peer.create_job(new_job(event_key="event-a"))
+
+    assert retried.value.job_id == first.id, "a retry handled by another replica: the first job wins"
+    assert await store.count_jobs_by_state() == {"PENDING": 1}, "the retry's job was rolled back with its event"
     assert await peer.kraken_event_jobs(["event-a", "event-b"]) == {"event-a": first.id}
     assert await store.kraken_event_jobs([]) == {}
 
     await store.delete_job(first.id)
     assert await store.kraken_event_jobs(["event-a"]) == {}, "a deleted job's events are forgotten with it"
+    assert (await peer.create_job(new_job(event_key="event-a"))).id != first.id, "and the event may make a job again"
 
 
 # --- personal access tokens ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from adapters.upstream import UPSTREAM_ANSWER_BYTES, UPSTREAM_PROBE_BYTES
+from adapters.bounded import UPSTREAM_ANSWER_BYTES, UPSTREAM_PROBE_BYTES
 from tests.conftest import MakeGateway
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.security.hostile import Exchange, HostileServer, survival

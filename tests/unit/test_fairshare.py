@@ -8,7 +8,8 @@ import time
 import pytest
 
 from adapters import ratefloor
-from adapters.base import Credentials, Deduper, PreheatError
+from adapters.base import Credentials, PreheatError
+from adapters.dedupe import Deduper
 from adapters.fairshare import FairShare
 from adapters.ratefloor import TransferFloor
 

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from adapters.files import FetchError, file_ref, stream_url
-from adapters.oci import DiscardSink
+from adapters.base import OriginTLS
+from adapters.files import file_ref, stream_url
+from adapters.retry import FetchError
+from adapters.streaming import DiscardSink
 from adapters.urlpolicy import URLPolicy
 
 
@@ -66,3 +68,13 @@ async def test_a_gzip_encoded_file_is_inflated_in_bounded_pieces_and_hashed_as_d
         )
     assert size == len(body) and max(pieces) <= 1 << 20
     assert digest == "sha256:2daeb1f36095b44b318410b3f4e8b5d989dcc7bb023d1426c492dab0a3053e74"
+
+
+def test_a_file_read_under_a_jobs_own_tls_is_never_the_verified_file() -> None:
+    url = "https://files.example/model.bin"
+    verified = file_ref(url)
+    insecure = file_ref(url, origin_tls=OriginTLS(insecure_skip_verify=True))
+    own_ca = file_ref(url, origin_tls=OriginTLS(certificate_chain=("-----BEGIN CERTIFICATE-----\nx",)))
+
+    assert len({verified.key, insecure.key, own_ca.key}) == 3
+    assert verified.display_url == insecure.display_url == own_ca.display_url, "rows show the same URL"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from adapters.layout import AmbiguousOrigin, CacheFull, OciLayout, parse_size, ref_name
-from adapters.oci import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
+from adapters.manifest import Descriptor
+from adapters.reference import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
 HOST, OTHER = "harbor.example.com", "registry.example.com:5000"
 

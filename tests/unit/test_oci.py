@@ -1,4 +1,4 @@
-"""Manifest URLs, references, platform choice and how a blob is checked (adapters/oci.py)."""
+"""Manifest URLs, references, platform choice and how a blob is checked (adapters/reference.py, manifest.py, streaming.py, oci.py)."""
 
 from __future__ import annotations
 
@@ -12,26 +12,12 @@ import pytest
 
 from adapters.base import Credentials
 from adapters.fingerprints import Fingerprints
-from adapters.oci import (
-    DIGEST_RE,
-    INDEX_TYPES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Blob,
-    DiscardSink,
-    ImageRef,
-    Manifest,
-    OciClient,
-    ReadLimits,
-    RegistryAuth,
-    RegistryError,
-    Verify,
-    _ManifestDoc,
-    _parse_token,
-    get_following_redirects,
-    parse_manifest_url,
-    select_platforms,
-)
+from adapters.manifest import Blob, Manifest, ManifestDoc, select_platforms
+from adapters.oci import OciClient, ReadLimits, RegistryAuth, _parse_token
+from adapters.redirects import get_following_redirects
+from adapters.reference import DIGEST_RE, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST, ImageRef, parse_manifest_url
+from adapters.retry import RegistryError
+from adapters.streaming import DiscardSink, Verify
 from adapters.transport import new_client
 from adapters.urlpolicy import URLPolicy, origin
 from tests.fakes.raw_http import Handler, answering, read_head, serve
@@ -75,7 +61,7 @@ def index(*platforms: dict[str, object]) -> Manifest:
         ],
     }
     raw = msgspec.json.encode(doc)
-    return Manifest(OCI_INDEX, "sha256:x", raw, msgspec.json.decode(raw, type=_ManifestDoc))
+    return Manifest(OCI_INDEX, "sha256:x", raw, msgspec.json.decode(raw, type=ManifestDoc))
 
 
 REF = ImageRef("https", "h", "app", "1")
@@ -219,7 +205,9 @@ async def test_when_the_checked_copy_fails_a_copy_waiting_on_it_is_read_again_an
         checking = asyncio.create_task(fetch(bad, "digest", fingerprints))
         await under_check(fingerprints)
         compared = asyncio.create_task(fetch(good, "digest", fingerprints))
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(5):  # until the copy has chosen to wait for the checked one
+            while fingerprints.checks["fingerprint"] < 1:
+                await asyncio.sleep(0.01)
         hold.set()
         with pytest.raises(RegistryError, match="failed its digest check"):
             await checking
@@ -388,7 +376,7 @@ async def test_challenges_are_kept_per_origin_that_issued_them() -> None:
         ref = parse_manifest_url("https://registry.example/mirror/v2/library/app/manifests/1.0")
         with pytest.raises(RegistryError):
             await client.get_manifest(ref, RegistryAuth(credentials=ROBOT))
-    assert list(client._challenges) == ["https://registry.example:443"]
+    assert list(client._challenges) == [("https://registry.example:443", None)]  # (origin, the job's own TLS)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from adapters.base import Deduper
-from gateway.config import ConfigError, build_config, parse_duration
+from adapters.dedupe import Deduper
+from adapters.durations import parse_duration
+from gateway.config import ConfigError, build_config
 from gateway.dialects.dragonfly import parse_create
 from gateway.gcpolicy import YOUNG_GENERATION_THRESHOLD, CollectorPolicy
 from gateway.httputil import json_depth
@@ -26,7 +27,7 @@ def test_durations(text: str | int, seconds: float) -> None:
 
 
 def test_a_bad_duration_says_what_a_good_one_looks_like() -> None:
-    with pytest.raises(ValueError, match="like 30s, 15m, 12h or 90d"):
+    with pytest.raises(ValueError, match="like 500ms, 30s, 15m, 12h or 90d"):
         parse_duration("soon")
 
 
@@ -149,3 +150,10 @@ def test_after_start_up_the_collector_skips_what_exists_collects_young_objects_l
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
     gc.collect(0)
     assert registry.get_sample_value("pauses_count", {"generation": "0"}) == 1
+
+
+def test_a_mistyped_nested_key_is_reported_once() -> None:
+    bad = {"registries": {"credentials": [{"host": "h", "username": "u", "passwrd": "x"}]}}
+    with pytest.raises(ConfigError) as error:
+        build_config(bad, source="test")
+    assert error.value.errors == ["registries.credentials[0].passwrd: unknown key"]

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 import adapters.guard as guard_module
+from adapters.describe import describe
 from adapters.guard import AddressRefused, ConnectGuard, GuardedResolver, RefusedConnection, urls_in
-from adapters.oci import _describe
 from adapters.transport import new_client
 from adapters.urlpolicy import URLPolicy
 from tests.fakes.forward_proxy import ForwardProxy
@@ -38,7 +38,7 @@ async def test_a_refused_connection_is_a_connect_error_described_as_such() -> No
     async with new_client(timeout=5) as client:
         with pytest.raises(httpx.ConnectError) as raised:
             await client.get(f"http://127.0.0.1:{free_port()}/v2/")
-    assert _describe(raised.value) == "connection refused"
+    assert describe(raised.value) == "connection refused"
 
 
 async def test_a_silent_server_is_a_read_timeout() -> None:
@@ -178,12 +178,12 @@ async def test_a_name_that_answers_loopback_at_connect_time_is_refused_before_a_
                 await client.get(f"http://registry.rebind.test:{port}/v2/", headers={"Authorization": "Bearer s3cret"})
     assert heads == [], "the loopback service received nothing"
     assert isinstance(raised.value, httpx.ConnectError), "callers that handle ConnectError report it"
-    message = _describe(raised.value)
+    message = describe(raised.value)
     assert message == (
         f"host registry.rebind.test:{port} resolved to 127.0.0.1, a non-public address, at connect time: loopback, private, "
         "link-local and metadata addresses are refused unless the host is listed in registries.allow"
     )
-    assert len(message) < 300, "oci._describe keeps 300 characters: the whole message reaches the row"
+    assert len(message) < 300, "describe keeps 300 characters: the whole message reaches the row"
 
 
 @pytest.mark.parametrize(

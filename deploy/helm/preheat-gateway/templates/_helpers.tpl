@@ -157,8 +157,10 @@ What the schema cannot say: rules across values. Each failure names the value an
 {{- fail "store.postgresql.secretName: with store.type postgresql name the existing Secret holding the database password (store.postgresql.secretKeys maps its keys to PGPASSWORD and the other libpq variables)." -}}
 {{- end -}}
 {{- end -}}
-{{- if lt (int $v.terminationGracePeriodSeconds) (add (int $v.preStopSleepSeconds) 15 | int) -}}
-{{- fail (printf "terminationGracePeriodSeconds: %d cuts the gateway's drain short: after the %d s preStop pause it drains requests for up to 10 s and hands unfinished tasks back; give at least %d." (int $v.terminationGracePeriodSeconds) (int $v.preStopSleepSeconds) (add (int $v.preStopSleepSeconds) 15)) -}}
+{{- $delay := int (dig "shutdown_delay_seconds" 5 (default dict $v.config.server)) -}}
+{{- $needed := add (int $v.preStopSleepSeconds) $delay 15 | int -}}
+{{- if lt (int $v.terminationGracePeriodSeconds) $needed -}}
+{{- fail (printf "terminationGracePeriodSeconds: %d cuts the gateway's drain short: after the %d s preStop pause it answers /readyz 503 for %d s (config.server.shutdown_delay_seconds), drains requests for up to 10 s and hands unfinished tasks back; give at least %d." (int $v.terminationGracePeriodSeconds) (int $v.preStopSleepSeconds) $delay $needed) -}}
 {{- end -}}
 {{- if and $v.mirror.separatePort (eq (int $v.mirror.port) (int $v.service.port)) -}}
 {{- fail (printf "mirror.port: %d is the API's port too; a separate mirror needs a port of its own." (int $v.mirror.port)) -}}
