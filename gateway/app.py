@@ -32,15 +32,20 @@ from adapters.guard import ConnectGuard, urls_in
 from adapters.oci import OciClient
 from adapters.transport import new_client
 from gateway import console
-from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
+from gateway.auth import Authenticator, hash_token, new_token
 from gateway.config import Config
 from gateway.endpoints import kraken, legacy, metrics, mirror, openapi, probes, schema
 from gateway.gcpolicy import CollectorPolicy
 from gateway.health import ClusterHealth
 from gateway.httputil import APIError, error_response
 from gateway.jobs import InvalidRequest, JobService
-from gateway.logs import RequestIdMiddleware
-from gateway.metrics import HTTPMetricsMiddleware, Metrics, counter_family, gauge_family
+from gateway.metrics import Metrics, counter_family, gauge_family
+from gateway.middleware.auth import AuthMiddleware
+from gateway.middleware.httpmetrics import HTTPMetricsMiddleware
+from gateway.middleware.listener import ListenerSplitMiddleware
+from gateway.middleware.prefix import PathPrefixMiddleware
+from gateway.middleware.requestid import RequestIdMiddleware
+from gateway.middleware.startup import StartupRefusalMiddleware
 from gateway.ratelimit import RateLimiter
 from gateway.routing import merge_by_path
 from gateway.runner import Runner
@@ -319,47 +324,6 @@ async def _internal_error(request: Request, error: Exception) -> Response:
     return error_response(500, "internal error; the gateway log has the details")
 
 
-class StartupRefusalMiddleware:
-    """Report a start the gateway refuses (``app.state.startup_refusal``) as that one line, not
-    the traceback Starlette hands the server; other startup failures keep their traceback."""
-
-    def __init__(self, app: Any, app_state: Any) -> None:
-        self.app = app
-        self.app_state = app_state
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def reworded(message: Any) -> None:
-            refusal = getattr(self.app_state, "startup_refusal", None)
-            if message["type"] == "lifespan.startup.failed" and refusal:
-                message = {**message, "message": refusal}
-            await send(message)
-
-        await self.app(scope, receive, reworded)
-
-
-class PathPrefixMiddleware:
-    """Serve under ``server.root_path`` whether or not the reverse proxy strips the prefix.
-
-    Harbor appends its paths to the endpoint it was given (``https://gw/harbor/healthy``); a
-    proxy may forward that path as is or strip ``/harbor``. Both reach the same routes.
-    """
-
-    def __init__(self, app: Any, root_path: str) -> None:
-        self.app = app
-        self.root_path = root_path
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
-            path: str = scope["path"]
-            if path == self.root_path or path.startswith(self.root_path + "/"):
-                scope = {**scope, "root_path": self.root_path}
-        await self.app(scope, receive, send)
-
-
 def create_app(config: Config, *, tune_process: bool = False) -> Starlette:
     """The gateway as an ASGI app; ``tune_process`` (the ``serve`` command) also tunes the process's collector."""
     gateway = Gateway(config, tune_process=tune_process)
@@ -397,7 +361,7 @@ def create_app(config: Config, *, tune_process: bool = False) -> Starlette:
         routes=routes,
         middleware=[
             *([Middleware(PathPrefixMiddleware, root_path=config.server.root_path)] if config.server.root_path else []),
-            Middleware(mirror.ListenerSplitMiddleware, separate=bool(config.server.mirror_listen)),
+            Middleware(ListenerSplitMiddleware, separate=bool(config.server.mirror_listen)),
             Middleware(RequestIdMiddleware),
             Middleware(HTTPMetricsMiddleware, metrics=gateway.metrics, routes=routes),
             Middleware(

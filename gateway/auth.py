@@ -32,7 +32,6 @@ import secrets
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -42,7 +41,6 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, InvalidKeyCurveError, JoseError, KeyParameterError, SecurityWarning
 from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters.bounded import send_capped
 from adapters.guard import ConnectGuard
@@ -412,94 +410,3 @@ class Authenticator:
 def is_mirror_path(path: str) -> bool:
     """The registry mirror's routes (``gateway.endpoints.mirror``), which need the ``pull`` scope."""
     return path == "/v2" or path.startswith("/v2/")
-
-
-class AuthMiddleware:
-    """Requires a credential on every route except probes, metrics and the console (own sign-in)."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        authenticator: Callable[[], Authenticator],
-        public_prefixes: tuple[str, ...] = ("/console",),
-        anonymous_pull: bool = False,
-    ) -> None:
-        self.app = app
-        self.authenticator = authenticator
-        self.public_prefixes = public_prefixes
-        self.anonymous_pull = anonymous_pull  # server.mirror_anonymous
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = _route_path(scope)
-        if path in PUBLIC_PATHS or any(
-            path == prefix or path.startswith(prefix + "/") for prefix in self.public_prefixes
-        ):
-            await self.app(scope, receive, send)
-            return
-        mirror = is_mirror_path(path)
-        if mirror and self.anonymous_pull:
-            await self.app(scope, receive, send)
-            return
-        reject = _reject_pull if mirror else _reject
-        authenticator = self.authenticator()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            principal = await authenticator.authenticate(headers, basic=True if mirror else None)
-        except Unauthorized as error:
-            authenticator.failures[error.kind] += 1
-            log.info("authentication failed", extra={"path": path, "reason": str(error), "kind": error.kind})
-            await reject(send, 401, f"unauthorized: {error}")
-            return
-        except AuthUnavailable as error:
-            authenticator.failures["unavailable"] += 1
-            log.warning("authentication unavailable", extra={"path": path, "reason": str(error)})
-            await reject(send, 503, str(error))
-            return
-        needed = "pull" if mirror else "job"
-        if needed not in principal.scopes:
-            authenticator.failures["forbidden"] += 1
-            log.info("authorization failed", extra={"path": path, "principal": principal.name})
-            reason = (
-                authenticator.forbidden_reason(principal)
-                if not mirror
-                else (
-                    f"credential {principal.name!r} lacks the 'pull' scope (preheat-gateway token create --scope pull)"
-                )
-            )
-            await reject(send, 403, f"forbidden: {reason}")
-            return
-        scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
-
-
-def _route_path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
-async def _reject_pull(send: Send, status: int, message: str) -> None:
-    """A mirror refusal in the registry API's error shape, with a challenge registry clients follow."""
-    code = {401: "UNAUTHORIZED", 403: "DENIED"}.get(status, "UNAVAILABLE")
-    body = msgspec.json.encode({"errors": [{"code": code, "message": message}]})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"docker-distribution-api-version", b"registry/2.0"),
-    ]
-    if status == 401:
-        headers.append((b"www-authenticate", MIRROR_CHALLENGE))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _reject(send: Send, status: int, message: str) -> None:
-    body = msgspec.json.encode({"errors": message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="harbor-preheat-gateway"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

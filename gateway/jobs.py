@@ -366,6 +366,20 @@ class JobService:
     async def get(self, job_id: int) -> JobRecord | None:
         return await self.store.get_job(job_id)
 
+    async def list_jobs(self, *, limit: int, offset: int = 0, **filters: Any) -> tuple[list[JobRecord], int]:
+        """Newest first, with the total that matched (filters: ``state``, ``type``, ``source``, ``cluster_id``, ``text``)."""
+        return await self.store.list_jobs(limit=limit, offset=offset, **filters)
+
+    async def set_bio(self, job_id: int, bio: str) -> bool:
+        """Change a job's description; False if there is no such job."""
+        if len(bio) > 1000:
+            raise InvalidRequest("bio is longer than 1000 characters")
+        return await self.store.set_bio(job_id, bio)
+
+    async def jobs_of_events(self, keys: list[str]) -> dict[str, int]:
+        """The jobs earlier Kraken notifications made for these event keys."""
+        return await self.store.kraken_event_jobs(keys)
+
     async def cancel(self, job_id: int, by: str) -> bool:
         """Stop a job's unfinished work; it stays listed as FAILURE ("canceled by ..."). False if nothing ran."""
         self.on_deleted(job_id)

@@ -399,7 +399,7 @@ async def preheats(request: Request, session: Session) -> Response:
         cluster_id, cluster_text = None, ""
     text = params.get("q", "").strip()[:200]
     page_number = min(_number(params.get("page", "")) or 1, 1_000_000)
-    jobs, total = await gateway.store.list_jobs(
+    jobs, total = await gateway.jobs.list_jobs(
         limit=PER_PAGE,
         offset=(page_number - 1) * PER_PAGE,
         state=state or None,

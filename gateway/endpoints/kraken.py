@@ -54,7 +54,7 @@ async def notifications(request: Request) -> Response:
     gateway = gateway_of(request)
     preheats, ignored = kraken.parse_notification(await json_body(request))
     keys = [event_key(preheat) for preheat in preheats]
-    made = await gateway.store.kraken_event_jobs(sorted({key for key in keys if key}))
+    made = await gateway.jobs.jobs_of_events(sorted({key for key in keys if key}))
     fresh: list[tuple[kraken.Preheat, str | None]] = []
     for preheat, key in zip(preheats, keys, strict=True):
         if key is None or key not in made:

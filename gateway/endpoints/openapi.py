@@ -72,9 +72,7 @@ async def list_jobs(request: Request) -> Response:
     job_type = request.query_params.get("type") or None
     if job_type is not None and job_type not in JOB_TYPES:
         raise APIError(400, f"type {job_type[:50]!r} is not one of {', '.join(JOB_TYPES)}")
-    jobs, total = await gateway.store.list_jobs(
-        limit=per_page, offset=(page - 1) * per_page, state=state, type=job_type
-    )
+    jobs, total = await gateway.jobs.list_jobs(limit=per_page, offset=(page - 1) * per_page, state=state, type=job_type)
     body = [dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at) for job in jobs]
     last = max(1, -(-total // per_page))
     base = str(request.url.remove_query_params(["page"]))
@@ -90,9 +88,7 @@ async def patch_job(request: Request) -> Response:
     gateway = gateway_of(request)
     job_id = job_id_of(request)
     bio = dragonfly.parse_patch(await json_body(request))
-    if len(bio) > 1000:
-        raise APIError(422, "bio is longer than 1000 characters")
-    if not await gateway.store.set_bio(job_id, bio):
+    if not await gateway.jobs.set_bio(job_id, bio):
         raise APIError(404, f"job {job_id} not found")
     gateway.statuses.forget(job_id)
     job = await gateway.jobs.get(job_id)

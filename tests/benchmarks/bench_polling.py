@@ -10,7 +10,7 @@ Two parts:
 
 1. Throughput: wrk (``--connections``) against the pending job's status, against a finished
    job's, and against a bare Starlette route returning the pending reply's bytes
-   (``bare_app``, same uvicorn, uvloop and one-send protocol), in interleaved rounds whose
+   (``bare_app``: uvicorn's own httptools protocol on uvloop), in interleaved rounds whose
    order rotates; the medians are compared and every round is printed.
 2. Harbor's pattern: ``--jobs`` pending jobs of the same image, each polled every
    ``--interval`` seconds on a connection of its own; after ``--pending-seconds`` the relay

@@ -6,7 +6,7 @@ the ASGI app is called directly, one request after another, on an embedded store
 left is the gateway's code, from the first middleware to the last byte of the response. Each
 figure is set beside a bare Starlette route returning the same kind of JSON, measured in the
 same rounds. The runner is not started, so no warming competes; one job is finished through
-the store, as a worker would, so that its poll takes the fast path Harbor's polling mostly hits.
+the store, as a worker would, so that its poll is answered from the one-second status cache.
 
 Run:  .venv/bin/python -m tests.benchmarks.bench_request_cost [--requests 3000] [--rounds 3]
 """
@@ -153,7 +153,7 @@ async def measure(work: Path, count: int, rounds: int) -> dict[str, list[float]]
         "GET /healthy (Harbor, every task)": lambda: call(app, "GET", "/healthy", headers=auth),
         "POST /oapi/v1/jobs (Harbor create)": create,
         "GET /oapi/v1/jobs/{id} (pending)": lambda: call(app, "GET", f"/oapi/v1/jobs/{pending_id}", headers=auth),
-        "GET /oapi/v1/jobs/{id} (finished: fast path)": lambda: call(
+        "GET /oapi/v1/jobs/{id} (finished, cached)": lambda: call(
             app, "GET", f"/oapi/v1/jobs/{claim.job_id}", headers=auth
         ),
     }

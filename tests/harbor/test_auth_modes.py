@@ -25,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.auth import Authenticator, AuthMiddleware, hash_token, new_token
+from gateway.auth import Authenticator, hash_token, new_token
 from gateway.config import build_config
+from gateway.middleware.auth import AuthMiddleware
 from gateway.store import open_store
 from tests.conftest import MakeGateway
 from tests.gateway_process import GatewayProcess, gateway_config, run_cli

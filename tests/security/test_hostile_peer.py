@@ -388,7 +388,7 @@ def test_non_ascii_digit_ids_are_404_never_500_nor_another_job(make_gateway: Mak
         assert job_id == 1
         gateway.wait_job(job_id)
         for path in ("/oapi/v1/jobs", "/preheats"):
-            assert client.get(f"{path}/1").status_code == 200  # cached now: the fast path serves it
+            assert client.get(f"{path}/1").status_code == 200  # cached now: the status cache serves it
             for spelling in ("%C2%B2", "%D9%A1", "%EF%BC%91", "%E2%91%A0", "1%C2%B2", "+1", "%201", "1_0"):
                 response = client.get(f"{path}/{spelling}")
                 assert response.status_code == 404, (path, spelling, response.status_code, response.text)
