@@ -7,6 +7,7 @@ arguments pick endpoints: by address, the first N as configured, or a share of t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -42,4 +43,4 @@ def choose(
 
 async def on_each(endpoints: Sequence[E], at_once: int, warm: Callable[[E], Awaitable[None]]) -> None:
     """``warm`` every endpoint, at most ``at_once`` of them at a time (Dragonfly's ``concurrent_peer_count``)."""
-    await bounded_gather(at_once, [lambda e=e: warm(e) for e in endpoints])  # type: ignore[misc]
+    await bounded_gather(at_once, [functools.partial(warm, e) for e in endpoints])
