@@ -27,19 +27,23 @@ from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 from adapters.base import PreheatError, PreheatRequest, Progress, TaskRow
 from adapters.retry import TransferError
 from adapters.selection import choose, on_each
+from adapters.urlpolicy import host_ip
 
 if TYPE_CHECKING:
     from adapters.dedupe import Deduper
 
 
 class Endpoint(Protocol):
-    """What the fan-out reads of an endpoint: the host name and address its rows show, and its slots."""
+    """What the fan-out reads of an endpoint: its URL, the host name and address its rows show
+    (``ip`` is filled in from ``url`` on first use), and its slots."""
+
+    ip: str
+
+    @property
+    def url(self) -> str: ...
 
     @property
     def hostname(self) -> str: ...
-
-    @property
-    def ip(self) -> str: ...
 
     @property
     def semaphore(self) -> asyncio.Semaphore: ...
@@ -103,6 +107,9 @@ async def fan_out(
 ) -> None:
     """Warm ``items`` (``None``: an image's, resolved through ``endpoints``) on ``endpoints`` as
     ``request.scope`` says; return when every item reached one, else raise :class:`PreheatError`."""
+    for endpoint in endpoints:
+        if not endpoint.ip:
+            endpoint.ip = await host_ip(endpoint.url)
     single = request.scope == "single_seed_peer"
     targets = list(endpoints) if single else choose(endpoints, request.choice, names=route.names, cluster=route.cluster)
     resolver: E | None = None

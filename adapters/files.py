@@ -140,8 +140,8 @@ async def stream_url(
     on_bytes: Callable[[int], None] | None = None,
     via: str = "",
     ssl_context: SSLContext | None = None,
-) -> tuple[int, str]:
-    """GET ``ref.url`` to the end into a fresh sink per attempt; returns (bytes, ``sha256:...``).
+) -> int:
+    """GET ``ref.url`` to the end into a fresh sink per attempt; returns how many bytes it had.
 
     ``client`` must not follow redirects itself (the gateway's shared client, or a proxy's).
     ``via`` names what the request went through (``proxy node-1``), for messages. ``ssl_context``
@@ -170,7 +170,7 @@ async def _fetch_once(
     on_bytes: Callable[[int], None] | None,
     via: str,
     ssl_context: SSLContext | None,
-) -> tuple[int, str]:
+) -> int:
     where = f"file {ref.display_url}" + (f" through {via}" if via else "")
     # The caller's headers (a token, a cookie) and the job's TLS are for the first host only.
     try:
@@ -192,9 +192,7 @@ async def _fetch_once(
             raise FetchError(f"{where} could not be read: {error}") from None
         sink = open_sink()
         try:
-            sha256 = hashlib.sha256()
-            size = await drain(body, sink, on_bytes=on_bytes, hashes=[sha256])
-            digest = "sha256:" + sha256.hexdigest()
+            size = await drain(body, sink, on_bytes=on_bytes)
             sink.commit()
         except BrokenStream as broken:
             sink.discard()
@@ -207,7 +205,7 @@ async def _fetch_once(
         except BaseException:
             sink.discard()
             raise
-        return size, digest
+        return size
     finally:
         await response.aclose()
 

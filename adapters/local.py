@@ -259,7 +259,7 @@ class LocalAdapter(Adapter):
         layout = self._layout()
 
         async def fetch() -> int:
-            size, _ = await stream_url(
+            size = await stream_url(
                 self.context.http,
                 self.context.policy,
                 ref,

@@ -43,7 +43,6 @@ from adapters.options import check_base_url, check_login
 from adapters.reference import ImageRef, parse_manifest_url
 from adapters.streaming import DiscardSink, Verify
 from adapters.throttle import Throttle
-from adapters.urlpolicy import host_ip
 
 PROBE_TIMEOUT_SECONDS = 5.0
 
@@ -100,6 +99,10 @@ class _Endpoint:
     ip: str = ""
     authority: str = ""
     """Who the gateway reads this cache as (a keyed hash of its credentials), for de-duplication."""
+
+    @property
+    def url(self) -> str:
+        return self.config.url
 
     def image(self, origin: ImageRef) -> ImageRef:
         parts = urlsplit(self.config.url)
@@ -171,13 +174,7 @@ class MirrorAdapter(Adapter):
             origin = parse_manifest_url(request.urls[0])
         except ValueError as error:
             raise PreheatError(str(error)) from None
-        await self._resolve_ips()
         await fan_out(_Route(self, origin, request.platform, progress), self.endpoints, request)
-
-    async def _resolve_ips(self) -> None:
-        for endpoint in self.endpoints:
-            if not endpoint.ip:
-                endpoint.ip = await host_ip(endpoint.config.url)
 
 
 class _Route(Route[_Endpoint, Blob]):

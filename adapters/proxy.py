@@ -53,7 +53,6 @@ from adapters.reference import ImageRef, parse_manifest_url
 from adapters.retry import FetchError, TransferError
 from adapters.streaming import DiscardSink
 from adapters.transport import new_client
-from adapters.urlpolicy import host_ip
 
 PROBE_TIMEOUT_SECONDS = 5.0
 ItemT = TypeVar("ItemT")
@@ -108,6 +107,10 @@ class _Proxy:
     oci: OciClient
     semaphore: asyncio.Semaphore
     ip: str = ""
+
+    @property
+    def url(self) -> str:
+        return self.config.url
 
 
 class ProxyAdapter(Adapter):
@@ -179,9 +182,6 @@ class ProxyAdapter(Adapter):
     # --- preheat ---------------------------------------------------------------------------
 
     async def preheat(self, request: PreheatRequest, progress: Progress) -> None:
-        for proxy in self.proxies:
-            if not proxy.ip:
-                proxy.ip = await host_ip(proxy.config.url)
         if request.type == "file":
             refs = [
                 file_ref(url, request.filtered_query_params, request.tag, request.application, request.origin_tls)
@@ -257,7 +257,7 @@ class _FileRoute(_Route[FileRef]):
         return self._authority  # the caller's headers
 
     async def fetch(self, endpoint: _Proxy, item: FileRef) -> int:
-        size, _ = await stream_url(
+        size = await stream_url(
             endpoint.client,
             self.adapter.context.policy,
             item,

@@ -35,7 +35,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import cachetools
 import msgspec
 from joserfc import jwt
 from joserfc.errors import BadSignatureError, InvalidKeyCurveError, JoseError, KeyParameterError, SecurityWarning
@@ -97,18 +96,23 @@ def hash_token(token: str) -> str:
 class TokenVerifier:
     """Checks personal access tokens against the store, with a short cache of verified hashes."""
 
+    MAX_CACHED = 10_000
+
     def __init__(self, store: SqlStore, cache_seconds: float) -> None:
         self.store = store
-        self._verified: cachetools.TTLCache[str, tuple[Principal, float | None]] = cachetools.TTLCache(
-            maxsize=10_000, ttl=max(cache_seconds, 0.001)
-        )
-        self._cache_enabled = cache_seconds > 0
+        self.cache_seconds = cache_seconds
+        # hash -> (principal, kept until (monotonic), token expiry (wall clock)); oldest first.
+        # A plain dict: this lookup is on every request's path, where a TTLCache costs more than the rest.
+        self._verified: dict[str, tuple[Principal, float, float | None]] = {}
 
     async def verify(self, token: str) -> Principal:
         digest = hash_token(token)
-        cached = self._verified.get(digest) if self._cache_enabled else None
-        if cached is not None and (cached[1] is None or cached[1] > time.time()):
-            return cached[0]
+        cached = self._verified.get(digest)
+        if cached is not None:
+            principal, kept_until, expires_at = cached
+            if kept_until > time.monotonic() and (expires_at is None or expires_at > time.time()):
+                return principal
+            del self._verified[digest]
         record = await self.store.find_token(digest)  # by hash: its timing reveals nothing about the token
         if record is None:
             raise Unauthorized("unknown token", "unknown_token")
@@ -117,10 +121,19 @@ class TokenVerifier:
         if record.expires_at is not None and record.expires_at <= time.time():
             raise Unauthorized(f"token {record.name!r} expired", "expired_token")
         principal = Principal(name=record.name, method="token", scopes=frozenset(record.scopes))
-        if self._cache_enabled:
-            self._verified[digest] = (principal, record.expires_at)
+        if self.cache_seconds > 0:
+            self._keep(digest, principal, record.expires_at)
             await self.store.touch_token(record.id)
         return principal
+
+    def _keep(self, digest: str, principal: Principal, expires_at: float | None) -> None:
+        now = time.monotonic()
+        if len(self._verified) >= self.MAX_CACHED:
+            for stale in [key for key, entry in self._verified.items() if entry[1] <= now]:
+                del self._verified[stale]
+            while len(self._verified) >= self.MAX_CACHED:
+                del self._verified[next(iter(self._verified))]
+        self._verified[digest] = (principal, now + self.cache_seconds, expires_at)
 
 
 def bearer(headers: dict[str, str]) -> str | None:
@@ -351,6 +364,10 @@ class Authenticator:
         self.tokens = TokenVerifier(store, config.token_cache_seconds)
         self.jwt = JWTVerifier(config.jwt) if config.jwt is not None and config.mode != "none" else None
         self.custom_header = config.custom_header.lower() if config.custom_header else None
+        self.header_names = frozenset(
+            name.encode("latin-1") for name in ("authorization", self.custom_header) if name is not None
+        )
+        """The request headers :meth:`authenticate` reads (lower case, as ASGI gives them)."""
         self.failures: Counter[str] = Counter()
 
     @property

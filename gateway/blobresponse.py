@@ -108,14 +108,16 @@ class FileResponse:
             await send({"type": "http.response.body", "body": chunk, "more_body": position < end})
 
 
-def offer_zerocopy(protocol: Any, cycle: Any) -> None:
-    """Offer the extension on ``cycle`` (a uvicorn request cycle) when its connection is plain TCP."""
-    transport = protocol.transport
+def zerocopy_possible(transport: Any) -> bool:
+    """Whether a connection can carry the extension: plain TCP, on a platform with ``os.sendfile``."""
     if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("ssl_object") is not None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is None or not hasattr(os, "sendfile"):
-        return
+        return False
+    return transport.get_extra_info("socket") is not None and hasattr(os, "sendfile")
+
+
+def offer_zerocopy(protocol: Any, cycle: Any) -> None:
+    """Offer the extension on ``cycle``, a uvicorn request cycle on a connection where it is
+    :func:`zerocopy_possible`."""
     cycle.scope.setdefault("extensions", {})[EXTENSION] = {}
     cycle.send = _ZeroCopySend(protocol, cycle, cycle.send)
 

@@ -216,6 +216,10 @@ class JobService:
         self.box = box
         self.policy: URLPolicy = config.registries.policy()
         self.clusters: Mapping[int, Cluster] = {cluster.id: cluster for cluster in config.clusters}
+        self.adapter_types = {cluster.id: adapter_registry.load(cluster.config.adapter) for cluster in config.clusters}
+        """Each cluster's adapter class: what it ``supports`` and ``understands``, looked up once."""
+        self.max_timeout_seconds = config.runner.max_timeout_seconds
+        self.default_timeout_seconds = config.runner.default_timeout_seconds
         self.on_created = on_created
         self.on_deleted = on_deleted
 
@@ -293,12 +297,12 @@ class JobService:
             return
         for cluster_id in targets:
             cluster = self.clusters[cluster_id]
-            adapter = adapter_registry.load(cluster.config.adapter)
+            adapter = self.adapter_types[cluster_id]
             if unused := [name for name in given if name not in adapter.understands]:
                 able = [
                     f"{c.id} ({c.name})"
                     for c in self.clusters.values()
-                    if set(given) <= adapter_registry.load(c.config.adapter).understands
+                    if set(given) <= self.adapter_types[c.id].understands
                 ]
                 hint = f"clusters that use them: {', '.join(able)}" if able else "no cluster of this gateway uses them"
                 raise InvalidRequest(
@@ -314,14 +318,12 @@ class JobService:
         when none does, every cluster, so each task's error says what to configure instead."""
         if spec.cluster_ids:
             return sorted(set(spec.cluster_ids))
-        supporting = [
-            i for i, c in self.clusters.items() if spec.type in adapter_registry.load(c.config.adapter).supports
-        ]
+        supporting = [i for i in self.clusters if spec.type in self.adapter_types[i].supports]
         return sorted(supporting or self.clusters)
 
     def _check_timeout(self, seconds: float) -> None:
         runner = self.config.runner
-        maximum = runner.max_timeout_seconds
+        maximum = self.max_timeout_seconds
         if not math.isfinite(seconds) or seconds > maximum:
             raise InvalidRequest(
                 f"timeout is longer than the maximum of {runner.max_timeout} ({int(maximum * 1e9)} nanoseconds, "
@@ -343,11 +345,11 @@ class JobService:
         if check is not None:
             await check(spec)
         now = time.time()
-        timeout = spec.timeout_seconds or self.config.runner.default_timeout_seconds
+        timeout = spec.timeout_seconds or self.default_timeout_seconds
         targets = self.targets(spec)
         job = await self.store.create_job(
             NewJob(
-                task_id=f"group_{uuid.uuid4()}",
+                group_id=f"group_{uuid.uuid4()}",
                 type="preheat",
                 source=spec.source,
                 args=spec.public(),

@@ -8,6 +8,7 @@ auth layer keep themselves are read at scrape time rather than pushed on the hot
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -125,3 +126,37 @@ def gauge_family(
     for label_values, value in values.items():
         family.add_metric(list(label_values), value)
     return family
+
+
+class MirrorStats:
+    """What the registry mirror served: requests by kind (manifest, blob) and outcome (hit, miss), bytes sent."""
+
+    def __init__(self) -> None:
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.bytes_served = 0
+
+    def sent(self, count: int) -> None:
+        self.bytes_served += count
+
+    def families(self) -> list[Any]:
+        """Its counters, read at scrape time."""
+        requests = {
+            (kind, outcome): float(self.requests[kind, outcome])
+            for kind in ("manifest", "blob")
+            for outcome in ("hit", "miss")
+        }
+        return [
+            counter_family(
+                "mirror_requests",
+                "Pulls of the registry mirror (/v2/), by kind and outcome: hit (served) or miss (404, "
+                "the node falls through to its next host).",
+                requests,
+                ["kind", "outcome"],
+            ),
+            counter_family(
+                "mirror_bytes_served",
+                "Manifest and blob bytes the registry mirror sent.",
+                {(): float(self.bytes_served)},
+                [],
+            ),
+        ]

@@ -60,12 +60,13 @@ class MirrorListener:
         self.state = ServerState()
         self.server: asyncio.Server | None = None
 
-    async def start(self) -> None:
+    async def start(self, app_state: dict[str, Any]) -> None:
+        """Listen; each request's state starts as ``app_state`` (the application's lifespan state)."""
         config = self.config
         if not config.loaded:
             config.load()
         factory = functools.partial(
-            self.protocol, config=config, server_state=self.state, app_state={MIRROR_LISTENER: True}
+            self.protocol, config=config, server_state=self.state, app_state={**app_state, MIRROR_LISTENER: True}
         )
         self.server = await asyncio.get_running_loop().create_server(
             factory,
@@ -112,7 +113,7 @@ def with_mirror_listener(app: Any, listener: MirrorListener) -> Any:
         async def on_send(message: Any) -> None:
             if message["type"] == "lifespan.startup.complete":
                 try:
-                    await listener.start()
+                    await listener.start(scope.get("state", {}))
                 except OSError as error:
                     message = {
                         "type": "lifespan.startup.failed",

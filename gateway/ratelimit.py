@@ -12,9 +12,14 @@ import math
 import time
 
 import cachetools
-from starlette.requests import Request
 
-from gateway.httputil import APIError
+
+class RateLimited(Exception):
+    """A create refused by the rate limit (the app answers 429 with ``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RateLimiter:
@@ -37,39 +42,26 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return (cost - tokens) / self.rate
 
+    def charge(self, caller: str, jobs: int) -> None:
+        """Charge ``caller``'s bucket for creating ``jobs`` jobs, all or none of them.
 
-def charge_job_creations(request: Request, jobs: int) -> None:
-    """Charge the caller's creation rate limit for ``jobs`` jobs, all or none of them.
-
-    A request that would create more jobs than the bucket holds now is refused whole with 429
-    and a ``Retry-After`` by which its whole cost has refilled. More than ``server.create_burst``
-    at once can never fit, and is refused saying so.
-    """
-    gateway = request.app.state.gateway
-    limit = gateway.create_limit
-    if limit.rate <= 0 or jobs <= 0:
-        return
-    if jobs > limit.burst:
-        gateway.metrics.rate_limited.inc()
-        raise APIError(
-            429,
-            f"this request would create {jobs} jobs; this credential may create at most {limit.burst} at once "
-            "(server.create_burst): send them in smaller requests",
-            {"Retry-After": str(max(1, round(jobs / limit.rate)))},
-        )
-    principal = request.scope.get("state", {}).get("principal")
-    wait = limit.acquire(principal.name if principal else "anonymous", jobs)
-    if wait:
-        gateway.metrics.rate_limited.inc()
-        what = (
-            "too many jobs created by this credential"
-            if jobs == 1
-            else (
-                f"this request would create {jobs} jobs, more than this credential may create now; no job was created"
+        A request that would create more jobs than the bucket holds now is refused whole
+        (:class:`RateLimited`) with a retry time by which its whole cost has refilled. More than
+        ``server.create_burst`` at once can never fit, and is refused saying so.
+        """
+        if self.rate <= 0 or jobs <= 0:
+            return
+        if jobs > self.burst:
+            raise RateLimited(
+                f"this request would create {jobs} jobs; this credential may create at most {self.burst} at once "
+                "(server.create_burst): send them in smaller requests",
+                max(1, round(jobs / self.rate)),
             )
-        )
-        raise APIError(
-            429,
-            f"{what}; retry in {wait:.1f}s (server.create_rate_per_second)",
-            {"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+        wait = self.acquire(caller, jobs)
+        if wait:
+            what = (
+                "too many jobs created by this credential"
+                if jobs == 1
+                else f"this request would create {jobs} jobs, more than this credential may create now; no job was created"
+            )
+            raise RateLimited(f"{what}; retry in {wait:.1f}s (server.create_rate_per_second)", max(1, math.ceil(wait)))

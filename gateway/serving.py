@@ -47,7 +47,7 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.blobresponse import offer_zerocopy
+from gateway.blobresponse import offer_zerocopy, zerocopy_possible
 from gateway.logs import DISCONNECT_LOGGED
 
 log = logging.getLogger("gateway.serving")
@@ -139,6 +139,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._closing = False
+        self._zerocopy = False  # known once connected (connection_made)
         limits = self.limits
         self._max_head, self._body_timeout, self._max_in_flight = (
             limits.max_header_bytes,
@@ -150,6 +151,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._zerocopy = zerocopy_possible(transport)
         guard = self._guard
         if len(self.connections) - guard.closing > self.limits.max_connections and not self._evict_oldest():
             guard.warn(
@@ -378,7 +380,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         """uvicorn's, with the ASGI zero-copy send extension offered on plain-TCP connections."""
-        offer_zerocopy(self, cycle)
+        if self._zerocopy:
+            offer_zerocopy(self, cycle)
         super()._start_asgi_task(cycle, app)
 
 

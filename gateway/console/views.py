@@ -26,7 +26,6 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 
 from adapters.base import SCOPES
 from adapters.files import DEFAULT_FILTERED_QUERY_PARAMS
-from gateway.app_types import gateway_of
 from gateway.auth import Unauthorized
 from gateway.console import present
 from gateway.console.session import (
@@ -39,10 +38,11 @@ from gateway.console.session import (
     set_cookie,
 )
 from gateway.console.throttle import SigninThrottle, client_key
-from gateway.dialects import dragonfly
-from gateway.httputil import APIError, read_body
+from gateway.dialects import openapi
+from gateway.endpoints.jsonio import APIError, read_body
 from gateway.ids import ascii_number
 from gateway.jobs import InvalidRequest
+from gateway.services import gateway_of
 from gateway.store import JOB_STATES, JobRecord
 
 HERE = Path(__file__).parent
@@ -518,7 +518,7 @@ async def create_preheat(request: Request, session: Session) -> Response:
         "bio": values["bio"],
     }
     try:
-        spec = dragonfly.parse_create(msgspec.json.encode(body), source="console")
+        spec = openapi.parse_create(msgspec.json.encode(body), source="console")
         job = await gateway.jobs.create(spec)
     except InvalidRequest as error:
         return _create_form(request, session, values, {present.field_of(str(error)): str(error)})

@@ -21,8 +21,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.dialects.dragonfly import rfc3339
 from gateway.dialects.gojson import convert, decode_json, fold_keys, header_values
+from gateway.dialects.openapi import rfc3339
 from gateway.jobs import InvalidRequest, JobSpec, check_digest
 from gateway.store import JobRecord
 

@@ -26,12 +26,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.app_types import gateway_of
 from gateway.dialects import kraken
+from gateway.endpoints.jsonio import json_body, json_response
 from gateway.endpoints.openapi import healthy
-from gateway.httputil import json_body, json_response
 from gateway.jobs import InvalidRequest
-from gateway.ratelimit import charge_job_creations
+from gateway.services import caller_of, gateway_of
 from gateway.store import EventHasJob
 
 log = logging.getLogger("gateway.kraken")
@@ -63,7 +62,7 @@ async def notifications(request: Request) -> Response:
                 made[key] = 0  # the same event twice in one notification: one job
     retried = len(preheats) - len(fresh)
     # per job it would create, before any DNS check; a notification of nothing still costs one
-    charge_job_creations(request, len(fresh) if preheats else 1)
+    gateway.create_limit.charge(caller_of(request), len(fresh) if preheats else 1)
     refused = []
     for preheat, _key in fresh:
         try:

@@ -12,14 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.app_types import gateway_of
 from gateway.dialects import legacy
+from gateway.endpoints.jsonio import APIError, json_body, json_response
 from gateway.endpoints.openapi import healthy
-from gateway.httputil import APIError, json_body, json_response
 from gateway.ids import MAX_ID_DIGITS, ascii_number
 from gateway.jobs import JobSpec
 from gateway.precheck import ManifestRefused, check_manifest
-from gateway.ratelimit import charge_job_creations
+from gateway.services import caller_of, gateway_of
 
 log = logging.getLogger("gateway.legacy")
 
@@ -37,7 +36,7 @@ async def create_preheat(request: Request) -> Response:
     a refused host or redirect: 422) is the answer here and no job is created (:mod:`gateway.precheck`).
     """
     gateway = gateway_of(request)
-    charge_job_creations(request, 1)
+    gateway.create_limit.charge(caller_of(request), 1)
     spec = legacy.parse_create(await json_body(request))
 
     async def check(checked: JobSpec) -> None:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.services import gateway_of
 from gateway.store import JOB_STATES
 
 SCRAPE_STORE_TIMEOUT_SECONDS = 2.0
@@ -16,7 +17,7 @@ SCRAPE_STORE_TIMEOUT_SECONDS = 2.0
 
 async def metrics(request: Request) -> Response:
     """Prometheus exposition; the job-state gauge is refreshed from the store on each scrape."""
-    gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     try:
         counts = await asyncio.wait_for(gateway.store.count_jobs_by_state(), SCRAPE_STORE_TIMEOUT_SECONDS)
     except Exception:  # a scrape still answers with what the process knows

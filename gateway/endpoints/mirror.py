@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 from starlette.requests import Request
@@ -29,10 +28,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.blobresponse import FileResponse
-from gateway.metrics import counter_family
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.metrics import MirrorStats
+from gateway.services import Gateway, gateway_of
 
 API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 MIRROR_LISTENER = "preheat_gateway.mirror_listener"
@@ -52,49 +49,6 @@ MAX_MANIFEST_BYTES = 4 << 20
 """Largest manifest served (the registry client's own cap on what it stores)."""
 _RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 _ENCODER = msgspec.json.Encoder()
-
-
-class MirrorStats:
-    """What the mirror served: requests by kind (manifest, blob) and outcome (hit, miss), bytes sent."""
-
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str]] = Counter()
-        self.bytes_served = 0
-
-    def sent(self, count: int) -> None:
-        self.bytes_served += count
-
-
-def stats_of(gateway: Gateway) -> MirrorStats:
-    stats = gateway.__dict__.get("mirror_stats")
-    if stats is None:
-        stats = gateway.__dict__["mirror_stats"] = MirrorStats()
-    return stats
-
-
-def metric_families(gateway: Gateway) -> list[Any]:
-    """The mirror's counters, read at scrape time (``Gateway._scraped``)."""
-    stats = stats_of(gateway)
-    requests = {
-        (kind, outcome): float(stats.requests[kind, outcome])
-        for kind in ("manifest", "blob")
-        for outcome in ("hit", "miss")
-    }
-    return [
-        counter_family(
-            "mirror_requests",
-            "Pulls of the registry mirror (/v2/), by kind and outcome: hit (served) or miss (404, "
-            "the node falls through to its next host).",
-            requests,
-            ["kind", "outcome"],
-        ),
-        counter_family(
-            "mirror_bytes_served",
-            "Manifest and blob bytes the registry mirror sent.",
-            {(): float(stats.bytes_served)},
-            [],
-        ),
-    ]
 
 
 def _headers(*pairs: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
@@ -136,7 +90,7 @@ async def dispatch(request: Request) -> Response:
         return oci_error(404, "NAME_UNKNOWN", "not a path of the registry API's pull side")
     if len(name) > MAX_NAME or not NAME.fullmatch(name):
         return oci_error(404, "NAME_INVALID", "invalid repository name")
-    stats = stats_of(request.app.state.gateway)
+    stats = gateway_of(request).mirror_stats
     if kind == "manifests":
         return await _manifest(request, name, tail, stats)
     return await _blob(request, tail, stats)
@@ -154,7 +108,7 @@ async def _manifest(request: Request, name: str, reference: str, stats: MirrorSt
     from adapters.layout import AmbiguousOrigin
 
     ambiguous: list[str] = []
-    for layout in _layouts(request.app.state.gateway):
+    for layout in _layouts(gateway_of(request)):
         try:
             descriptor = layout.resolve(host, name, reference)
         except AmbiguousOrigin as error:
@@ -222,7 +176,7 @@ async def _blob(request: Request, digest: str, stats: MirrorStats) -> Response:
         return oci_error(404, "DIGEST_INVALID", "not a digest")
     if _origin(request) is False:
         return oci_error(400, "NAME_INVALID", "ns must be the upstream registry's host[:port]")
-    for layout in _layouts(request.app.state.gateway):
+    for layout in _layouts(gateway_of(request)):
         path = layout.blob_path(digest)
         if path is None:
             continue

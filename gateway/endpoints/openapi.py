@@ -6,17 +6,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.app_types import gateway_of
-from gateway.dialects import dragonfly
-from gateway.httputil import (
+from gateway.dialects import openapi as dialect
+from gateway.endpoints.jsonio import (
     APIError,
     error_response,
     int_param,
     json_body,
     json_response,
 )
-from gateway.openapi import JOB_TYPES, MAX_PAGE
-from gateway.ratelimit import charge_job_creations
+from gateway.services import caller_of, gateway_of
 from gateway.store import JOB_STATES
 
 MAX_JOB_ID = 2**63 - 1
@@ -42,10 +40,10 @@ async def healthy(request: Request) -> Response:
 
 async def create_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    charge_job_creations(request, 1)
-    spec = dragonfly.parse_create(await json_body(request))
+    gateway.create_limit.charge(caller_of(request), 1)
+    spec = dialect.parse_create(await json_body(request))
     job = await gateway.jobs.create(spec)
-    return json_response(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at))
+    return json_response(dialect.job_body(job, gateway.jobs.clusters, gateway.started_at))
 
 
 async def get_job(request: Request) -> Response:
@@ -55,7 +53,7 @@ async def get_job(request: Request) -> Response:
         "openapi",
         job_id,
         gateway.jobs.get,
-        lambda job: dragonfly.encode(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at)),
+        lambda job: dialect.encode(dialect.job_body(job, gateway.jobs.clusters, gateway.started_at)),
     )
     if body is None:
         raise APIError(404, f"job {job_id} not found")
@@ -64,16 +62,16 @@ async def get_job(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     gateway = gateway_of(request)
-    page = int_param(request, "page", 1, minimum=1, maximum=MAX_PAGE)
+    page = int_param(request, "page", 1, minimum=1, maximum=dialect.MAX_PAGE)
     per_page = int_param(request, "per_page", 10, minimum=1, maximum=gateway.config.server.max_page_size)
     state = request.query_params.get("state") or None
     if state is not None and state not in JOB_STATES:
         raise APIError(400, f"state {state[:50]!r} is not one of {', '.join(JOB_STATES)}")
     job_type = request.query_params.get("type") or None
-    if job_type is not None and job_type not in JOB_TYPES:
-        raise APIError(400, f"type {job_type[:50]!r} is not one of {', '.join(JOB_TYPES)}")
+    if job_type is not None and job_type not in dialect.JOB_TYPES:
+        raise APIError(400, f"type {job_type[:50]!r} is not one of {', '.join(dialect.JOB_TYPES)}")
     jobs, total = await gateway.jobs.list_jobs(limit=per_page, offset=(page - 1) * per_page, state=state, type=job_type)
-    body = [dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at) for job in jobs]
+    body = [dialect.job_body(job, gateway.jobs.clusters, gateway.started_at) for job in jobs]
     last = max(1, -(-total // per_page))
     base = str(request.url.remove_query_params(["page"]))
     sep = "&" if "?" in base else "?"
@@ -87,14 +85,14 @@ async def list_jobs(request: Request) -> Response:
 async def patch_job(request: Request) -> Response:
     gateway = gateway_of(request)
     job_id = job_id_of(request)
-    bio = dragonfly.parse_patch(await json_body(request))
+    bio = dialect.parse_patch(await json_body(request))
     if not await gateway.jobs.set_bio(job_id, bio):
         raise APIError(404, f"job {job_id} not found")
     gateway.statuses.forget(job_id)
     job = await gateway.jobs.get(job_id)
     if job is None:
         raise APIError(404, f"job {job_id} not found")
-    return json_response(dragonfly.job_body(job, gateway.jobs.clusters, gateway.started_at))
+    return json_response(dialect.job_body(job, gateway.jobs.clusters, gateway.started_at))
 
 
 async def delete_job(request: Request) -> Response:
@@ -111,7 +109,7 @@ async def list_clusters(request: Request) -> Response:
     health = await gateway.health.all()
     return json_response(
         [
-            dragonfly.cluster_body(cluster, gateway.started_at, health.get(cluster.id))
+            dialect.cluster_body(cluster, gateway.started_at, health.get(cluster.id))
             for cluster in gateway.jobs.clusters.values()
         ]
     )

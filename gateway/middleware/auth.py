@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,13 +18,14 @@ class AuthMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        authenticator: Callable[[], Authenticator],
+        authenticator: Authenticator,
         public_prefixes: tuple[str, ...] = ("/console",),
         anonymous_pull: bool = False,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
-        self.public_prefixes = public_prefixes
+        self.public_exact = frozenset(PUBLIC_PATHS) | frozenset(public_prefixes)
+        self.public_under = tuple(prefix + "/" for prefix in public_prefixes)
         self.anonymous_pull = anonymous_pull  # server.mirror_anonymous
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -33,9 +33,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = _route_path(scope)
-        if path in PUBLIC_PATHS or any(
-            path == prefix or path.startswith(prefix + "/") for prefix in self.public_prefixes
-        ):
+        if path in self.public_exact or path.startswith(self.public_under):
             await self.app(scope, receive, send)
             return
         mirror = is_mirror_path(path)
@@ -43,8 +41,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         reject = _reject_pull if mirror else _reject
-        authenticator = self.authenticator()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        authenticator = self.authenticator
+        wanted = authenticator.header_names
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
         try:
             principal = await authenticator.authenticate(headers, basic=True if mirror else None)
         except Unauthorized as error:

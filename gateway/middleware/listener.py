@@ -1,4 +1,5 @@
-"""With ``server.mirror_listen``, the mirror answers only on its listener and the API only on ``listen``."""
+"""With ``server.mirror_listen``, the mirror answers only on its listener and the API only on ``listen``
+(the app adds this middleware only then)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ class ListenerSplitMiddleware:
     set by ``gateway.mirrorlisten``); the wrong listener answers 404 before authentication.
     """
 
-    def __init__(self, app: ASGIApp, separate: bool) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.separate = separate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.separate and scope["type"] == "http":
+        if scope["type"] == "http":
             on_mirror = bool(scope.get("state", {}).get(MIRROR_LISTENER))
             if on_mirror != is_mirror_path(scope["path"]):
                 response = (

@@ -25,12 +25,15 @@ from gateway.store.models import (
 from gateway.store.sql import SqlStore
 
 
-def open_store(url: str) -> SqlStore:
-    """The store a URL names; not yet connected (call ``await store.open()``)."""
+def open_store(url: str, *, serving: bool = False) -> SqlStore:
+    """The store a URL names; not yet connected (call ``await store.open()``).
+
+    ``serving``: this process serves the gateway, and owns an embedded SQLite file alone.
+    """
     if url.startswith("sqlite:///"):
         from gateway.store.sqlite import SqliteDriver
 
-        return SqlStore(SqliteDriver(url.removeprefix("sqlite:///")))
+        return SqlStore(SqliteDriver(url.removeprefix("sqlite:///"), owner=serving))
     if url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import PostgresDriver
 

@@ -47,7 +47,8 @@ class TaskRecord(msgspec.Struct, kw_only=True):
 
 class JobRecord(msgspec.Struct, kw_only=True):
     id: int
-    task_id: str
+    group_id: str
+    """The job's group (``group_<uuid>``), what Dragonfly calls the job's ``task_id``; stored as ``jobs.task_id``."""
     type: str
     state: JobState
     source: str
@@ -69,7 +70,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
 
 class NewJob(msgspec.Struct, kw_only=True):
-    task_id: str
+    group_id: str
     type: str
     source: str
     args: dict[str, Any]

@@ -259,7 +259,7 @@ class SqlStore:
                    VALUES (:task_id, :type, 'PENDING', :source, :args, :cluster_ids, :bio, :secret, :deadline, :now, :now)
                    RETURNING {_JOB_COLUMNS}""",
                 {
-                    "task_id": new.task_id,
+                    "task_id": new.group_id,
                     "type": new.type,
                     "source": new.source,
                     "args": _json.encode(new.args).decode(),
@@ -611,7 +611,7 @@ def _job(row: Row, tasks: list[TaskRecord]) -> JobRecord:
             tasks = [_redacted(task, secrets) for task in tasks]
     return JobRecord(
         id=row[0],
-        task_id=row[1],
+        group_id=row[1],
         type=row[2],
         state=row[3],
         source=row[4],

@@ -10,7 +10,8 @@ timeout is zero and a busy database is retried with ``asyncio.sleep``, never wai
 
 SQLite allows one writer at a time: write transactions take an asyncio lock and
 ``BEGIN IMMEDIATE``; reads use the second connection, which WAL lets run beside a writer.
-One gateway process owns the file (see ``gateway.app``). The WAL is folded back into the
+A serving gateway owns the file (``owner=True``: an exclusive lock beside it, so a second one
+refuses to start instead of re-running the first's tasks); the CLI may open it alongside. The WAL is folded back into the
 database every few seconds by a worker thread (the only slow, fsyncing step), off the loop.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import sqlite3
 import time
@@ -68,6 +70,23 @@ def _private(database: Path) -> None:
             pass
 
 
+def _lock_exclusive(database: Path) -> Any:
+    """The serving process's lock on ``database``: a second serving process would re-run the first's tasks."""
+    lock = open(database.with_name(database.name + ".lock"), "a+")  # noqa: SIM115 - held while the store is open
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StoreUnavailable(
+            f"another gateway process serves the SQLite store {database}; run one process per SQLite file, "
+            "or use PostgreSQL (store.url: postgresql://...) for several replicas"
+        ) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 def _busy(error: sqlite3.OperationalError) -> bool:
     return "locked" in str(error) or "busy" in str(error)
 
@@ -76,8 +95,10 @@ class SqliteDriver:
     dialect: Literal["sqlite"] = "sqlite"
     integrity_error = sqlite3.IntegrityError
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, owner: bool = False) -> None:
         self.path = Path(path)
+        self.owner = owner
+        self._owner_lock: Any = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
@@ -86,6 +107,8 @@ class SqliteDriver:
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.owner and self._owner_lock is None:
+                self._owner_lock = _lock_exclusive(self.path)
             _private(self.path)
             self._writer = self._connect()
             self._reader = self._connect()
@@ -118,6 +141,9 @@ class SqliteDriver:
             if connection is not None:
                 connection.close()
         self._writer = self._reader = None
+        if self._owner_lock is not None:
+            self._owner_lock.close()
+            self._owner_lock = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Tx]:

@@ -3,7 +3,7 @@
 Harbor's job loop polls a task every 10 s and stops at the first SUCCESS or FAILURE, so the
 polls it sends are of pending jobs, plus one terminal read each. The benchmark keeps jobs
 pending for real: their image's one large layer comes from a registry behind a relay capped
-at ``--rate`` bytes a second (``tests.throttledrelay``), so the runner is mid-transfer and
+at ``--rate`` bytes a second (``tests.tcprelay``), so the runner is mid-transfer and
 saves progress about once a second while the jobs are polled.
 
 Two parts:
@@ -40,7 +40,7 @@ from adapters.transport import new_client
 from tests.benchmarks.common import BareApp, WrkResult, cpu_seconds, peak_rss_mib, wrk
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.registry import free_port, push_image, start_registry
-from tests.throttledrelay import ThrottledRelay
+from tests.tcprelay import TcpRelay
 
 REPOSITORY = "library/slow"
 LAYER_BYTES = 64 << 20
@@ -60,7 +60,7 @@ def main() -> None:
 
     origin = start_registry(work / "origin")
     push_image(origin, REPOSITORY, "1.0", [LAYER_BYTES], seed=11)
-    relay = ThrottledRelay("127.0.0.1", origin.port, bytes_per_second=args.rate)
+    relay = TcpRelay("127.0.0.1", origin.port, rate_per_connection=args.rate)
     gateway = GatewayProcess(work / "gw", gateway_config(work)).start()
     bare: BareApp | None = None
     try:
@@ -193,7 +193,7 @@ def percentiles(seconds: list[float]) -> str:
     return f"p50 {at(0.50):6.2f} ms   p99 {at(0.99):6.2f} ms   max {1e3 * ordered[-1]:6.2f} ms"
 
 
-async def harbor_pattern(gateway: GatewayProcess, relay: ThrottledRelay, args: argparse.Namespace) -> HarborFigures:
+async def harbor_pattern(gateway: GatewayProcess, relay: TcpRelay, args: argparse.Namespace) -> HarborFigures:
     figures = HarborFigures()
     limits = httpx.Limits(max_connections=args.jobs + 8, max_keepalive_connections=args.jobs + 8)
     client = new_client(

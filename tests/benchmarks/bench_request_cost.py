@@ -72,7 +72,7 @@ async def call(
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8080),
-        "state": {},
+        "state": {"gateway": app.state.gateway} if hasattr(app.state, "gateway") else {},  # the lifespan's state
     }
     delivered = False
     status = 0

@@ -7,14 +7,12 @@ browser skips these tests locally and fails them on CI (``require``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import re
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +81,7 @@ class ConsoleGateway:
     process: GatewayProcess
     origin: Registry
     gate: TcpRelay
-    paced: PacedRelay | None = None
+    paced: TcpRelay | None = None
 
     @property
     def console(self) -> str:
@@ -100,7 +98,7 @@ class ConsoleGateway:
 
 @pytest.fixture
 def console_gateway(
-    make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, paced: PacedRelay, tmp_path: Path
+    make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, paced: TcpRelay, tmp_path: Path
 ) -> ConsoleGateway:
     """A gateway with the robot account configured for the origin: the console sends no Harbor token."""
     credentials = [
@@ -194,51 +192,10 @@ def api_error(gateway: ConsoleGateway, args: dict[str, Any]) -> str:
     return str(response.json()["errors"])
 
 
-class PacedRelay(TcpRelay):
-    """A relay whose answers, all connections together, arrive at about ``bytes_per_second``:
-    a transfer slow enough to watch its progress move in the browser."""
-
-    def __init__(self, target_host: str, target_port: int, bytes_per_second: int) -> None:
-        self.bytes_per_second = bytes_per_second
-        self._budget = threading.Lock()
-        self._next_send = time.monotonic()
-        super().__init__(target_host, target_port)
-
-    def _serve(self, client: socket.socket, limit: int | None = None) -> None:
-        self._open.wait()
-        try:
-            upstream = socket.create_connection(self.target, timeout=10)
-        except OSError:
-            client.close()
-            return
-        threading.Thread(target=_forward, args=(client, upstream, None), daemon=True).start()
-        threading.Thread(target=_forward, args=(upstream, client, self._wait_for), daemon=True).start()
-
-    def _wait_for(self, nbytes: int) -> None:
-        with self._budget:
-            start = max(self._next_send, time.monotonic())
-            self._next_send = start + nbytes / self.bytes_per_second
-        time.sleep(max(0.0, start - time.monotonic()))
-
-
-def _forward(source: socket.socket, sink: socket.socket, pace: Any) -> None:
-    try:
-        while data := source.recv(8192):
-            if pace is not None:
-                pace(len(data))
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.fixture
-def paced(origin: Registry) -> Iterator[PacedRelay]:
+def paced(origin: Registry) -> Iterator[TcpRelay]:
     """The origin at about 160 KiB/s: the 1.2 MiB test image takes several seconds to warm."""
-    relay = PacedRelay("127.0.0.1", origin.port, 160 * 1024)
+    relay = TcpRelay("127.0.0.1", origin.port, rate_in_all=160 * 1024)
     try:
         yield relay
     finally:

@@ -93,7 +93,7 @@ def test_the_detail_page_follows_a_running_preheat_to_its_end(
     expect(page).to_have_url(re.compile(rf"/console/preheats/{last_job_id(console_gateway)}\?notice=created$"))
 
     expect(page.locator("#job-state")).to_have_text("running")
-    expect(page.get_by_role("article", name=re.compile("^local")).locator(".badge")).to_have_text("running")
+    expect(page.get_by_role("article", name=re.compile("^local")).locator("h3 .badge")).to_have_text("running")
     expect(page.get_by_role("button", name="Cancel preheat")).to_be_visible()
     person.shoot("detail-pending")
     page.evaluate("window.stillTheSamePage = true")

@@ -46,7 +46,7 @@ def test_a_slow_preheat_is_running_its_bar_follows_bytes_and_updated_moves(
     expect(page).to_have_url(re.compile(rf"/console/preheats/{job_id}\?notice=created$"))
     expect(page.get_by_role("status")).to_have_text("The preheat was created; this page follows it until it ends.")
     expect(page.locator("#job-state")).to_have_text("running")
-    expect(page.get_by_role("article", name=re.compile("^local")).locator(".badge")).to_have_text("running")
+    expect(page.get_by_role("article", name=re.compile("^local")).locator("h3 .badge")).to_have_text("running")
 
     samples: list[tuple[int, int, int, str]] = []  # (bar value, bytes moved, bytes total, "Updated")
     deadline = time.monotonic() + 60

@@ -459,7 +459,7 @@ def test_ingress_with_tls_reaches_the_api_port_and_the_pods_serve_https() -> Non
 
 
 def gateway_series() -> set[str]:
-    """Every series name the gateway exports, read from its source (gateway/metrics.py, gateway/app.py)."""
+    """Every series name the gateway exports, read from its source (gateway/metrics.py, gateway/services.py)."""
     families: dict[str, str] = {}
     for source in (REPO_ROOT / "gateway").rglob("*.py"):
         text = source.read_text()

@@ -260,7 +260,7 @@ def test_failures_are_counted_by_kind_and_the_secret_is_never_logged(
         return PlainTextResponse("OK")
 
     app = Starlette(
-        routes=[Route("/healthy", ok)], middleware=[Middleware(AuthMiddleware, authenticator=lambda: authenticator)]
+        routes=[Route("/healthy", ok)], middleware=[Middleware(AuthMiddleware, authenticator=authenticator)]
     )
 
     async def calls() -> list[int]:

@@ -31,7 +31,6 @@ from tests.gateway_process import GatewayProcess, gateway_config
 from tests.postgres import find_postgres, fresh_database
 from tests.registry import Registry, free_port, wait_until
 from tests.tcprelay import TcpRelay
-from tests.throttledrelay import ThrottledRelay
 
 ABOUT_A_SECOND = 1.5
 """How soon another replica's change must show: the one-second lifetime, with room for a slow machine."""
@@ -242,7 +241,7 @@ def test_progress_saved_by_one_replica_is_in_the_other_replicas_replies_a_second
     harbor_token: HarborToken,
     tmp_path: Path,
 ) -> None:
-    slow = ThrottledRelay("127.0.0.1", origin.port, bytes_per_second=16 << 10)
+    slow = TcpRelay("127.0.0.1", origin.port, rate_per_connection=16 << 10)
     a = replica(make_gateway, tmp_path, store_url, "a")
     body = {
         "type": "preheat",

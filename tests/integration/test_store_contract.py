@@ -152,7 +152,7 @@ async def peer(store: SqlStore, store_url: str, make_store: MakeStore) -> SqlSto
 def new_job(**fields: Any) -> NewJob:
     now = time.time()
     defaults: dict[str, Any] = {
-        "task_id": f"harbor-{secrets.token_hex(4)}",
+        "group_id": f"harbor-{secrets.token_hex(4)}",
         "type": "image",
         "source": "harbor",
         "args": {"image": "library/app:1.0", "password": ""},
@@ -239,7 +239,7 @@ async def test_a_created_job_reads_back_with_its_pending_tasks(store: SqlStore) 
     now = time.time()
     created = await store.create_job(
         new_job(
-            task_id="harbor-42",
+            group_id="harbor-42",
             type="image",
             source="api",
             args={"image": "library/app:1.0", "platforms": ["linux/amd64"]},
@@ -254,7 +254,7 @@ async def test_a_created_job_reads_back_with_its_pending_tasks(store: SqlStore) 
     job = await store.get_job(created.id)
     assert job == created
     assert job is not None
-    assert (job.task_id, job.type, job.state, job.source, job.bio, job.error) == (
+    assert (job.group_id, job.type, job.state, job.source, job.bio, job.error) == (
         "harbor-42",
         "image",
         "PENDING",

@@ -343,7 +343,7 @@ def test_every_outbound_client_of_the_service_is_guarded() -> None:
                     break
             calls.append((path.relative_to(root).as_posix(), text[at : end + 1]))
     assert {path for path, _ in calls} >= {
-        "gateway/app.py",
+        "gateway/services.py",
         "gateway/auth.py",
         "adapters/proxy.py",
         "adapters/dragonfly.py",
@@ -369,8 +369,8 @@ def test_no_other_http_client_is_made_by_the_service() -> None:
 def test_the_shared_client_trusts_the_allowlist_and_every_cluster_endpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway.app import _connect_guard
     from gateway.config import build_config
+    from gateway.services import _connect_guard
 
     monkeypatch.setenv("DF_TOKEN", "t")
     config = build_config(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from adapters.urlpolicy import RefusedURL, URLPolicy
+from adapters.urlpolicy import RefusedURL, URLPolicy, origin
 
 
 def check(policy: URLPolicy, url: str, *, redirect: bool = False) -> None:
@@ -66,3 +66,10 @@ def test_redirects_may_leave_the_allowlist_for_public_hosts_only() -> None:
 
 def test_star_allows_everything_explicitly() -> None:
     check(URLPolicy(("*",)), "http://127.0.0.1:1/x")
+
+
+def test_an_origin_is_scheme_host_and_port() -> None:
+    assert origin("https://Registry.Example/v2/") == "https://registry.example:443"
+    assert origin("http://registry.example:443/v2/") == "http://registry.example:443"
+    assert origin("https://registry.example/v2/") != origin("http://registry.example:443/v2/")
+    assert origin("http://[::1]:5000/v2/") == "http://[::1]:5000"

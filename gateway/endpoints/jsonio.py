@@ -1,4 +1,4 @@
-"""Small HTTP helpers shared by every endpoint: bounded bodies and JSON errors.
+"""JSON in and out of every endpoint: bounded request bodies, JSON replies and errors.
 
 Every error leaves the gateway as ``{"errors": "<what and how to fix>"}`` (the shape
 Dragonfly's manager uses), with a 4xx status for anything the caller can fix.
@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.ids import ascii_number
+from gateway.services import gateway_of
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -90,5 +91,5 @@ def int_param(request: Request, name: str, default: int, *, minimum: int, maximu
 
 async def json_body(request: Request) -> bytes:
     """A JSON request body within the configured limits (``server.max_body_bytes``, ``server.max_json_depth``)."""
-    server = request.app.state.gateway.config.server
+    server = gateway_of(request).config.server
     return await read_json_body(request, server.max_body_bytes, server.max_json_depth)

@@ -20,6 +20,10 @@ from gateway.jobs import MAX_INT64, InvalidRequest, JobSpec, parse_filtered_quer
 from gateway.store import TERMINAL, JobRecord, TaskRecord
 
 NANOSECONDS = 1_000_000_000
+JOB_TYPES = ("preheat",)
+"""The job types the gateway creates (and the ``type`` filter of a list accepts)."""
+MAX_PAGE = 1_000_000
+"""The highest ``page`` of a list."""
 
 
 class PreheatArgs(msgspec.Struct):
@@ -230,13 +234,13 @@ def job_body(job: JobRecord, clusters: Mapping[int, Cluster], created_at: float)
         "created_at": rfc3339(job.created_at),
         "updated_at": rfc3339(job.updated_at),
         "is_del": 0,
-        "task_id": job.task_id,
+        "task_id": job.group_id,
         "bio": job.bio,
         "type": job.type,
         "state": job.state,
         "args": _args(job),
         "result": {
-            "group_uuid": job.task_id,
+            "group_uuid": job.group_id,
             "state": job.state,
             "created_at": rfc3339(job.created_at),
             "updated_at": rfc3339(job.updated_at),

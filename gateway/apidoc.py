@@ -10,13 +10,9 @@ from typing import Any
 
 import msgspec
 
-from gateway.dialects.dragonfly import CreateJobRequest, PatchJobRequest
+from gateway.dialects.openapi import JOB_TYPES, MAX_PAGE, CreateJobRequest, PatchJobRequest
 from gateway.store import JOB_STATES
 
-JOB_TYPES = ("preheat",)
-"""The job types the gateway creates (and the ``type`` filter of a list accepts)."""
-MAX_PAGE = 1_000_000
-"""The highest ``page`` of a list."""
 _ERROR = {"type": "object", "properties": {"errors": {"type": "string"}}, "required": ["errors"]}
 _TASK_ROW = {"type": "object", "properties": {k: {"type": "string"} for k in ("url", "hostname", "ip", "description")}}
 _JOB = {

@@ -1,4 +1,4 @@
-"""``/openapi.json``: the OpenAPI document describing this gateway's HTTP API (:mod:`gateway.openapi`)."""
+"""``/openapi.json``: the OpenAPI document describing this gateway's HTTP API (:mod:`gateway.apidoc`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.httputil import json_response
-from gateway.openapi import document
+from gateway.apidoc import document
+from gateway.endpoints.jsonio import json_response
+from gateway.services import gateway_of
 
 
 async def openapi_document(request: Request) -> Response:
-    gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     return json_response(document(gateway.version, gateway.config.server.max_page_size))
 
 
