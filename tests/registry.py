@@ -591,7 +591,8 @@ class Registry:
     def client(self, auth_header: str | None = None) -> httpx.Client:
         """An httpx client rooted at this registry (caller closes it); ignores *_PROXY, it is loopback."""
         headers = {"Authorization": auth_header} if auth_header else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=_HTTP_TIMEOUT, trust_env=False)
+        # Plain http: verify=False only spares loading the CA bundle for every client.
+        return httpx.Client(base_url=self.url, headers=headers, timeout=_HTTP_TIMEOUT, trust_env=False, verify=False)
 
     def _is_manifest(self, repository: str, digest: str) -> bool:
         algorithm, _, hex_digest = digest.partition(":")
@@ -608,7 +609,7 @@ class Registry:
                     f"log tail ({self.log_path}):\n{self.log_tail()}"
                 )
             try:
-                if httpx.get(f"{self.url}/v2/", timeout=1.0, trust_env=False).status_code in (200, 401):
+                if httpx.get(f"{self.url}/v2/", timeout=1.0, trust_env=False, verify=False).status_code in (200, 401):
                     return
             except httpx.TransportError:
                 pass

@@ -344,7 +344,7 @@ def test_every_outbound_client_of_the_service_is_guarded() -> None:
             calls.append((path.relative_to(root).as_posix(), text[at : end + 1]))
     assert {path for path, _ in calls} >= {
         "gateway/services.py",
-        "gateway/auth.py",
+        "gateway/jwtauth.py",
         "adapters/proxy.py",
         "adapters/dragonfly.py",
         "adapters/kraken.py",
