@@ -1,18 +1,16 @@
 """The embedded store: one SQLite file in WAL mode, one writer and one reader connection.
 
-Statements run on the event loop's own thread. That is deliberate: a statement against a
-local WAL database takes tens of microseconds, while handing it to a worker thread (what
-aiosqlite does) costs a GIL handoff per statement, which under load waits out Python's
-switch interval; measured in the thousand-tags benchmark, a create transaction went from
-~116 ms mean through a thread to well under a millisecond here. What could block is
-lock contention with another process (``preheat-gateway token create``), so the lock
-timeout is zero and a busy database is retried with ``asyncio.sleep``, never waited on.
+Statements run on the event loop's own thread: a statement against a local WAL database is
+cheaper than the GIL handoff a worker thread would cost it (docs/design.md, "Storage"). What
+could block is lock contention with another process (``preheat-gateway token create``), so the
+lock timeout is zero and a busy database is retried with ``asyncio.sleep``, never waited on.
 
-SQLite allows one writer at a time: write transactions take an asyncio lock and
-``BEGIN IMMEDIATE``; reads use the second connection, which WAL lets run beside a writer.
-A serving gateway owns the file (``owner=True``: an exclusive lock beside it, so a second one
-refuses to start instead of re-running the first's tasks); the CLI may open it alongside. The WAL is folded back into the
-database every few seconds by a worker thread (the only slow, fsyncing step), off the loop.
+SQLite allows one writer at a time: write transactions take an asyncio lock and ``BEGIN
+IMMEDIATE``; reads use the second connection, which WAL lets run beside a writer. A serving
+gateway owns the file (``owner=True``: an exclusive lock beside it, so a second one refuses to
+start instead of re-running the first's tasks); the CLI may open it alongside. The WAL is folded
+back into the database every few seconds by a worker thread (the only slow, fsyncing step), off
+the loop.
 """
 
 from __future__ import annotations
