@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.auth import hash_token, new_token
+from gateway.config import ServerConfig
 from gateway.store import SqlStore
 
 
-async def announce_first_token(store: SqlStore, server: Any) -> None:
+async def announce_first_token(store: SqlStore, server: ServerConfig) -> None:
     """Create the personal access token ``default`` (scope ``job``) and print it, unless the
     store holds a token already: a new user has a credential to paste into Harbor at once."""
     if await store.list_tokens():
