@@ -6,19 +6,24 @@ the same store, exactly as an operator's crash would happen.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import yaml
 
+from gateway import cli
 from tests.registry import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +84,29 @@ class GatewayProcess:
         return self._token
 
     def create_token(self, name: str, *extra: str) -> str:
-        result = run_cli("token", "create", "--config", str(self.config_path), "--name", name, *extra, env=self.env)
-        return result.stdout.strip().splitlines()[-1]
+        """``preheat-gateway token create`` (``--scope``, ``--expires``: ``extra``), run in this process.
+
+        The command's own code on the gateway's config and environment; a process of its own would
+        add half a second to every test that takes a token (the CLI's own tests run it as users do).
+        """
+        output = io.StringIO()
+        failure: list[BaseException] = []
+
+        def run() -> None:  # a thread of its own: the command runs an event loop, a test may be in one
+            try:
+                with mock.patch.dict(os.environ, self.env), contextlib.redirect_stdout(output):
+                    status = cli.main(["token", "create", "--config", str(self.config_path), "--name", name, *extra])
+                if status != 0:
+                    raise AssertionError(f"token create exited {status}")
+            except BaseException as error:  # re-raised in the test's thread
+                failure.append(error)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
+        return output.getvalue().strip().splitlines()[-1]
 
     def cli(
         self, *args: str, check: bool = True, env_extra: Mapping[str, str] | None = None
