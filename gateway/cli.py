@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -31,9 +32,8 @@ def _load(arg: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.allocator import tune_for_streaming
-    from gateway.app import create_app
+    from gateway.launch import gateway_server
     from gateway.logs import configure_logging
-    from gateway.serving import Limits, serve
 
     tune_for_streaming()
     config = _load(args.config)
@@ -41,42 +41,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port or config.server.port
     config.server.listen = f"{host}:{port}"
     configure_logging()
-    tls = config.server.tls
-    app = create_app(config, tune_process=True)
-    limits = Limits.from_config(config.server)
-    served = app
-    if config.server.mirror_address is not None:  # the mirror on an address of its own
-        from gateway.mirrorlisten import MirrorListener, with_mirror_listener
-
-        mirror_host, mirror_port = config.server.mirror_address
-        served = with_mirror_listener(
-            app,
-            MirrorListener(
-                app,
-                mirror_host,
-                mirror_port,
-                limits,
-                ssl_certfile=tls.cert if tls else None,
-                ssl_keyfile=tls.key if tls else None,
-            ),
-        )
-    started = serve(
-        served,
-        host=host,
-        port=port,
-        limits=limits,
-        ssl_certfile=tls.cert if tls else None,
-        ssl_keyfile=tls.key if tls else None,
-        loop="uvloop",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        shutdown_delay=config.server.shutdown_delay_seconds,  # SIGTERM: readiness 503 first, still serving
-        on_drain=app.state.gateway.drain,
-        timeout_graceful_shutdown=10,  # then requests in flight drain, then the runner hands tasks back
-        backlog=2048,
-    )
-    return 0 if started else 3  # uvicorn's STARTUP_FAILURE
+    server = gateway_server(config, tune_process=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 3  # uvicorn's STARTUP_FAILURE
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 import time
+from typing import TextIO
 
 import msgspec
 
@@ -76,17 +77,24 @@ class JsonFormatter(logging.Formatter):
         return msgspec.json.encode(event).decode()
 
 
-def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
-    """JSON lines unless stderr is a terminal (or ``json`` says otherwise)."""
-    if json is None:
-        json = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
+def log_handler(stream: TextIO, json: bool = True) -> logging.Handler:
+    """A handler writing ``stream`` as the gateway logs: secrets redacted, JSON lines unless ``json`` is false."""
+    handler = logging.StreamHandler(stream)
     handler.addFilter(RedactingFilter())
     handler.setFormatter(
         JsonFormatter() if json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
+    return handler
+
+
+QUIET_LOGGERS = ("httpx", "aiohttp")
+"""Kept at WARNING: httpx logs every request URL at INFO, signed ones included."""
+
+
+def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
+    """The process's logging: to stderr, JSON lines unless stderr is a terminal (or ``json`` says otherwise)."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [log_handler(sys.stderr, not sys.stderr.isatty() if json is None else json)]
     root.setLevel(level)
-    for noisy in ("httpx", "aiohttp"):  # httpx logs every request URL at INFO, signed ones included
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -29,7 +29,6 @@ on a request head (httptools buffers a header of any size) and counts idle conne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -490,7 +489,7 @@ class GuardedServer(uvicorn.Server):
             del loop.create_server
 
 
-def serve(
+def guarded_server(
     app: Any,
     *,
     host: str,
@@ -501,8 +500,8 @@ def serve(
     shutdown_delay: float = 0.0,
     on_drain: Callable[[], None] | None = None,
     **options: Any,
-) -> bool:
-    """Run ``app`` until stopped on the guarded protocol (never h11, never WebSockets); False if it never started.
+) -> GuardedServer:
+    """``app`` on the guarded protocol (never h11, never WebSockets), ready to ``run()``.
 
     On SIGTERM ``on_drain`` is called and requests are served ``shutdown_delay`` more seconds (see :class:`GuardedServer`).
     """
@@ -519,9 +518,6 @@ def serve(
         timeout_keep_alive=math.ceil(limits.keep_alive),
         **options,
     )
-    server = GuardedServer(
+    return GuardedServer(
         config, handshake_timeout=limits.header_timeout, shutdown_delay=shutdown_delay, on_drain=on_drain
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
-    return server.started

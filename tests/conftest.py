@@ -16,7 +16,8 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayProcess, GatewayUnderTest, gateway_config
+from tests.gateway_thread import GatewayThread
 from tests.registry import (
     MissingPrerequisite,
     PushedImage,
@@ -158,26 +159,23 @@ def harbor_token(token_service: TokenService) -> HarborToken:
     return make
 
 
-class MakeGateway(Protocol):
+G = TypeVar("G", bound=GatewayUnderTest, covariant=True)
+
+
+class MakeGateway(Protocol[G]):
     def __call__(
         self, config: dict[str, Any] | None = None, *, env: Mapping[str, str] | None = None, start: bool = True
-    ) -> GatewayProcess: ...
+    ) -> G: ...
 
 
-@pytest.fixture
-def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeGateway]:
-    """Factory for gateway processes (``python -m gateway serve``), killed at test end.
-
-    ``config`` is a whole config dict (see ``tests.gateway_process.gateway_config``); its
-    ``server.listen`` and ``server.state_dir`` default to a free port and a fresh directory.
-    """
-    started: list[GatewayProcess] = []
+def _gateways(kind: type[GatewayProcess] | type[GatewayThread], tmp: pytest.TempPathFactory) -> Iterator[Any]:
+    started: list[GatewayUnderTest] = []
 
     def make(
         config: dict[str, Any] | None = None, *, env: Mapping[str, str] | None = None, start: bool = True
-    ) -> GatewayProcess:
-        workdir = tmp_path_factory.mktemp("gateway")
-        gateway = GatewayProcess(workdir, config if config is not None else gateway_config(workdir), env)
+    ) -> GatewayUnderTest:
+        workdir = tmp.mktemp("gateway")
+        gateway = kind(workdir, config if config is not None else gateway_config(workdir), env)
         started.append(gateway)
         return gateway.start() if start else gateway
 
@@ -186,3 +184,22 @@ def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeGatew
     finally:
         for gateway in started:
             gateway.kill()
+
+
+@pytest.fixture
+def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeGateway[GatewayProcess]]:
+    """Factory for gateway processes (``python -m gateway serve``), killed at test end.
+
+    ``config`` is a whole config dict (see ``tests.gateway_process.gateway_config``); its
+    ``server.listen`` and ``server.state_dir`` default to a free port and a fresh directory.
+    """
+    yield from _gateways(GatewayProcess, tmp_path_factory)
+
+
+@pytest.fixture
+def make_gateway_thread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeGateway[GatewayThread]]:
+    """As ``make_gateway``, served by a thread of the test process (``tests.gateway_thread``), stopped at test end.
+
+    For tests that need no process boundary: no SIGKILL, no peak memory, no attack on the server itself.
+    """
+    yield from _gateways(GatewayThread, tmp_path_factory)

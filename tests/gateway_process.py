@@ -1,7 +1,9 @@
 """The gateway as users run it: ``python -m gateway serve --config FILE`` in a real process.
 
 Tests talk to it over loopback HTTP, so a test can SIGKILL it mid-job and start it again on
-the same store, exactly as an operator's crash would happen.
+the same store, exactly as an operator's crash would happen. :class:`GatewayUnderTest` is
+what a test sees of any gateway; ``tests.gateway_thread`` runs the same server in the test's
+own process, for tests that need no process boundary.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -50,8 +52,8 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, check: bool = True
     return result
 
 
-class GatewayProcess:
-    """One gateway process with its own config file, state directory and port."""
+class GatewayUnderTest:
+    """A gateway with its own config file, state directory and port, as a test talks to it."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], env: Mapping[str, str] | None = None) -> None:
         self.workdir = workdir
@@ -67,8 +69,8 @@ class GatewayProcess:
         self.config = config
         self.config_path = workdir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
+        self.extra_env = dict(env or {})
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.starts = 0
         self._token: str | None = None
 
@@ -113,59 +115,11 @@ class GatewayProcess:
     ) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env={**self.env, **(env_extra or {})}, check=check)
 
-    def start(self, timeout: float = 20.0, *, verify: ssl.SSLContext | None = None) -> GatewayProcess:
-        """Start the process and wait until ``/readyz`` answers; ``verify``: it serves TLS, trusted so."""
-        self.starts += 1
-        self.stdout_path = self.workdir / f"stdout.{self.starts}.log"
-        self.stderr_path = self.workdir / f"stderr.{self.starts}.log"
-        self.process = subprocess.Popen(
-            gateway_command("serve", "--config", str(self.config_path)),
-            stdout=self.stdout_path.open("wb"),
-            stderr=self.stderr_path.open("wb"),
-            cwd=REPO_ROOT,
-            env=self.env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        scheme = "https" if verify is not None else "http"
-        # One client for every try: each new one loads the system's CA certificates again.
-        with httpx.Client(timeout=1, verify=verify or False) as probe:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"gateway exited {self.process.returncode} at start:\n{self.logs()}")
-                try:
-                    if probe.get(f"{scheme}://127.0.0.1:{self.port}/readyz").status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-        raise RuntimeError(f"gateway not ready within {timeout}s:\n{self.logs()}")
-
     def logs(self) -> str:
         parts = []
         for path in sorted(self.workdir.glob("std*.log")):
             parts.append(f"--- {path.name}\n{path.read_text(errors='replace')}")
         return "\n".join(parts)
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL: the crash an operator fears."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait: a graceful shutdown."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"gateway ignored SIGTERM for {timeout}s:\n{self.logs()}") from None
 
     def client(self, token: str | None = "default") -> httpx.Client:
         """An HTTP client; ``token="default"`` uses :attr:`token`, ``None`` sends no credential."""
@@ -192,6 +146,67 @@ class GatewayProcess:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"job {job_id} still PENDING after {timeout}s: {body}\n{self.logs()[-3000:]}")
                 time.sleep(every)
+
+    def wait_ready(self, timeout: float, verify: ssl.SSLContext | None, alive: Callable[[], bool]) -> None:
+        """Until ``/readyz`` answers 200 (``verify``: it serves TLS, trusted so), while ``alive()`` holds."""
+        deadline = time.monotonic() + timeout
+        scheme = "https" if verify is not None else "http"
+        # One client for every try: each new one loads the system's CA certificates again.
+        with httpx.Client(timeout=1, verify=verify or False) as probe:
+            while time.monotonic() < deadline:
+                if not alive():
+                    raise RuntimeError(f"gateway exited at start:\n{self.logs()}")
+                try:
+                    if probe.get(f"{scheme}://127.0.0.1:{self.port}/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready within {timeout}s:\n{self.logs()}")
+
+
+class GatewayProcess(GatewayUnderTest):
+    """One gateway process (``python -m gateway serve``), started, SIGTERMed and SIGKILLed as operators do."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], env: Mapping[str, str] | None = None) -> None:
+        super().__init__(workdir, config, env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0, *, verify: ssl.SSLContext | None = None) -> GatewayProcess:
+        """Start the process and wait until ``/readyz`` answers; ``verify``: it serves TLS, trusted so."""
+        self.starts += 1
+        self.stdout_path = self.workdir / f"stdout.{self.starts}.log"
+        self.stderr_path = self.workdir / f"stderr.{self.starts}.log"
+        process = self.process = subprocess.Popen(
+            gateway_command("serve", "--config", str(self.config_path)),
+            stdout=self.stdout_path.open("wb"),
+            stderr=self.stderr_path.open("wb"),
+            cwd=REPO_ROOT,
+            env=self.env,
+            start_new_session=True,
+        )
+        self.wait_ready(timeout, verify, lambda: process.poll() is None)
+        return self
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash an operator fears."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait: a graceful shutdown."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"gateway ignored SIGTERM for {timeout}s:\n{self.logs()}") from None
 
 
 def gateway_config(

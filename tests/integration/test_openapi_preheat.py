@@ -30,9 +30,9 @@ def cached_digests(cache_dir: Path) -> set[str]:
 
 
 def test_harbor_task_warms_the_local_cache(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
 
     status = harbor.run_task(manifest_url(origin, "library/app", "1.0"), {"Authorization": harbor_token("library/app")})
@@ -49,9 +49,9 @@ def test_harbor_task_warms_the_local_cache(
 
 
 def test_a_missing_tag_fails_fast_with_a_useful_message(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
     started = time.monotonic()
 
@@ -69,7 +69,7 @@ def mirror_cluster(*caches: Registry, cluster_id: int = 2, name: str = "eu-west"
 
 
 def test_all_seed_peers_warms_every_cache_of_a_mirror_cluster(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -77,7 +77,7 @@ def test_all_seed_peers_warms_every_cache_of_a_mirror_cluster(
     tmp_path: Path,
 ) -> None:
     caches = [make_cache(), make_cache()]
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(*caches)]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[mirror_cluster(*caches)]))
     harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
 
     status = harbor.run_task(
@@ -102,7 +102,7 @@ def test_all_seed_peers_warms_every_cache_of_a_mirror_cluster(
 
 
 def test_verify_size_warms_every_cache_counting_bytes_instead_of_hashing_them(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -110,7 +110,7 @@ def test_verify_size_warms_every_cache_counting_bytes_instead_of_hashing_them(
     tmp_path: Path,
 ) -> None:
     caches = [make_cache(), make_cache()]
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(*caches, verify="size")]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[mirror_cluster(*caches, verify="size")]))
     harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
 
     status = harbor.run_task(
@@ -138,7 +138,7 @@ def test_an_unknown_verify_mode_is_refused_with_its_path(tmp_path: Path) -> None
 
 
 def test_single_seed_peer_warms_each_blob_on_one_cache(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -146,7 +146,7 @@ def test_single_seed_peer_warms_each_blob_on_one_cache(
     tmp_path: Path,
 ) -> None:
     caches = [make_cache(), make_cache()]
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(*caches)]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[mirror_cluster(*caches)]))
     harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
 
     status = harbor.run_task(manifest_url(origin, "library/app", "1.0"), {"Authorization": harbor_token("library/app")})
@@ -159,7 +159,7 @@ def test_single_seed_peer_warms_each_blob_on_one_cache(
 
 
 def test_a_dead_cache_node_is_listed_but_the_others_carry_the_preheat(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -168,7 +168,7 @@ def test_a_dead_cache_node_is_listed_but_the_others_carry_the_preheat(
 ) -> None:
     dead, alive = make_cache(), make_cache()
     dead.stop()
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(dead, alive)]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[mirror_cluster(dead, alive)]))
     harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
     url, header = manifest_url(origin, "library/app", "1.0"), {"Authorization": harbor_token("library/app")}
 
@@ -185,7 +185,7 @@ def test_a_dead_cache_node_is_listed_but_the_others_carry_the_preheat(
 
 
 def test_a_cluster_whose_every_cache_is_down_fails_within_seconds(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -194,7 +194,7 @@ def test_a_cluster_whose_every_cache_is_down_fails_within_seconds(
 ) -> None:
     dead = make_cache()
     dead.stop()
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(dead)]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[mirror_cluster(dead)]))
     job = (
         gateway.client()
         .post(
@@ -226,7 +226,7 @@ def test_a_multi_arch_index_warms_the_chosen_platforms(
     request_platform: str,
     cluster_platform: str | None,
     expected: list[str],
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
@@ -239,7 +239,7 @@ def test_a_multi_arch_index_warms_the_chosen_platforms(
         "path": str(tmp_path / "cache"),
         **({"platform": cluster_platform} if cluster_platform else {}),
     }
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[cluster]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[cluster]))
     body = {
         "type": "preheat",
         "args": {
@@ -262,9 +262,9 @@ def test_a_multi_arch_index_warms_the_chosen_platforms(
 
 
 def test_a_platform_the_index_lacks_fails_naming_what_it_has(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     body = {
         "type": "preheat",
         "args": {
@@ -283,9 +283,9 @@ def test_a_platform_the_index_lacks_fails_naming_what_it_has(
 
 
 def test_a_token_the_registry_refuses_fails_the_task_with_advice(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, token_service: object, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, token_service: object, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     harbor = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
     untrusted = f"Bearer {token_service.mint_untrusted('library/app')}"  # type: ignore[attr-defined]
 
@@ -296,7 +296,7 @@ def test_a_token_the_registry_refuses_fails_the_task_with_advice(
 
 
 def test_duplicate_and_repeated_preheats_all_succeed_without_refetching(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -304,7 +304,7 @@ def test_duplicate_and_repeated_preheats_all_succeed_without_refetching(
     tmp_path: Path,
 ) -> None:
     cache = make_cache()
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[mirror_cluster(cache)]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[mirror_cluster(cache)]))
     body = {
         "type": "preheat",
         "args": {
@@ -331,7 +331,7 @@ def test_duplicate_and_repeated_preheats_all_succeed_without_refetching(
 
 
 def test_a_bandwidth_cap_slows_a_mirror_cluster_to_its_rate(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -340,7 +340,7 @@ def test_a_bandwidth_cap_slows_a_mirror_cluster_to_its_rate(
 ) -> None:
     total = sum(images.single.sizes.values())
     cap = total / 1048576 / 3  # MiB/s at which the image takes about 3 s
-    gateway = make_gateway(
+    gateway = make_gateway_thread(
         gateway_config(tmp_path, clusters=[mirror_cluster(make_cache(), bandwidth_mib_per_second=cap)])
     )
     body = {
@@ -360,7 +360,7 @@ def test_a_bandwidth_cap_slows_a_mirror_cluster_to_its_rate(
 
 
 def test_a_connection_dropped_mid_blob_is_retried(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -370,7 +370,7 @@ def test_a_connection_dropped_mid_blob_is_retried(
     cache = make_cache()
     flaky = TcpRelay("127.0.0.1", cache.port, cut_first_after=150 * 1024)
     try:
-        gateway = make_gateway(
+        gateway = make_gateway_thread(
             gateway_config(
                 tmp_path, clusters=[{"id": 1, "name": "edge", "adapter": "mirror", "endpoints": [{"url": flaky.url}]}]
             )

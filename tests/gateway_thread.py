@@ -1,0 +1,101 @@
+"""The gateway's own server (``gateway.launch``) on a thread of the test process.
+
+For tests that need no process boundary: the same app, guarded protocol and loopback HTTP as
+``preheat-gateway serve``, without a Python start per gateway (half a second of CPU each).
+What needs a process stays with ``tests.gateway_process``: SIGKILL and SIGTERM, peak memory,
+the CLI's own output, ``serve``'s process-wide tuning, attacks on the server itself.
+
+Its log lines are those of the server's thread (the event loop, where the gateway's work
+runs), written as ``serve`` writes them to ``stderr.N.log``, so :meth:`logs` reads the same.
+The environment it is given is set in this process while it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+from typing import TextIO
+
+from gateway.config import load_config
+from gateway.launch import gateway_server
+from gateway.logs import QUIET_LOGGERS, log_handler
+from gateway.serving import GuardedServer
+from tests.gateway_process import GatewayUnderTest
+
+STOP_SECONDS = 15.0
+
+
+class _ThreadOnly(logging.Filter):
+    def __init__(self, thread: threading.Thread) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread.ident
+
+
+class GatewayThread(GatewayUnderTest):
+    """One gateway served by a thread of this process until :meth:`stop`."""
+
+    server: GuardedServer | None = None
+    thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 20.0, *, verify: ssl.SSLContext | None = None) -> GatewayThread:
+        """Serve, and wait until ``/readyz`` answers; ``verify``: it serves TLS, trusted so."""
+        assert self.thread is None or not self.thread.is_alive(), "already serving"
+        self.starts += 1
+        self.stderr_path = self.workdir / f"stderr.{self.starts}.log"
+        self._saved_env = {name: os.environ.get(name) for name in self.extra_env}
+        os.environ.update(self.extra_env)
+        server = self.server = gateway_server(load_config(str(self.config_path)))
+        thread = self.thread = threading.Thread(target=server.run, name=f"gateway-{self.port}", daemon=True)
+        self._log = self.stderr_path.open("w")
+        self._attach_log(self._log, thread)
+        thread.start()
+        try:
+            self.wait_ready(timeout, verify, thread.is_alive)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _attach_log(self, stream: TextIO, thread: threading.Thread) -> None:
+        self._handler = log_handler(stream)
+        self._handler.addFilter(_ThreadOnly(thread))
+        root = logging.getLogger()
+        self._levels = [(root, root.level)] + [
+            (logging.getLogger(n), logging.getLogger(n).level) for n in QUIET_LOGGERS
+        ]
+        root.addHandler(self._handler)
+        if root.level > logging.INFO:  # serve logs INFO
+            root.setLevel(logging.INFO)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """As SIGTERM does: drain, answer what is under way, hand unfinished work back; then forget the thread."""
+        if self.server is None or self.thread is None:
+            return
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(timeout)
+        stuck = self.thread.is_alive()
+        logging.getLogger().removeHandler(self._handler)
+        for logger, level in self._levels:
+            logger.setLevel(level)
+        self._log.close()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self.server = None
+        assert not stuck, f"gateway thread did not stop within {2 * timeout}s:\n{self.logs()}"
+
+    def kill(self) -> None:
+        """:meth:`stop`: a thread cannot be SIGKILLed (a test that crashes the gateway uses a process)."""
+        self.stop()
