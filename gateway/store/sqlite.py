@@ -58,8 +58,12 @@ class _Tx:
 def _private(database: Path) -> None:
     """Create the database file readable by its owner only (it holds token hashes and sealed
     credentials), and tighten one an older version left 0644. SQLite gives its ``-wal`` and
-    ``-shm`` files the database file's mode; existing ones are tightened here too."""
-    os.close(os.open(database, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    ``-shm`` files the database file's mode; existing ones are tightened here too.
+
+    An existing database is never opened here: closing any descriptor of it would drop every
+    POSIX lock this process holds on it, a serving store's SQLite locks included."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
     for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
         try:
             if path.stat().st_mode & 0o077:
