@@ -150,6 +150,18 @@ class GatewayUnderTest:
                     raise AssertionError(f"job {job_id} still PENDING after {timeout}s: {body}\n{self.logs()[-3000:]}")
                 time.sleep(every)
 
+    def start(self, timeout: float = 20.0, *, verify: ssl.SSLContext | None = None) -> GatewayUnderTest:
+        """Serve, and wait until ``/readyz`` answers; ``verify``: it serves TLS, trusted so."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """Stop as SIGTERM does: drain, answer what is under way, hand unfinished work back."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """Stop at once (a process: SIGKILL)."""
+        raise NotImplementedError
+
     def wait_ready(self, timeout: float, verify: ssl.SSLContext | None, alive: Callable[[], bool]) -> None:
         """Until ``/readyz`` answers 200 (``verify``: it serves TLS, trusted so), while ``alive()`` holds."""
         deadline = time.monotonic() + timeout

@@ -1,5 +1,8 @@
 """The gateway's own server (``gateway.launch``) on a thread of the test process.
 
+A thread lives no longer than its test (or, for a shared one, its package): while it serves, its
+environment is in ``os.environ`` and another test's patch of a process-wide name reaches its loop.
+
 For tests that need no process boundary: the same app, guarded protocol and loopback HTTP as
 ``preheat-gateway serve``, without a Python start per gateway (half a second of CPU each).
 What needs a process stays with ``tests.gateway_process``: SIGKILL and SIGTERM, peak memory,
@@ -12,6 +15,7 @@ The environment it is given is set in this process while it serves.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import ssl
@@ -74,16 +78,17 @@ class GatewayThread(GatewayUnderTest):
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
-    def stop(self, timeout: float = STOP_SECONDS) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> int | None:
         """As SIGTERM does: drain, answer what is under way, hand unfinished work back; then forget the thread."""
         if self.server is None or self.thread is None:
-            return
+            return None
         self.server.should_exit = True
         self.thread.join(timeout)
         if self.thread.is_alive():
             self.server.force_exit = True
             self.thread.join(timeout)
         stuck = self.thread.is_alive()
+        gc.collect()  # what the stopped gateway held in cycles (its cache layouts) is gone before the next starts
         logging.getLogger().removeHandler(self._handler)
         for logger, level in self._levels:
             logger.setLevel(level)
@@ -95,6 +100,7 @@ class GatewayThread(GatewayUnderTest):
                 os.environ[name] = value
         self.server = None
         assert not stuck, f"gateway thread did not stop within {2 * timeout}s:\n{self.logs()}"
+        return None
 
     def kill(self) -> None:
         """:meth:`stop`: a thread cannot be SIGKILLed (a test that crashes the gateway uses a process)."""

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROBOT_PASSWORD, ROBOT_USER, MakeGateway, require
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.registry import MissingPrerequisite, Registry
 from tests.tcprelay import TcpRelay
 
@@ -78,7 +78,7 @@ def gate(origin: Registry) -> Iterator[TcpRelay]:
 class ConsoleGateway:
     """A gateway whose console can preheat from the test origin (directly or through the gate)."""
 
-    process: GatewayProcess
+    process: GatewayUnderTest
     origin: Registry
     gate: TcpRelay
     paced: TcpRelay | None = None
@@ -98,7 +98,7 @@ class ConsoleGateway:
 
 @pytest.fixture
 def console_gateway(
-    make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, paced: TcpRelay, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, gate: TcpRelay, paced: TcpRelay, tmp_path: Path
 ) -> ConsoleGateway:
     """A gateway with the robot account configured for the origin: the console sends no Harbor token."""
     credentials = [
@@ -110,7 +110,7 @@ def console_gateway(
         registries={"allow": ["127.0.0.1"], "credentials": credentials},
         auth={"token_cache_seconds": 0.5},
     )
-    process = make_gateway(config, env={ROBOT_PASSWORD_ENV: ROBOT_PASSWORD})
+    process = make_gateway_thread(config, env={ROBOT_PASSWORD_ENV: ROBOT_PASSWORD})
     return ConsoleGateway(process=process, origin=origin, gate=gate, paced=paced)
 
 
@@ -218,7 +218,7 @@ def file_server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def mixed_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, tmp_path: Path) -> ConsoleGateway:
+def mixed_gateway(make_gateway_thread: MakeGateway, origin: Registry, gate: TcpRelay, tmp_path: Path) -> ConsoleGateway:
     """A gateway with a local cluster (id 1) and a mirror cluster (id 2) whose only endpoint refuses connections."""
     credentials = [{"host": origin.host, "username": ROBOT_USER, "password_env": ROBOT_PASSWORD_ENV}]
     dead = socket.socket()
@@ -238,7 +238,7 @@ def mixed_gateway(make_gateway: MakeGateway, origin: Registry, gate: TcpRelay, t
         ],
         registries={"allow": ["127.0.0.1"], "credentials": credentials},
     )
-    process = make_gateway(config, env={ROBOT_PASSWORD_ENV: ROBOT_PASSWORD})
+    process = make_gateway_thread(config, env={ROBOT_PASSWORD_ENV: ROBOT_PASSWORD})
     return ConsoleGateway(process=process, origin=origin, gate=gate)
 
 

@@ -1,10 +1,11 @@
 """Fixtures for the Harbor conformance suite: an identity provider, gateways in every auth mode, Harbor's credentials.
 
-Two long-lived gateways serve the whole-task matrix: ``secured`` accepts every auth mode
+Two long-lived gateways (package scope) serve the whole-task matrix: ``secured`` accepts every auth mode
 Harbor has (personal access tokens, IdP JWTs, a custom header, Harbor's BASIC quirk) and
 ``unsecured`` runs with ``auth.mode: none``. Both know the origin's robot account, which the
 Kraken dialect needs (its events carry no credentials). Tests that need a clean job list or
-a special config start their own gateway with ``make_gateway``.
+a special config start their own gateway with ``make_gateway_thread``. All of them are served
+by threads of the test process (``tests.gateway_thread``): nothing here needs a process boundary.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROBOT_PASSWORD, ROBOT_USER
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
+from tests.gateway_thread import GatewayThread
 from tests.harbor.idp import IdentityProvider
 from tests.registry import Registry
 
@@ -48,7 +50,7 @@ class HarborInstance:
 
 @dataclass
 class SecuredGateway:
-    process: GatewayProcess
+    process: GatewayUnderTest
     idp: IdentityProvider
     cache: Path
 
@@ -68,8 +70,8 @@ class SecuredGateway:
         }[label]
 
 
-def _start(tmp: Path, config: dict[str, Any]) -> GatewayProcess:
-    return GatewayProcess(tmp, config, env={ROBOT_ENV: ROBOT_PASSWORD}).start()
+def _start(tmp: Path, config: dict[str, Any]) -> GatewayThread:
+    return GatewayThread(tmp, config, env={ROBOT_ENV: ROBOT_PASSWORD}).start()
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +83,10 @@ def idp() -> Iterator[IdentityProvider]:
         provider.close()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: a thread of this process serves them, so they end with the Harbor tests. A test
+# elsewhere that patches a process-wide name (tests/unit/test_retry.py replaces asyncio.sleep) would otherwise
+# run while their event loops call it.
+@pytest.fixture(scope="package")
 def secured(
     origin: Registry, idp: IdentityProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SecuredGateway]:
@@ -99,14 +104,14 @@ def secured(
     try:
         yield SecuredGateway(gateway, idp, tmp / "cache")
     finally:
-        gateway.kill()
+        gateway.stop()
 
 
-@pytest.fixture(scope="session")
-def unsecured(origin: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+@pytest.fixture(scope="package")
+def unsecured(origin: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayThread]:
     tmp = tmp_path_factory.mktemp("unsecured-gateway")
     gateway = _start(tmp, gateway_config(tmp, registries=robot_credentials(origin), auth={"mode": "none"}))
     try:
         yield gateway
     finally:
-        gateway.kill()
+        gateway.stop()

@@ -30,7 +30,7 @@ from gateway.config import build_config
 from gateway.middleware.auth import AuthMiddleware
 from gateway.store import open_store
 from tests.conftest import MakeGateway
-from tests.gateway_process import GatewayProcess, gateway_config, run_cli
+from tests.gateway_process import GatewayUnderTest, gateway_config, run_cli
 from tests.harbor.conftest import SecuredGateway
 from tests.harbor.idp import IdentityProvider, SigningKey, TokenMinter
 from tests.registry import wait_until
@@ -112,12 +112,12 @@ def test_the_jwks_is_fetched_once_not_per_request(secured: SecuredGateway) -> No
     assert idp.jwks_requests == before
 
 
-def test_a_configured_public_key_file_replaces_the_jwks_url(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_configured_public_key_file_replaces_the_jwks_url(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
     idp = IdentityProvider(issuer="https://login.example.test", audience="preheat")
     try:
         key_file = tmp_path / "idp.pem"
         key_file.write_bytes(idp.keys[0].public_pem())
-        gateway = make_gateway(
+        gateway = make_gateway_thread(
             gateway_config(
                 tmp_path,
                 auth={
@@ -135,8 +135,10 @@ def test_a_configured_public_key_file_replaces_the_jwks_url(make_gateway: MakeGa
         idp.close()
 
 
-def test_an_unreachable_identity_provider_is_a_503_not_a_crash(make_gateway: MakeGateway, tmp_path: Path) -> None:
-    gateway = make_gateway(
+def test_an_unreachable_identity_provider_is_a_503_not_a_crash(
+    make_gateway_thread: MakeGateway, tmp_path: Path
+) -> None:
+    gateway = make_gateway_thread(
         gateway_config(
             tmp_path,
             auth={"jwt": {"jwks_url": "http://127.0.0.1:9/jwks.json", "issuer": "https://idp", "audience": "preheat"}},
@@ -171,8 +173,8 @@ def test_a_malformed_basic_credential_is_a_401_not_a_500(secured: SecuredGateway
         assert response.status_code == 401 and "Basic" in response.json()["errors"]
 
 
-def test_basic_can_be_switched_off(make_gateway: MakeGateway, tmp_path: Path) -> None:
-    gateway = make_gateway(gateway_config(tmp_path, auth={"basic": False}))
+def test_basic_can_be_switched_off(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
+    gateway = make_gateway_thread(gateway_config(tmp_path, auth={"basic": False}))
     header = "Basic " + base64.b64encode(f"password:{gateway.token}".encode()).decode()
 
     response = status_of(gateway.url, {"Authorization": header})
@@ -181,9 +183,9 @@ def test_basic_can_be_switched_off(make_gateway: MakeGateway, tmp_path: Path) ->
 
 
 def test_without_an_explicit_mode_none_a_request_without_credentials_is_refused(
-    make_gateway: MakeGateway, tmp_path: Path
+    make_gateway_thread: MakeGateway, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
 
     response = status_of(gateway.url, {})
 
@@ -315,7 +317,7 @@ def test_token_checks_never_compare_the_secret_itself(tmp_path: Path) -> None:
     assert searched == [hash_token(token)]
 
 
-def test_the_embedded_gateway_needs_no_jwt_config(make_gateway: MakeGateway, tmp_path: Path) -> None:
-    gateway: GatewayProcess = make_gateway(gateway_config(tmp_path))
+def test_the_embedded_gateway_needs_no_jwt_config(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
+    gateway: GatewayUnderTest = make_gateway_thread(gateway_config(tmp_path))
     assert status_of(gateway.url, bearer(gateway.token)).status_code == 200
     assert status_of(gateway.url, bearer("a.b.c")).status_code == 401

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HarborToken
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import GatewayUnderTest
 from tests.harbor.conftest import CUSTOM_HEADER, HarborInstance, SecuredGateway
 from tests.harbor.driver import (
     FAIL,
@@ -73,7 +73,7 @@ def cached(cache_dir: Path) -> set[str]:
     return found
 
 
-def assert_no_secret_leaked(gateway: GatewayProcess, driver: DragonflyDriver, secrets: list[str]) -> None:
+def assert_no_secret_leaked(gateway: GatewayUnderTest, driver: DragonflyDriver, secrets: list[str]) -> None:
     logs = gateway.logs()
     for secret in secrets:
         assert not any(secret in answer for answer in driver.answers), "a secret appeared in an answer"
@@ -81,7 +81,7 @@ def assert_no_secret_leaked(gateway: GatewayProcess, driver: DragonflyDriver, se
 
 
 def assert_whole_task_succeeded(
-    gateway: GatewayProcess,
+    gateway: GatewayUnderTest,
     cache: Path,
     driver: DragonflyDriver,
     status: PreheatingStatus,
@@ -117,7 +117,7 @@ def test_a_whole_task_succeeds_in_each_auth_mode(
 
 @pytest.mark.parametrize("generation", GENERATIONS)
 def test_a_whole_task_succeeds_with_auth_mode_none_when_the_gateway_says_so(
-    generation: str, unsecured: GatewayProcess, origin: Registry, image: PushedImage, harbor_token: HarborToken
+    generation: str, unsecured: GatewayUnderTest, origin: Registry, image: PushedImage, harbor_token: HarborToken
 ) -> None:
     driver = GENERATIONS[generation](unsecured.url, "NONE")
     pull_token = harbor_token(image.repository)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import HarborToken, MakeGateway, OriginImages
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.harbor.conftest import SecuredGateway, robot_credentials
 from tests.harbor.driver import (
     FAIL,
@@ -40,7 +40,7 @@ def manifest_url(origin: Registry, repository: str = "library/app", reference: s
     return f"{origin.url}/v2/{repository}/manifests/{reference}"
 
 
-def legacy_status(gateway: GatewayProcess, job_id: int | str) -> dict[str, Any]:
+def legacy_status(gateway: GatewayUnderTest, job_id: int | str) -> dict[str, Any]:
     with gateway.client() as client:
         response = client.get(f"/preheats/{job_id}")
     assert response.status_code == 200, response.text
@@ -49,19 +49,19 @@ def legacy_status(gateway: GatewayProcess, job_id: int | str) -> dict[str, Any]:
     ) | {"raw": response.json()}
 
 
-def openapi_job(gateway: GatewayProcess, job_id: int) -> dict[str, Any]:
+def openapi_job(gateway: GatewayUnderTest, job_id: int) -> dict[str, Any]:
     with gateway.client() as client:
         response = client.get(f"/oapi/v1/jobs/{job_id}")
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def listed_ids(gateway: GatewayProcess) -> set[int]:
+def listed_ids(gateway: GatewayUnderTest) -> set[int]:
     with gateway.client() as client:
         return {job["id"] for job in client.get("/oapi/v1/jobs", params={"per_page": 100}).json()}
 
 
-def pat(gateway: GatewayProcess) -> dict[str, str]:
+def pat(gateway: GatewayUnderTest) -> dict[str, str]:
     return {"token": gateway.token}
 
 
@@ -150,10 +150,10 @@ def silent_registry() -> Iterator[str]:
 
 
 def test_legacy_status_walks_waiting_running_fail_and_is_never_anything_else(
-    make_gateway: MakeGateway, silent_registry: str, tmp_path: Path
+    make_gateway_thread: MakeGateway, silent_registry: str, tmp_path: Path
 ) -> None:
     # A registry that never answers leaves the create-time manifest check undecided: the job is accepted after 3 s.
-    gateway = make_gateway(gateway_config(tmp_path, runner={"workers": 1, "default_timeout": "8s"}))
+    gateway = make_gateway_thread(gateway_config(tmp_path, runner={"workers": 1, "default_timeout": "8s"}))
     harbor = LegacyDragonflyDriver(gateway.url, "OAUTH", pat(gateway))
     stuck = harbor.preheat(f"{silent_registry}/v2/library/slow/manifests/1.0", {}).task_id
     wait_until(lambda: legacy_status(gateway, stuck)["status"] == "RUNNING", timeout=10, message="the first job runs")
@@ -329,9 +329,9 @@ def test_kraken_accepts_a_registrys_own_lower_case_notification(
     ],
 )
 def test_a_bad_kraken_notification_is_a_422_and_creates_nothing(
-    body: Any, words: str, make_gateway: MakeGateway, tmp_path: Path
+    body: Any, words: str, make_gateway_thread: MakeGateway, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     with gateway.client() as client:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         response = client.post("/registry/notifications", content=content, headers={"Content-Type": "application/json"})
@@ -342,9 +342,9 @@ def test_a_bad_kraken_notification_is_a_422_and_creates_nothing(
 
 
 def test_a_kraken_event_for_a_registry_without_credentials_fails_naming_the_config_key(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))  # no registries.credentials
+    gateway = make_gateway_thread(gateway_config(tmp_path))  # no registries.credentials
     harbor = KrakenDriver(gateway.url, "OAUTH", pat(gateway))
 
     status = harbor.run_task(manifest_url(origin), image="library/app", tag="1.0")
@@ -360,12 +360,12 @@ def test_a_kraken_event_for_a_registry_without_credentials_fails_naming_the_conf
 
 
 def test_a_kraken_event_uses_the_configured_robot_account(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, token_service: Any, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, token_service: Any, tmp_path: Path
 ) -> None:
     from tests.conftest import ROBOT_PASSWORD, ROBOT_USER
     from tests.harbor.conftest import ROBOT_ENV
 
-    gateway = make_gateway(
+    gateway = make_gateway_thread(
         gateway_config(tmp_path, registries=robot_credentials(origin)), env={ROBOT_ENV: ROBOT_PASSWORD}
     )
     before = len(token_service.requests_by(ROBOT_USER))
@@ -382,13 +382,13 @@ def test_a_kraken_event_uses_the_configured_robot_account(
 
 
 def test_a_policy_restricted_to_cluster_2_warms_cluster_2_only(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
     clusters = [
         {"id": 1, "name": "local-a", "adapter": "local", "path": str(tmp_path / "cache-1")},
         {"id": 2, "name": "local-b", "adapter": "local", "path": str(tmp_path / "cache-2")},
     ]
-    gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=clusters))
     harbor = DragonflyDriver(gateway.url, "OAUTH", pat(gateway))
 
     # extra_attrs {"scope": "all_peers", "cluster_ids": [2]} as Harbor 2.12+ sends them
@@ -410,7 +410,7 @@ def test_a_policy_restricted_to_cluster_2_warms_cluster_2_only(
 @pytest.mark.parametrize("driver", [LegacyDragonflyDriver, KrakenDriver, DragonflyDriver])
 def test_every_dialect_works_under_a_path_prefix(
     driver: type[DragonflyDriver],
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
@@ -419,7 +419,7 @@ def test_every_dialect_works_under_a_path_prefix(
     from tests.conftest import ROBOT_PASSWORD
     from tests.harbor.conftest import ROBOT_ENV
 
-    gateway = make_gateway(
+    gateway = make_gateway_thread(
         gateway_config(tmp_path, server={"root_path": "/harbor"}, registries=robot_credentials(origin)),
         env={ROBOT_ENV: ROBOT_PASSWORD},
     )

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import HarborToken, MakeCache, MakeGateway, OriginImages, require
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.harbor.driver import FAIL, SUCCESS, DragonflyDriver, HarborError, KrakenDriver, LegacyDragonflyDriver
 from tests.registry import MissingPrerequisite, Registry, free_port
 
@@ -30,12 +30,12 @@ def manifest_url(origin: Registry, reference: str = "1.0", repository: str = "li
     return f"{origin.url}/v2/{repository}/manifests/{reference}"
 
 
-def job_count(gateway: GatewayProcess) -> int:
+def job_count(gateway: GatewayUnderTest) -> int:
     with gateway.client() as client:
         return int(client.get("/oapi/v1/jobs").headers["X-Total-Count"])
 
 
-def harbor(version: str, gateway: GatewayProcess) -> DragonflyDriver:
+def harbor(version: str, gateway: GatewayUnderTest) -> DragonflyDriver:
     info = {"token": gateway.token}
     if version in LEGACY_VERSIONS:
         return LegacyDragonflyDriver(gateway.url, "OAUTH", info, version=version)
@@ -54,13 +54,13 @@ def error_list(shown: str) -> list[str]:
 
 
 @pytest.fixture
-def one_dead_cluster(make_gateway: MakeGateway, tmp_path: Path) -> GatewayProcess:
+def one_dead_cluster(make_gateway_thread: MakeGateway, tmp_path: Path) -> GatewayUnderTest:
     """A healthy local cluster and a mirror cluster whose only cache refuses connections: every job fails at run time."""
     clusters = [
         {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
         {"id": 2, "name": "dead", "adapter": "mirror", "endpoints": [{"url": f"http://127.0.0.1:{free_port()}"}]},
     ]
-    return make_gateway(gateway_config(tmp_path, clusters=clusters))
+    return make_gateway_thread(gateway_config(tmp_path, clusters=clusters))
 
 
 # --- a failure found while the job runs -----------------------------------------------------------
@@ -68,7 +68,7 @@ def one_dead_cluster(make_gateway: MakeGateway, tmp_path: Path) -> GatewayProces
 
 @pytest.mark.parametrize("version", LEGACY_VERSIONS + OPENAPI_VERSIONS)
 def test_every_generation_ends_a_failing_preheat_as_failed_in_seconds(
-    version: str, one_dead_cluster: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken
+    version: str, one_dead_cluster: GatewayUnderTest, origin: Registry, images: OriginImages, harbor_token: HarborToken
 ) -> None:
     driver = harbor(version, one_dead_cluster)
     started = time.monotonic()
@@ -88,7 +88,7 @@ def test_every_generation_ends_a_failing_preheat_as_failed_in_seconds(
 
 
 def test_a_legacy_failure_is_fail_the_one_status_harbor_2_1_ends_a_task_on(
-    one_dead_cluster: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken
+    one_dead_cluster: GatewayUnderTest, origin: Registry, images: OriginImages, harbor_token: HarborToken
 ) -> None:
     driver = harbor("2.1", one_dead_cluster)
     task = driver.preheat(
@@ -109,13 +109,13 @@ def test_a_legacy_failure_is_fail_the_one_status_harbor_2_1_ends_a_task_on(
 @pytest.mark.parametrize("version", LEGACY_VERSIONS)
 def test_a_missing_tag_is_the_create_calls_404_which_every_legacy_harbor_logs(
     version: str,
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
     tmp_path: Path,
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     driver = harbor(version, gateway)
 
     status = run(driver, manifest_url(origin, "no-such-tag"), {"Authorization": harbor_token("library/app")})
@@ -128,9 +128,9 @@ def test_a_missing_tag_is_the_create_calls_404_which_every_legacy_harbor_logs(
 
 
 def test_a_refused_caller_token_is_the_create_calls_403(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))  # no registries.credentials to fall back on
+    gateway = make_gateway_thread(gateway_config(tmp_path))  # no registries.credentials to fall back on
     token = harbor_token("library/other")  # pull on another repository only
 
     with pytest.raises(HarborError) as refused:
@@ -154,10 +154,10 @@ def test_a_refused_caller_token_falls_back_to_configured_credentials_as_the_adap
 
 
 def test_the_open_api_and_kraken_accept_a_missing_tag_and_fail_the_job(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
     """Harbor 2.12+ show the job's error; Kraken's notification is refused only for what is wrong with the event itself."""
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     url = manifest_url(origin, "no-such-tag")
 
     openapi = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}).preheat(
@@ -176,7 +176,7 @@ def test_the_open_api_and_kraken_accept_a_missing_tag_and_fail_the_job(
 @pytest.mark.parametrize("rule", ["any", "all"])
 def test_a_clusters_success_rule_decides_whether_a_failed_endpoint_fails_the_task(
     rule: str,
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     make_cache: MakeCache,
     origin: Registry,
     images: OriginImages,
@@ -191,7 +191,7 @@ def test_a_clusters_success_rule_decides_whether_a_failed_endpoint_fails_the_tas
         "success": rule,
         "endpoints": [{"url": cache.url}, {"url": f"http://127.0.0.1:{free_port()}"}],
     }
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[cluster]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[cluster]))
     driver = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}, version="2.12")
 
     status = driver.run_task(
@@ -226,7 +226,7 @@ def test_an_unknown_success_rule_is_a_config_error(tmp_path: Path) -> None:
 def test_harbor_2_12_sends_no_cluster_ids_so_its_policies_warm_every_cluster(
     version: str,
     warmed: set[str],
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
@@ -235,7 +235,7 @@ def test_harbor_2_12_sends_no_cluster_ids_so_its_policies_warm_every_cluster(
     clusters = [
         {"id": i, "name": f"local-{i}", "adapter": "local", "path": str(tmp_path / f"cache-{i}")} for i in (1, 2)
     ]
-    gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=clusters))
     driver = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}, version=version)
 
     status = driver.run_task(manifest_url(origin), {"Authorization": harbor_token("library/app")}, cluster_ids=[2])
@@ -291,10 +291,10 @@ def find_go() -> str:
 
 
 def test_times_have_fractional_seconds_and_decode_in_gos_time_type(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
     go = require(find_go)
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     status = DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token}).run_task(
         manifest_url(origin), {"Authorization": harbor_token("library/app")}
     )

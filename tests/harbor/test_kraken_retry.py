@@ -3,8 +3,9 @@
 Harbor marks a Kraken task SUCCESS on the 2xx and never polls, so when the first answer was
 lost it sends the same notification again. The gateway answers the repeat as it answered the
 first (200, the same job ids), creates nothing, and does not charge the repeat against the
-creation rate limit. Each test runs a real gateway process and sends what Harbor's Kraken driver
-sends (``tests.harbor.driver.KrakenDriver``).
+creation rate limit. Each test runs a real gateway (``serve``'s own server, on a thread of the test
+process: nothing here needs a process boundary) and sends what Harbor's Kraken driver sends
+(``tests.harbor.driver.KrakenDriver``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import ROBOT_PASSWORD, MakeGateway, OriginImages
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.harbor.conftest import ROBOT_ENV, robot_credentials
 from tests.harbor.driver import KrakenDriver
 from tests.registry import Registry
@@ -27,17 +28,17 @@ def manifest_url(origin: Registry, repository: str = "library/app", reference: s
     return f"{origin.url}/v2/{repository}/manifests/{reference}"
 
 
-def start(make_gateway: MakeGateway, origin: Registry, tmp_path: Path, **server: Any) -> GatewayProcess:
+def start(make_gateway_thread: MakeGateway, origin: Registry, tmp_path: Path, **server: Any) -> GatewayUnderTest:
     config = gateway_config(tmp_path, registries=robot_credentials(origin), server=server)
-    return make_gateway(config, env={ROBOT_ENV: ROBOT_PASSWORD})
+    return make_gateway_thread(config, env={ROBOT_ENV: ROBOT_PASSWORD})
 
 
-def job_ids(gateway: GatewayProcess) -> list[int]:
+def job_ids(gateway: GatewayUnderTest) -> list[int]:
     with gateway.client() as client:
         return sorted(job["id"] for job in client.get("/oapi/v1/jobs", params={"per_page": 100}).json())
 
 
-def post(gateway: GatewayProcess, notification: dict[str, Any]) -> httpx.Response:
+def post(gateway: GatewayUnderTest, notification: dict[str, Any]) -> httpx.Response:
     with gateway.client() as client:
         return client.post("/registry/notifications", json=notification)
 
@@ -49,9 +50,9 @@ def two_events(harbor: KrakenDriver, origin: Registry) -> dict[str, Any]:
 
 
 def test_a_notification_delivered_again_is_accepted_and_makes_no_second_job(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
 ) -> None:
-    gateway = start(make_gateway, origin, tmp_path)
+    gateway = start(make_gateway_thread, origin, tmp_path)
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     notification = two_events(harbor, origin)
 
@@ -67,9 +68,9 @@ def test_a_notification_delivered_again_is_accepted_and_makes_no_second_job(
 
 
 def test_the_same_id_for_another_image_or_no_id_at_all_is_a_new_event(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
 ) -> None:
-    gateway = start(make_gateway, origin, tmp_path)
+    gateway = start(make_gateway_thread, origin, tmp_path)
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     app = harbor.notification(manifest_url(origin), image="library/app", tag="1.0", event_id="same-id")
     multi = harbor.notification(
@@ -87,9 +88,9 @@ def test_the_same_id_for_another_image_or_no_id_at_all_is_a_new_event(
 
 
 def test_a_repeat_costs_nothing_against_the_creation_rate_but_a_new_event_with_it_still_does(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
 ) -> None:
-    gateway = start(make_gateway, origin, tmp_path, create_rate_per_second=0.01, create_burst=2)
+    gateway = start(make_gateway_thread, origin, tmp_path, create_rate_per_second=0.01, create_burst=2)
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     notification = two_events(harbor, origin)
     assert post(gateway, notification).status_code == 200  # the whole burst: the bucket is empty now
@@ -108,9 +109,9 @@ def test_a_repeat_costs_nothing_against_the_creation_rate_but_a_new_event_with_i
 
 
 def test_deliveries_at_the_same_moment_end_with_one_job(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
 ) -> None:
-    gateway = start(make_gateway, origin, tmp_path)
+    gateway = start(make_gateway_thread, origin, tmp_path)
     harbor = KrakenDriver(gateway.url, "OAUTH", {"token": gateway.token})
     notification = harbor.notification(manifest_url(origin), image="library/app", tag="1.0")
 

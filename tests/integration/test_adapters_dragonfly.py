@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import MakeGateway
 from tests.fakes.dragonfly_manager import FakeDragonflyManager
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.harbor.driver import FAIL, SUCCESS, DragonflyDriver
 from tests.integration.test_adapters_files import run_job, state_of
 from tests.registry import free_port
@@ -34,8 +34,8 @@ def manager() -> Iterator[FakeDragonflyManager]:
 
 
 def dragonfly_gateway(
-    make_gateway: MakeGateway, tmp_path: Path, manager_url: str, *, token: str = TOKEN, **options: Any
-) -> GatewayProcess:
+    make_gateway_thread: MakeGateway, tmp_path: Path, manager_url: str, *, token: str = TOKEN, **options: Any
+) -> GatewayUnderTest:
     cluster = {
         "id": 3,
         "name": "df-prod",
@@ -46,19 +46,19 @@ def dragonfly_gateway(
         "poll_interval": "1s",
         **options,
     }
-    return make_gateway(gateway_config(tmp_path, clusters=[cluster]), env={"DF_TOKEN": token})
+    return make_gateway_thread(gateway_config(tmp_path, clusters=[cluster]), env={"DF_TOKEN": token})
 
 
-def harbor(gateway: GatewayProcess) -> DragonflyDriver:
+def harbor(gateway: GatewayUnderTest) -> DragonflyDriver:
     return DragonflyDriver(gateway.url, "OAUTH", {"token": gateway.token})
 
 
 def test_a_harbor_task_becomes_one_upstream_job_whose_rows_come_back(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     manager: FakeDragonflyManager,
     tmp_path: Path,
 ) -> None:
-    gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, manager.url)
 
     status = harbor(gateway).run_task(MANIFEST, HARBOR_HEADER, scope="all_seed_peers")
 
@@ -86,12 +86,12 @@ def test_a_harbor_task_becomes_one_upstream_job_whose_rows_come_back(
 
 
 def test_an_upstream_failure_is_this_clusters_failure_quoting_the_upstream_errors(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     manager: FakeDragonflyManager,
     tmp_path: Path,
 ) -> None:
     manager.mode = "fail"
-    gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, manager.url)
 
     status = harbor(gateway).run_task(MANIFEST, HARBOR_HEADER)
 
@@ -105,11 +105,11 @@ def test_an_upstream_failure_is_this_clusters_failure_quoting_the_upstream_error
 
 
 def test_a_refused_token_is_reported_as_such_without_the_token(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     manager: FakeDragonflyManager,
     tmp_path: Path,
 ) -> None:
-    gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url, token="revoked-token-value")
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, manager.url, token="revoked-token-value")
 
     job = run_job(gateway, {"type": "image", "url": MANIFEST, "headers": HARBOR_HEADER})
 
@@ -121,9 +121,9 @@ def test_a_refused_token_is_reported_as_such_without_the_token(
     assert manager.created == []
 
 
-def test_a_manager_that_is_down_fails_fast(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_manager_that_is_down_fails_fast(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
     down = f"http://127.0.0.1:{free_port()}"
-    gateway = dragonfly_gateway(make_gateway, tmp_path, down)
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, down)
     started = time.monotonic()
 
     status = harbor(gateway).run_task(MANIFEST, HARBOR_HEADER)
@@ -139,12 +139,12 @@ def test_a_manager_that_is_down_fails_fast(make_gateway: MakeGateway, tmp_path: 
 
 
 def test_a_state_harbor_would_not_understand_is_reported_not_passed_on(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     manager: FakeDragonflyManager,
     tmp_path: Path,
 ) -> None:
     manager.mode, manager.unknown_state = "unknown", "RUNNING"
-    gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, manager.url)
 
     status = harbor(gateway).run_task(MANIFEST, HARBOR_HEADER)
 
@@ -154,12 +154,12 @@ def test_a_state_harbor_would_not_understand_is_reported_not_passed_on(
 
 
 def test_a_slow_job_is_polled_with_backoff_until_it_succeeds(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     manager: FakeDragonflyManager,
     tmp_path: Path,
 ) -> None:
     manager.pending_seconds = 3.0
-    gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, manager.url)
 
     status = harbor(gateway).run_task(MANIFEST, HARBOR_HEADER)
 
@@ -168,12 +168,12 @@ def test_a_slow_job_is_polled_with_backoff_until_it_succeeds(
 
 
 def test_a_job_still_pending_upstream_at_the_jobs_timeout_fails_in_bounded_time(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     manager: FakeDragonflyManager,
     tmp_path: Path,
 ) -> None:
     manager.pending_seconds = 3600
-    gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, manager.url)
     started = time.monotonic()
 
     job = run_job(gateway, {"type": "image", "url": MANIFEST, "headers": HARBOR_HEADER, "timeout": 4 * 10**9})
@@ -187,10 +187,10 @@ def test_a_job_still_pending_upstream_at_the_jobs_timeout_fails_in_bounded_time(
 
 
 def test_a_manager_that_stops_answering_mid_job_is_reported_not_waited_for(
-    make_gateway: MakeGateway, tmp_path: Path
+    make_gateway_thread: MakeGateway, tmp_path: Path
 ) -> None:
     manager = FakeDragonflyManager(TOKEN, pending_seconds=3600)
-    gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url, timeout="2s")
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, manager.url, timeout="2s")
     with gateway.client() as client:
         job_id = client.post(
             "/oapi/v1/jobs", json={"type": "preheat", "args": {"type": "image", "url": MANIFEST}}
@@ -207,11 +207,11 @@ def test_a_manager_that_stops_answering_mid_job_is_reported_not_waited_for(
 
 
 def test_file_preheats_are_forwarded_with_their_arguments(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     manager: FakeDragonflyManager,
     tmp_path: Path,
 ) -> None:
-    gateway = dragonfly_gateway(make_gateway, tmp_path, manager.url)
+    gateway = dragonfly_gateway(make_gateway_thread, tmp_path, manager.url)
     urls = ["http://127.0.0.1:9000/models/a.bin?sig=1", "http://127.0.0.1:9000/models/b.bin?sig=2"]
 
     job = run_job(

@@ -18,7 +18,7 @@ import pytest
 from adapters.files import file_ref
 from tests.conftest import MakeGateway
 from tests.fakes.file_origin import FileOrigin
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 
 CONTENT = {"model.bin": hashlib.sha256(b"seed").digest() * 40_000, "small.txt": b"hello, preheat\n"}
 
@@ -29,7 +29,7 @@ def files() -> Iterator[FileOrigin]:
         yield origin
 
 
-def run_job(gateway: GatewayProcess, args: dict[str, Any], cluster_ids: list[int] | None = None) -> dict[str, Any]:
+def run_job(gateway: GatewayUnderTest, args: dict[str, Any], cluster_ids: list[int] | None = None) -> dict[str, Any]:
     """POST a job the way the seed's Open API example does, and wait for it to leave PENDING."""
     with gateway.client() as client:
         response = client.post(
@@ -62,9 +62,9 @@ def test_a_urls_identity_drops_signing_parameters_and_keeps_the_rest() -> None:
 
 
 def test_the_seed_example_preheats_a_file_into_the_local_cache(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     url = f"{files.url}/files/model.bin"
 
     job = run_job(gateway, {"type": "file", "url": url})
@@ -78,9 +78,9 @@ def test_the_seed_example_preheats_a_file_into_the_local_cache(
 
 
 def test_two_signed_urls_of_one_object_are_one_cached_file_and_one_fetch(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     signed = [
         f"{files.url}/files/model.bin?X-Amz-Date=20261127T100000Z&X-Amz-Signature=aaa&versionId=7",
         f"{files.url}/files/model.bin?versionId=7&X-Amz-Signature=bbb&X-Amz-Date=20261127T110000Z",
@@ -96,9 +96,9 @@ def test_two_signed_urls_of_one_object_are_one_cached_file_and_one_fetch(
 
 
 def test_urls_in_one_job_that_differ_only_by_signature_are_fetched_once(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
 
     job = run_job(
         gateway, {"type": "file", "urls": [f"{files.url}/files/model.bin?Signature={s}&Expires=1" for s in "abc"]}
@@ -110,9 +110,9 @@ def test_urls_in_one_job_that_differ_only_by_signature_are_fetched_once(
 
 
 def test_tag_and_application_distinguish_otherwise_equal_urls(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     url = f"{files.url}/files/small.txt"
 
     for args in ({}, {"tag": "v1"}, {"tag": "v2"}, {"application": "llm"}, {"tag": "v1"}):
@@ -125,9 +125,9 @@ def test_tag_and_application_distinguish_otherwise_equal_urls(
 
 @pytest.mark.parametrize("spelling", ["filtered_query_params", "filteredQueryParams"])
 def test_filtered_query_params_replace_the_default_list(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path, spelling: str
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path, spelling: str
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     base = f"{files.url}/files/small.txt"
 
     for query in ("sig=1&X-Amz-Signature=a", "sig=2&X-Amz-Signature=a", "sig=3&X-Amz-Signature=b"):
@@ -137,8 +137,10 @@ def test_filtered_query_params_replace_the_default_list(
     assert files.count("/files/small.txt") == 2, "only sig is filtered: a different X-Amz-Signature is another URL"
 
 
-def test_the_callers_headers_reach_the_origin(make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+def test_the_callers_headers_reach_the_origin(
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
+) -> None:
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     url = f"{files.url}/private/small.txt"
 
     refused = run_job(gateway, {"type": "file", "url": url})
@@ -150,9 +152,9 @@ def test_the_callers_headers_reach_the_origin(make_gateway: MakeGateway, files: 
 
 
 def test_a_redirect_is_followed_only_where_the_url_policy_allows(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     files.redirects["ok"] = f"{files.url}/files/small.txt?X-Amz-Signature=s"
     files.redirects["metadata"] = "http://169.254.169.254/latest/meta-data/"
 
@@ -167,9 +169,9 @@ def test_a_redirect_is_followed_only_where_the_url_policy_allows(
 
 
 def test_a_missing_file_fails_with_what_where_and_what_to_do(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
 
     job = run_job(gateway, {"type": "file", "url": f"{files.url}/files/nope.bin?X-Amz-Signature=secret-signature"})
 
@@ -185,13 +187,13 @@ def test_a_missing_file_fails_with_what_where_and_what_to_do(
 
 
 def test_a_mirror_cluster_refuses_files_while_a_local_cluster_takes_them(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
 ) -> None:
     clusters = [
         {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
         {"id": 2, "name": "eu-mirror", "adapter": "mirror", "endpoints": [{"url": "http://127.0.0.1:9"}]},
     ]
-    gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=clusters))
 
     # Named, a mirror cluster fails its own task; unnamed, a file job never goes to it.
     job = run_job(gateway, {"type": "file", "url": f"{files.url}/files/small.txt"}, cluster_ids=[1, 2])
@@ -206,9 +208,9 @@ def test_a_mirror_cluster_refuses_files_while_a_local_cluster_takes_them(
 
 
 def test_a_signed_urls_signature_is_sealed_never_echoed_or_stored_in_the_clear(
-    make_gateway: MakeGateway, files: FileOrigin, tmp_path: Path
+    make_gateway_thread: MakeGateway, files: FileOrigin, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     signed = f"{files.url}/files/small.txt?X-Amz-Credential=AKIA-secret-credential&X-Amz-Signature=secret-signature&versionId=3"
 
     job = run_job(gateway, {"type": "file", "url": signed})

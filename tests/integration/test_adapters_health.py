@@ -15,7 +15,7 @@ from tests.conftest import MakeGateway
 from tests.fakes.dragonfly_manager import FakeDragonflyManager
 from tests.fakes.forward_proxy import ForwardProxy
 from tests.fakes.kraken_proxy import FakeKrakenProxy
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.registry import free_port
 
 
@@ -23,14 +23,14 @@ def dead() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def clusters_of(gateway: GatewayProcess) -> dict[str, dict[str, Any]]:
+def clusters_of(gateway: GatewayUnderTest) -> dict[str, dict[str, Any]]:
     with gateway.client() as client:
         response = client.get("/oapi/v1/clusters")
     assert response.status_code == 200, response.text
     return {cluster["name"]: cluster for cluster in response.json()}
 
 
-def test_clusters_show_their_adapter_and_last_health(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_clusters_show_their_adapter_and_last_health(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
     with FakeDragonflyManager("good-token") as manager, FakeKrakenProxy() as kraken, ForwardProxy() as proxy:
         clusters = [
             {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
@@ -41,7 +41,7 @@ def test_clusters_show_their_adapter_and_last_health(make_gateway: MakeGateway, 
             {"id": 6, "name": "proxies", "adapter": "proxy", "proxies": [proxy.url, proxy_down := dead()]},
             {"id": 7, "name": "mirror-down", "adapter": "mirror", "endpoints": [{"url": dead()}]},
         ]
-        gateway = make_gateway(
+        gateway = make_gateway_thread(
             gateway_config(tmp_path, clusters=clusters), env={"DF_GOOD": "good-token", "DF_BAD": "bad-token"}
         )
 
@@ -79,14 +79,14 @@ def test_clusters_show_their_adapter_and_last_health(make_gateway: MakeGateway, 
 
 
 def test_healthy_answers_503_with_the_reason_when_no_cluster_is_usable(
-    make_gateway: MakeGateway, tmp_path: Path
+    make_gateway_thread: MakeGateway, tmp_path: Path
 ) -> None:
     clusters = [
         {"id": 1, "name": "df", "adapter": "dragonfly", "manager": dead()},
         {"id": 2, "name": "kraken", "adapter": "kraken", "endpoint": (kraken_down := dead())},
         {"id": 3, "name": "proxies", "adapter": "proxy", "proxies": [dead()]},
     ]
-    gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=clusters))
 
     with gateway.client() as client:
         healthy = client.get("/healthy")
@@ -101,13 +101,13 @@ def test_healthy_answers_503_with_the_reason_when_no_cluster_is_usable(
     assert ready.status_code == 200, "readiness never depends on backends"
 
 
-def test_healthy_answers_ok_while_one_cluster_is_usable(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_healthy_answers_ok_while_one_cluster_is_usable(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
     with FakeKrakenProxy() as kraken:
         clusters = [
             {"id": 1, "name": "df", "adapter": "dragonfly", "manager": dead()},
             {"id": 2, "name": "kraken", "adapter": "kraken", "endpoint": kraken.url},
         ]
-        gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
+        gateway = make_gateway_thread(gateway_config(tmp_path, clusters=clusters))
         with gateway.client() as client:
             healthy = client.get("/healthy")
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import HarborToken, MakeGateway, OriginImages
 from tests.fakes.kraken_proxy import FakeKrakenProxy
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.integration.test_adapters_files import run_job, state_of
 from tests.registry import Registry, free_port
 
@@ -28,21 +28,21 @@ def kraken() -> Iterator[FakeKrakenProxy]:
 
 
 def kraken_gateway(
-    make_gateway: MakeGateway, tmp_path: Path, endpoint: str, env: dict[str, str] | None = None, **options: Any
-) -> GatewayProcess:
+    make_gateway_thread: MakeGateway, tmp_path: Path, endpoint: str, env: dict[str, str] | None = None, **options: Any
+) -> GatewayUnderTest:
     cluster = {"id": 4, "name": "kraken", "adapter": "kraken", "endpoint": endpoint, **options}
-    return make_gateway(gateway_config(tmp_path, clusters=[cluster]), env=env)
+    return make_gateway_thread(gateway_config(tmp_path, clusters=[cluster]), env=env)
 
 
 def test_a_preheat_posts_the_notification_harbors_kraken_driver_posts(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     kraken: FakeKrakenProxy,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
     tmp_path: Path,
 ) -> None:
-    gateway = kraken_gateway(make_gateway, tmp_path, kraken.url)
+    gateway = kraken_gateway(make_gateway_thread, tmp_path, kraken.url)
     url = f"{origin.url}/v2/library/app/manifests/1.0"
 
     job = run_job(gateway, {"type": "image", "url": url, "headers": {"Authorization": harbor_token("library/app")}})
@@ -65,9 +65,9 @@ def test_a_preheat_posts_the_notification_harbors_kraken_driver_posts(
 
 
 def test_a_manifest_named_by_digest_needs_no_read_from_the_origin(
-    make_gateway: MakeGateway, kraken: FakeKrakenProxy, tmp_path: Path
+    make_gateway_thread: MakeGateway, kraken: FakeKrakenProxy, tmp_path: Path
 ) -> None:
-    gateway = kraken_gateway(make_gateway, tmp_path, kraken.url)
+    gateway = kraken_gateway(make_gateway_thread, tmp_path, kraken.url)
     digest = "sha256:" + "4b" * 32
     url = f"http://127.0.0.1:{free_port()}/v2/library/alpine/manifests/{digest}"
 
@@ -78,13 +78,13 @@ def test_a_manifest_named_by_digest_needs_no_read_from_the_origin(
     assert kraken.notifications[0]["Events"][0]["Target"]["Tag"] == ""
 
 
-def test_the_auth_header_comes_from_the_environment(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_the_auth_header_comes_from_the_environment(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
     secret = "Bearer kraken-notify-secret"
     with FakeKrakenProxy(required_auth=secret) as guarded:
         accepted = kraken_gateway(
-            make_gateway, tmp_path / "a", guarded.url, env={"KRAKEN_AUTH": secret}, auth_env="KRAKEN_AUTH"
+            make_gateway_thread, tmp_path / "a", guarded.url, env={"KRAKEN_AUTH": secret}, auth_env="KRAKEN_AUTH"
         )
-        refused = kraken_gateway(make_gateway, tmp_path / "b", guarded.url)
+        refused = kraken_gateway(make_gateway_thread, tmp_path / "b", guarded.url)
         url = "http://127.0.0.1:5000/v2/library/alpine/manifests/sha256:" + "4b" * 32
 
         ok = run_job(accepted, {"type": "image", "url": url})
@@ -98,12 +98,14 @@ def test_the_auth_header_comes_from_the_environment(make_gateway: MakeGateway, t
     assert "kraken-notify-secret" not in accepted.logs()
 
 
-def test_kraken_refusing_or_down_is_this_clusters_failure(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_kraken_refusing_or_down_is_this_clusters_failure(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
     url = "http://127.0.0.1:5000/v2/library/alpine/manifests/sha256:" + "4b" * 32
     with FakeKrakenProxy(status=503) as broken:
-        failing = run_job(kraken_gateway(make_gateway, tmp_path / "a", broken.url), {"type": "image", "url": url})
+        failing = run_job(
+            kraken_gateway(make_gateway_thread, tmp_path / "a", broken.url), {"type": "image", "url": url}
+        )
     down_url = f"http://127.0.0.1:{free_port()}"
-    down = run_job(kraken_gateway(make_gateway, tmp_path / "b", down_url), {"type": "image", "url": url})
+    down = run_job(kraken_gateway(make_gateway_thread, tmp_path / "b", down_url), {"type": "image", "url": url})
 
     assert failing["state"] == down["state"] == "FAILURE"
     assert "did not accept the notification for library/alpine@sha256:" in state_of(failing, 4)["error"]
@@ -111,8 +113,10 @@ def test_kraken_refusing_or_down_is_this_clusters_failure(make_gateway: MakeGate
     assert f"cannot reach Kraken at {down_url}: connection refused" in state_of(down, 4)["error"]
 
 
-def test_files_are_refused_per_cluster(make_gateway: MakeGateway, kraken: FakeKrakenProxy, tmp_path: Path) -> None:
-    gateway = kraken_gateway(make_gateway, tmp_path, kraken.url)
+def test_files_are_refused_per_cluster(
+    make_gateway_thread: MakeGateway, kraken: FakeKrakenProxy, tmp_path: Path
+) -> None:
+    gateway = kraken_gateway(make_gateway_thread, tmp_path, kraken.url)
 
     job = run_job(gateway, {"type": "file", "url": "http://127.0.0.1:9000/models/a.bin"})
 

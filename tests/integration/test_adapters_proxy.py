@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import HarborToken, MakeGateway, OriginImages
 from tests.fakes.file_origin import FileOrigin
 from tests.fakes.forward_proxy import ForwardProxy
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.integration.test_adapters_files import run_job, state_of
 from tests.registry import Registry, free_port
 
@@ -29,10 +29,10 @@ def proxies() -> Iterator[list[ForwardProxy]]:
 
 
 def proxy_gateway(
-    make_gateway: MakeGateway, tmp_path: Path, proxies: list[Any], env: dict[str, str] | None = None
-) -> GatewayProcess:
+    make_gateway_thread: MakeGateway, tmp_path: Path, proxies: list[Any], env: dict[str, str] | None = None
+) -> GatewayUnderTest:
     cluster = {"id": 1, "name": "node-proxies", "adapter": "proxy", "proxies": proxies}
-    return make_gateway(gateway_config(tmp_path, clusters=[cluster]), env=env)
+    return make_gateway_thread(gateway_config(tmp_path, clusters=[cluster]), env=env)
 
 
 def image_args(origin: Registry, harbor_token: HarborToken, **extra: Any) -> dict[str, Any]:
@@ -45,14 +45,14 @@ def image_args(origin: Registry, harbor_token: HarborToken, **extra: Any) -> dic
 
 
 def test_single_seed_peer_pulls_each_blob_through_one_proxy(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
     proxies: list[ForwardProxy],
     tmp_path: Path,
 ) -> None:
-    gateway = proxy_gateway(make_gateway, tmp_path, [proxy.url for proxy in proxies])
+    gateway = proxy_gateway(make_gateway_thread, tmp_path, [proxy.url for proxy in proxies])
 
     job = run_job(gateway, image_args(origin, harbor_token))
 
@@ -71,14 +71,14 @@ def test_single_seed_peer_pulls_each_blob_through_one_proxy(
 
 
 def test_all_peers_pulls_every_blob_through_every_proxy(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
     proxies: list[ForwardProxy],
     tmp_path: Path,
 ) -> None:
-    gateway = proxy_gateway(make_gateway, tmp_path, [proxy.url for proxy in proxies])
+    gateway = proxy_gateway(make_gateway_thread, tmp_path, [proxy.url for proxy in proxies])
 
     job = run_job(gateway, image_args(origin, harbor_token, scope="all_peers"))
 
@@ -91,7 +91,7 @@ def test_all_peers_pulls_every_blob_through_every_proxy(
 
 
 def test_a_dead_proxy_is_skipped_for_the_next_one(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
@@ -99,7 +99,7 @@ def test_a_dead_proxy_is_skipped_for_the_next_one(
     tmp_path: Path,
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    gateway = proxy_gateway(make_gateway, tmp_path, [dead, proxies[1].url])
+    gateway = proxy_gateway(make_gateway_thread, tmp_path, [dead, proxies[1].url])
 
     job = run_job(gateway, image_args(origin, harbor_token))
 
@@ -108,16 +108,16 @@ def test_a_dead_proxy_is_skipped_for_the_next_one(
 
 
 def test_blobs_are_digest_checked_so_a_corrupting_proxy_fails_its_rows(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
     tmp_path: Path,
 ) -> None:
     with ForwardProxy(corrupt=True) as corrupt, ForwardProxy() as good:
-        only_corrupt = proxy_gateway(make_gateway, tmp_path / "a", [corrupt.url])
+        only_corrupt = proxy_gateway(make_gateway_thread, tmp_path / "a", [corrupt.url])
         failed = run_job(only_corrupt, image_args(origin, harbor_token))
-        both = proxy_gateway(make_gateway, tmp_path / "b", [corrupt.url, good.url])
+        both = proxy_gateway(make_gateway_thread, tmp_path / "b", [corrupt.url, good.url])
         recovered = run_job(both, image_args(origin, harbor_token))
 
     assert failed["state"] == "FAILURE"
@@ -130,7 +130,7 @@ def test_blobs_are_digest_checked_so_a_corrupting_proxy_fails_its_rows(
 
 
 def test_a_proxy_with_credentials_gets_them_from_the_environment(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
@@ -138,7 +138,7 @@ def test_a_proxy_with_credentials_gets_them_from_the_environment(
 ) -> None:
     with ForwardProxy(credentials=("preheat", "proxy-pass-123")) as guarded:
         config = [{"url": guarded.url, "username": "preheat", "password_env": "NODE_PROXY_PASSWORD"}]
-        gateway = proxy_gateway(make_gateway, tmp_path, config, env={"NODE_PROXY_PASSWORD": "proxy-pass-123"})
+        gateway = proxy_gateway(make_gateway_thread, tmp_path, config, env={"NODE_PROXY_PASSWORD": "proxy-pass-123"})
         job = run_job(gateway, image_args(origin, harbor_token))
 
     assert job["state"] == "SUCCESS", job
@@ -147,7 +147,7 @@ def test_a_proxy_with_credentials_gets_them_from_the_environment(
 
 
 def test_a_proxy_refusing_the_gateways_credentials_is_named_with_the_key_to_fix(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
@@ -155,7 +155,7 @@ def test_a_proxy_refusing_the_gateways_credentials_is_named_with_the_key_to_fix(
 ) -> None:
     with ForwardProxy(credentials=("preheat", "right-password")) as guarded:
         config = [{"url": guarded.url, "username": "preheat", "password_env": "NODE_PROXY_PASSWORD"}]
-        gateway = proxy_gateway(make_gateway, tmp_path, config, env={"NODE_PROXY_PASSWORD": "wrong-password"})
+        gateway = proxy_gateway(make_gateway_thread, tmp_path, config, env={"NODE_PROXY_PASSWORD": "wrong-password"})
         job = run_job(gateway, image_args(origin, harbor_token))
 
     assert job["state"] == "FAILURE"
@@ -165,9 +165,9 @@ def test_a_proxy_refusing_the_gateways_credentials_is_named_with_the_key_to_fix(
 
 
 def test_the_seed_file_example_warms_a_proxy(
-    make_gateway: MakeGateway, proxies: list[ForwardProxy], tmp_path: Path
+    make_gateway_thread: MakeGateway, proxies: list[ForwardProxy], tmp_path: Path
 ) -> None:
-    gateway = proxy_gateway(make_gateway, tmp_path, [proxies[0].url])
+    gateway = proxy_gateway(make_gateway_thread, tmp_path, [proxies[0].url])
     with FileOrigin({"model.bin": b"x" * 300_000}) as files:
         url = f"{files.url}/files/model.bin"
 
@@ -183,11 +183,11 @@ def test_the_seed_file_example_warms_a_proxy(
 
 
 def test_file_redirects_are_followed_through_the_proxy_without_the_callers_headers(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     proxies: list[ForwardProxy],
     tmp_path: Path,
 ) -> None:
-    gateway = proxy_gateway(make_gateway, tmp_path, [proxy.url for proxy in proxies])
+    gateway = proxy_gateway(make_gateway_thread, tmp_path, [proxy.url for proxy in proxies])
     with FileOrigin({"a.bin": b"a" * 1000}) as files, FileOrigin({"a.bin": b"a" * 1000}) as storage:
         files.redirects["a.bin"] = f"{storage.url}/files/a.bin?Signature=s3"
 

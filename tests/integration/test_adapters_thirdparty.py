@@ -2,14 +2,20 @@
 
 The package under ``tests/fixtures_pkgs/echo_adapter`` registers ``echo`` in the entry-point
 group ``harbor_preheat_gateway.adapters``. It is installed into this virtualenv for the
-module's tests and uninstalled after them.
+module's tests and uninstalled after them, once no other process (another xdist worker, another
+session) running them still needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,18 +33,51 @@ def pip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=120)
 
 
+USERS_FILE = (
+    Path(tempfile.gettempdir()) / f"{DISTRIBUTION}-users-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]}"
+)
+"""The processes using the installed package, one pid a line: every process of this virtualenv shares it."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+@contextlib.contextmanager
+def _users() -> Iterator[set[int]]:
+    """The live users of the installed package, under a lock, saved as the block leaves them."""
+    with open(f"{USERS_FILE}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        users = {int(pid) for pid in USERS_FILE.read_text().split()} if USERS_FILE.exists() else set()
+        users = {pid for pid in users if _alive(pid)}
+        yield users
+        USERS_FILE.write_text("".join(f"{pid}\n" for pid in sorted(users)))
+
+
 @pytest.fixture(scope="module")
 def echo_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    source = tmp_path_factory.mktemp("echo") / "echo_adapter"
-    shutil.copytree(PACKAGE, source)  # builds leave nothing in the repository
-    installed = pip(
-        "install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check", str(source)
-    )
-    assert installed.returncode == 0, installed.stdout + installed.stderr
+    with _users() as users:  # the first user installs; xdist workers run this module's tests side by side
+        if not users:
+            source = tmp_path_factory.mktemp("echo") / "echo_adapter"
+            shutil.copytree(PACKAGE, source)  # builds leave nothing in the repository
+            installed = pip(
+                "install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check", str(source)
+            )
+            assert installed.returncode == 0, installed.stdout + installed.stderr
+        users.add(os.getpid())
     try:
         yield
     finally:
-        pip("uninstall", "--yes", "--disable-pip-version-check", DISTRIBUTION)
+        with _users() as users:  # the last user uninstalls
+            users.discard(os.getpid())
+            if not users:
+                pip("uninstall", "--yes", "--disable-pip-version-check", DISTRIBUTION)
 
 
 def echo_cluster(**options: object) -> dict[str, object]:
@@ -46,9 +85,9 @@ def echo_cluster(**options: object) -> dict[str, object]:
 
 
 def test_an_installed_adapter_runs_a_job_by_its_name(
-    echo_installed: None, make_gateway: MakeGateway, tmp_path: Path
+    echo_installed: None, make_gateway_thread: MakeGateway, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[echo_cluster()]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[echo_cluster()]))
     url = "http://127.0.0.1:9000/files/model.bin"
 
     job = run_job(gateway, {"type": "file", "url": url})
@@ -65,9 +104,9 @@ def test_an_installed_adapter_runs_a_job_by_its_name(
 
 
 def test_an_installed_adapters_failure_is_its_clusters_failure(
-    echo_installed: None, make_gateway: MakeGateway, tmp_path: Path
+    echo_installed: None, make_gateway_thread: MakeGateway, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[echo_cluster(fail_on="forbidden")]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[echo_cluster(fail_on="forbidden")]))
 
     job = run_job(gateway, {"type": "file", "url": "http://127.0.0.1:9000/forbidden/x"})
 

@@ -13,7 +13,7 @@ from tests.registry import Registry
 
 
 def test_preheat_an_image_reference_and_wait_for_success(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
 ) -> None:
     config = gateway_config(
         tmp_path,
@@ -22,7 +22,7 @@ def test_preheat_an_image_reference_and_wait_for_success(
             "credentials": [{"host": origin.host, "username": ROBOT_USER, "password_env": "ROBOT_SECRET"}],
         },
     )
-    gateway = make_gateway(config, env={"ROBOT_SECRET": "robot-secret"})
+    gateway = make_gateway_thread(config, env={"ROBOT_SECRET": "robot-secret"})
     env = {"PREHEAT_GATEWAY_TOKEN": gateway.token}
 
     done = gateway.cli(
@@ -44,9 +44,9 @@ def test_preheat_an_image_reference_and_wait_for_success(
 
 
 def test_a_failed_preheat_exits_non_zero_with_the_error(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
 ) -> None:
-    gateway = make_gateway(gateway_config(tmp_path))
+    gateway = make_gateway_thread(gateway_config(tmp_path))
     env = {"PREHEAT_GATEWAY_TOKEN": gateway.token}
 
     failed = gateway.cli(
@@ -76,7 +76,7 @@ def test_a_failed_preheat_exits_non_zero_with_the_error(
 
 
 def test_a_repeat_of_a_warm_image_says_already_warm(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, tmp_path: Path
 ) -> None:
     config = gateway_config(
         tmp_path,
@@ -85,7 +85,7 @@ def test_a_repeat_of_a_warm_image_says_already_warm(
             "credentials": [{"host": origin.host, "username": ROBOT_USER, "password_env": "ROBOT_SECRET"}],
         },
     )
-    gateway = make_gateway(config, env={"ROBOT_SECRET": "robot-secret"})
+    gateway = make_gateway_thread(config, env={"ROBOT_SECRET": "robot-secret"})
     env = {"PREHEAT_GATEWAY_TOKEN": gateway.token}
     preheat = (
         "preheat",
@@ -106,7 +106,9 @@ def test_a_repeat_of_a_warm_image_says_already_warm(
     assert "job 2 SUCCESS" in again.stdout
 
 
-def test_a_file_preheat_without_cluster_ids_skips_mirror_clusters(make_gateway: MakeGateway, tmp_path: Path) -> None:
+def test_a_file_preheat_without_cluster_ids_skips_mirror_clusters(
+    make_gateway_thread: MakeGateway, tmp_path: Path
+) -> None:
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "model.bin").write_bytes(b"\x07" * 500_000)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "files"))
@@ -117,7 +119,7 @@ def test_a_file_preheat_without_cluster_ids_skips_mirror_clusters(make_gateway: 
         {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
         {"id": 2, "name": "eu-mirror", "adapter": "mirror", "endpoints": [{"url": "http://127.0.0.1:9"}]},
     ]
-    gateway = make_gateway(gateway_config(tmp_path, clusters=clusters))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=clusters))
     env = {"PREHEAT_GATEWAY_TOKEN": gateway.token}
     try:
         done = gateway.cli(

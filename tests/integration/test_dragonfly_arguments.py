@@ -19,21 +19,21 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.config import build_config
 from tests.conftest import HarborToken, MakeCache, MakeGateway, OriginImages
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.registry import Registry
 
 MIRROR = 2
 
 
-def mirror_gateway(make_gateway: MakeGateway, tmp_path: Path, urls: list[str]) -> GatewayProcess:
+def mirror_gateway(make_gateway_thread: MakeGateway, tmp_path: Path, urls: list[str]) -> GatewayUnderTest:
     clusters = [
         {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
         {"id": MIRROR, "name": "edge", "adapter": "mirror", "endpoints": [{"url": url} for url in urls]},
     ]
-    return make_gateway(gateway_config(tmp_path, clusters=clusters, allow=["127.0.0.1", "localhost"]))
+    return make_gateway_thread(gateway_config(tmp_path, clusters=clusters, allow=["127.0.0.1", "localhost"]))
 
 
-def preheat(gateway: GatewayProcess, url: str, token: str, **args: Any) -> httpx.Response:
+def preheat(gateway: GatewayUnderTest, url: str, token: str, **args: Any) -> httpx.Response:
     ids = args.pop("scheduler_cluster_ids", [MIRROR])
     body = {
         "type": "preheat",
@@ -65,7 +65,7 @@ def three_caches(make_cache: MakeCache) -> list[Registry]:
     ],
 )
 def test_count_and_percentage_warm_the_first_endpoints_as_configured(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     three_caches: list[Registry],
     origin: Registry,
     images: OriginImages,
@@ -74,7 +74,7 @@ def test_count_and_percentage_warm_the_first_endpoints_as_configured(
     choice: dict[str, int],
     expected: list[bool],
 ) -> None:
-    gateway = mirror_gateway(make_gateway, tmp_path, [cache.url for cache in three_caches])
+    gateway = mirror_gateway(make_gateway_thread, tmp_path, [cache.url for cache in three_caches])
 
     created = preheat(
         gateway, f"{origin.url}/v2/library/app/manifests/1.0", harbor_token("library/app"), scope="all_peers", **choice
@@ -88,7 +88,7 @@ def test_count_and_percentage_warm_the_first_endpoints_as_configured(
 
 
 def test_ips_pick_endpoints_by_address_and_an_unknown_one_fails_before_anything_is_warmed(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     three_caches: list[Registry],
     origin: Registry,
     images: OriginImages,
@@ -97,7 +97,7 @@ def test_ips_pick_endpoints_by_address_and_an_unknown_one_fails_before_anything_
 ) -> None:
     first, second, third = three_caches
     urls = [first.url.replace("127.0.0.1", "localhost"), second.url, third.url]
-    gateway = mirror_gateway(make_gateway, tmp_path, urls)
+    gateway = mirror_gateway(make_gateway_thread, tmp_path, urls)
     url = f"{origin.url}/v2/library/app/manifests/1.0"
 
     created = preheat(gateway, url, harbor_token("library/app"), scope="all_seed_peers", ips=["localhost"])

@@ -1,8 +1,8 @@
 """The ``local`` cache is a standard OCI image layout, bounded on disk (issue 20, items 1 and 4).
 
-A real gateway process preheats real images from the ``origin`` registry; then skopeo, a real
-OCI tool, reads the cache directory with its ``oci:`` transport, and what it copies is
-digest-checked. ``index.json`` names each preheated reference
+A real gateway (its server on a thread of the test process; processes where a test restarts
+it) preheats real images from the ``origin`` registry; then skopeo, a real OCI tool, reads the
+cache directory with its ``oci:`` transport, and what it copies is digest-checked. ``index.json`` names each preheated reference
 ``<origin host>/<repository>:<tag>`` (``@sha256:...`` when preheated by digest).
 """
 
@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import HarborToken, MakeGateway, OriginImages, require
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import GatewayUnderTest, gateway_config
 from tests.registry import MissingPrerequisite, PushedImage, Registry
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -37,7 +37,9 @@ def local_cluster(cache: Path, **options: Any) -> dict[str, Any]:
     return {"id": 1, "name": "local", "adapter": "local", "path": str(cache), **options}
 
 
-def submit(gateway: GatewayProcess, origin: Registry, repository: str, reference: str, token: str, **args: Any) -> int:
+def submit(
+    gateway: GatewayUnderTest, origin: Registry, repository: str, reference: str, token: str, **args: Any
+) -> int:
     body = {
         "type": "preheat",
         "args": {
@@ -53,7 +55,7 @@ def submit(gateway: GatewayProcess, origin: Registry, repository: str, reference
 
 
 def preheat(
-    gateway: GatewayProcess, origin: Registry, repository: str, reference: str, token: str, **args: Any
+    gateway: GatewayUnderTest, origin: Registry, repository: str, reference: str, token: str, **args: Any
 ) -> dict[str, Any]:
     return gateway.wait_job(submit(gateway, origin, repository, reference, token, **args))
 
@@ -96,10 +98,10 @@ def assert_copied(out: Path, image: PushedImage) -> None:
 
 
 def test_a_preheated_image_is_an_oci_layout_that_skopeo_copies(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
 
     job = preheat(gateway, origin, "library/app", "1.0", harbor_token("library/app"))
 
@@ -120,14 +122,14 @@ def test_a_preheated_image_is_an_oci_layout_that_skopeo_copies(
 
 
 def test_an_index_is_stored_with_the_platforms_preheated_and_by_digest_preheats_are_named_by_digest(
-    make_gateway: MakeGateway,
+    make_gateway_thread: MakeGateway,
     origin: Registry,
     images: OriginImages,
     harbor_token: HarborToken,
     tmp_path: Path,
 ) -> None:
     cache = tmp_path / "cache"
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
     multi, arm64 = images.multiarch, images.multiarch.images["linux/arm64"]
 
     jobs = [
@@ -159,10 +161,10 @@ def test_an_index_is_stored_with_the_platforms_preheated_and_by_digest_preheats_
 
 
 def test_jobs_running_at_once_all_land_in_the_index(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[local_cluster(cache)]))
     app, multi = harbor_token("library/app"), harbor_token("library/multi")
 
     ids = [
@@ -180,6 +182,8 @@ def test_jobs_running_at_once_all_land_in_the_index(
     assert not [p for p in cache.iterdir() if p.name.startswith(".index.json")], "no temporary index is left"
 
 
+# Processes: the first gateway's layout of the cache (adapters.layout's per-process registry) would outlive it
+# in a thread's process until a garbage collection, and the second would reuse it instead of migrating.
 def test_a_cache_of_bare_blobs_is_migrated_in_place_without_fetching_again(
     make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
@@ -206,7 +210,7 @@ def test_a_cache_of_bare_blobs_is_migrated_in_place_without_fetching_again(
     assert_copied(tmp_path / "out", images.single)
 
 
-def metric(gateway: GatewayProcess, name: str) -> float:
+def metric(gateway: GatewayUnderTest, name: str) -> float:
     for line in httpx.get(f"{gateway.url}/metrics").text.splitlines():
         if line.startswith(f'preheat_gateway_{name}{{cluster="local"}}'):
             return float(line.rsplit(" ", 1)[1])
@@ -214,12 +218,12 @@ def metric(gateway: GatewayProcess, name: str) -> float:
 
 
 def test_max_bytes_evicts_the_least_recently_used_image_whole(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
     amd64 = images.multiarch.images["linux/amd64"]
     # Room for the app (1.2 MB) or the multi-arch image's amd64 half (0.5 MB), not for both.
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache, max_bytes="1.5MB")]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[local_cluster(cache, max_bytes="1.5MB")]))
 
     assert preheat(gateway, origin, "library/app", "1.0", harbor_token("library/app"))["state"] == "SUCCESS"
     assert metric(gateway, "local_cache_bytes") == sum(p.stat().st_size for p in (cache / "blobs" / "sha256").iterdir())
@@ -236,10 +240,10 @@ def test_max_bytes_evicts_the_least_recently_used_image_whole(
 
 
 def test_an_image_larger_than_max_bytes_fails_its_task_saying_so(
-    make_gateway: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
+    make_gateway_thread: MakeGateway, origin: Registry, images: OriginImages, harbor_token: HarborToken, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    gateway = make_gateway(gateway_config(tmp_path, clusters=[local_cluster(cache, max_bytes="1MiB")]))
+    gateway = make_gateway_thread(gateway_config(tmp_path, clusters=[local_cluster(cache, max_bytes="1MiB")]))
 
     job = preheat(gateway, origin, "library/app", "1.0", harbor_token("library/app"))
 

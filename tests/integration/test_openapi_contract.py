@@ -10,27 +10,41 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
 from tests.conftest import HarborToken, MakeGateway, OriginImages
-from tests.gateway_process import REPO_ROOT, GatewayProcess, gateway_config, run_cli
+from tests.gateway_process import REPO_ROOT, GatewayProcess, GatewayUnderTest, gateway_config, run_cli
 from tests.harbor.driver import DragonflyDriver, DragonflyJobResponse
 from tests.registry import Registry, free_port
 
 
-@pytest.fixture
-def gateway(make_gateway: MakeGateway, tmp_path: Path) -> GatewayProcess:
+def contract_config(tmp_path: Path) -> dict[str, Any]:
     clusters = [
         {"id": 1, "name": "local", "adapter": "local", "path": str(tmp_path / "cache")},
         {"id": 2, "name": "eu-west", "adapter": "mirror", "endpoints": [{"url": "http://127.0.0.1:9"}]},
     ]
-    return make_gateway(gateway_config(tmp_path, clusters=clusters, auth={"token_cache_seconds": 0}))
+    return gateway_config(tmp_path, clusters=clusters, auth={"token_cache_seconds": 0})
 
 
-def create(gateway: GatewayProcess, body: object, **kwargs: object) -> httpx.Response:
+@pytest.fixture
+def gateway(make_gateway_thread: MakeGateway, tmp_path: Path) -> GatewayUnderTest:
+    return make_gateway_thread(contract_config(tmp_path))
+
+
+@pytest.fixture
+def gateway_process(make_gateway: MakeGateway, tmp_path: Path) -> GatewayProcess:
+    """A process: ``create_token`` runs the CLI's code in this process, and its store's ``open()`` (``_private``,
+    ``os.close`` of the database file) drops every POSIX lock this process holds on it, a thread's gateway's
+    too; the ``token list`` process then deletes the write-ahead log under that gateway, which never sees
+    the revocation."""
+    return make_gateway(contract_config(tmp_path))
+
+
+def create(gateway: GatewayUnderTest, body: object, **kwargs: object) -> httpx.Response:
     with gateway.client() as client:
         if isinstance(body, (bytes, str)):
             return client.post("/oapi/v1/jobs", content=body, headers={"Content-Type": "application/json"}, **kwargs)  # type: ignore[arg-type]
@@ -74,7 +88,7 @@ VALID_URL = "http://127.0.0.1:5000/v2/library/app/manifests/1.0"
     ],
 )
 def test_bad_requests_get_a_422_that_says_what_to_fix_and_create_nothing(
-    gateway: GatewayProcess, body: object, words: str
+    gateway: GatewayUnderTest, body: object, words: str
 ) -> None:
     response = create(gateway, body)
 
@@ -84,14 +98,14 @@ def test_bad_requests_get_a_422_that_says_what_to_fix_and_create_nothing(
         assert client.get("/oapi/v1/jobs").json() == []
 
 
-def test_bodies_over_the_limit_are_refused_before_being_read(gateway: GatewayProcess) -> None:
+def test_bodies_over_the_limit_are_refused_before_being_read(gateway: GatewayUnderTest) -> None:
     response = create(gateway, b"{" + b" " * (2 << 20) + b"}")
 
     assert response.status_code == 413
     assert "server.max_body_bytes" in response.json()["errors"]
 
 
-def test_unknown_routes_ids_and_methods_are_4xx_json(gateway: GatewayProcess) -> None:
+def test_unknown_routes_ids_and_methods_are_4xx_json(gateway: GatewayUnderTest) -> None:
     with gateway.client() as client:
         assert client.get("/oapi/v1/jobs/999").status_code == 404
         assert client.get("/oapi/v1/jobs/abc").status_code == 404
@@ -102,7 +116,7 @@ def test_unknown_routes_ids_and_methods_are_4xx_json(gateway: GatewayProcess) ->
         assert all("errors" in r.json() for r in (client.get("/nope"), client.patch("/oapi/v1/jobs/1", content=b"{}")))
 
 
-def test_credentials_are_required_everywhere_but_the_probes(gateway: GatewayProcess) -> None:
+def test_credentials_are_required_everywhere_but_the_probes(gateway: GatewayUnderTest) -> None:
     with gateway.client(token=None) as anonymous, gateway.client(token="phg_wrong") as wrong:
         for path in ("/healthy", "/oapi/v1/jobs", "/oapi/v1/jobs/1", "/oapi/v1/clusters"):
             assert anonymous.get(path).status_code == 401
@@ -114,7 +128,7 @@ def test_credentials_are_required_everywhere_but_the_probes(gateway: GatewayProc
 
 
 def test_a_job_renders_exactly_as_harbor_decodes_it_with_every_secret_blanked(
-    gateway: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken
+    gateway: GatewayUnderTest, origin: Registry, images: OriginImages, harbor_token: HarborToken
 ) -> None:
     secret = harbor_token("library/app")
     body = {
@@ -145,7 +159,7 @@ def test_a_job_renders_exactly_as_harbor_decodes_it_with_every_secret_blanked(
 
 
 def test_jobs_list_filter_page_patch_and_delete(
-    gateway: GatewayProcess, origin: Registry, images: OriginImages, harbor_token: HarborToken
+    gateway: GatewayUnderTest, origin: Registry, images: OriginImages, harbor_token: HarborToken
 ) -> None:
     header = {"Authorization": harbor_token("library/app")}
     with gateway.client() as client:
@@ -176,7 +190,7 @@ def test_jobs_list_filter_page_patch_and_delete(
         assert deleted.status_code == 200 and client.get(f"/oapi/v1/jobs/{ids[1]}").status_code == 404
 
 
-def test_creating_a_job_answers_at_once_whatever_the_registry_does(gateway: GatewayProcess) -> None:
+def test_creating_a_job_answers_at_once_whatever_the_registry_does(gateway: GatewayUnderTest) -> None:
     with socket.socket() as silent:  # the kernel accepts connections for it; nothing ever answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
@@ -189,7 +203,7 @@ def test_creating_a_job_answers_at_once_whatever_the_registry_does(gateway: Gate
     assert took < 10.0  # a create that waited on the registry would wait out the 30 s read timeout
 
 
-def test_clusters_list_names_adapters_and_health(gateway: GatewayProcess) -> None:
+def test_clusters_list_names_adapters_and_health(gateway: GatewayUnderTest) -> None:
     with gateway.client() as client:
         clusters = {c["id"]: c for c in client.get("/oapi/v1/clusters").json()}
     assert clusters[1]["adapter"] == "local" and clusters[1]["health"]["reachable"] is True
@@ -197,19 +211,21 @@ def test_clusters_list_names_adapters_and_health(gateway: GatewayProcess) -> Non
     assert "127.0.0.1" in clusters[2]["health"]["error"]
 
 
-def test_tokens_are_created_listed_and_revoked_from_the_cli(gateway: GatewayProcess) -> None:
-    token = gateway.create_token("ci-robot", "--expires", "90d")
-    with gateway.client(token=token) as client:
+def test_tokens_are_created_listed_and_revoked_from_the_cli(gateway_process: GatewayProcess) -> None:
+    token = gateway_process.create_token("ci-robot", "--expires", "90d")
+    with gateway_process.client(token=token) as client:
         assert client.get("/healthy").status_code == 200
 
-    listing = gateway.cli("token", "list", "--config", str(gateway.config_path)).stdout
-    revoked = gateway.cli("token", "revoke", "ci-robot", "--config", str(gateway.config_path))
-    duplicate = gateway.cli("token", "create", "--config", str(gateway.config_path), "--name", "ci-robot", check=False)
+    listing = gateway_process.cli("token", "list", "--config", str(gateway_process.config_path)).stdout
+    revoked = gateway_process.cli("token", "revoke", "ci-robot", "--config", str(gateway_process.config_path))
+    duplicate = gateway_process.cli(
+        "token", "create", "--config", str(gateway_process.config_path), "--name", "ci-robot", check=False
+    )
 
     assert re.fullmatch(r"phg_[A-Za-z0-9_-]{43}", token)
     assert "ci-robot" in listing and "active" in listing and token not in listing
     assert revoked.returncode == 0
-    with gateway.client(token=token) as client:
+    with gateway_process.client(token=token) as client:
         response = client.get("/healthy")
     assert response.status_code == 401 and "revoked" in response.json()["errors"] and token not in response.text
     assert duplicate.returncode == 1 and "already exists" in duplicate.stderr
@@ -282,8 +298,8 @@ def test_the_embedded_default_prints_a_token_once_and_serves_with_auth_on(tmp_pa
     assert "phg_" not in second, "the token is printed once, on first start only"
 
 
-def test_served_under_a_path_prefix_behind_a_reverse_proxy(make_gateway: MakeGateway, tmp_path: Path) -> None:
-    gateway = make_gateway(gateway_config(tmp_path, server={"root_path": "/harbor"}))
+def test_served_under_a_path_prefix_behind_a_reverse_proxy(make_gateway_thread: MakeGateway, tmp_path: Path) -> None:
+    gateway = make_gateway_thread(gateway_config(tmp_path, server={"root_path": "/harbor"}))
     with gateway.client() as client:
         assert client.get("/healthy").status_code == 200  # the proxy forwards /harbor/... unchanged
     with httpx.Client(
@@ -292,7 +308,7 @@ def test_served_under_a_path_prefix_behind_a_reverse_proxy(make_gateway: MakeGat
         assert stripped.get("/oapi/v1/clusters").status_code == 200  # the proxy strips the prefix
 
 
-def test_ids_too_large_for_any_store_are_simply_not_found(gateway: GatewayProcess) -> None:
+def test_ids_too_large_for_any_store_are_simply_not_found(gateway: GatewayUnderTest) -> None:
     with gateway.client() as client:
         for method in ("GET", "PATCH", "DELETE"):
             response = client.request(method, "/oapi/v1/jobs/999999999999999999999999999999", json={"bio": "x"})

@@ -32,7 +32,8 @@ import pytest
 from tests.conftest import ROBOT_USER, USERS
 from tests.fakes.dragonfly_manager import FakeDragonflyManager
 from tests.fakes.kraken_proxy import FakeKrakenProxy
-from tests.gateway_process import GatewayProcess, gateway_config
+from tests.gateway_process import gateway_config
+from tests.gateway_thread import GatewayThread
 from tests.integration.test_adapters_files import run_job, state_of
 from tests.pki import PrivateCA
 from tests.registry import (
@@ -121,19 +122,19 @@ def private_origin(registry_binary: str, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
+def gateways() -> Iterator[list[GatewayThread]]:
+    started: list[GatewayThread] = []
     yield started
     for gateway in started:
         gateway.kill()
 
 
 def start_gateway(
-    started: list[GatewayProcess], tmp: Path, *, registries: Mapping[str, Any] | None = None, **config: Any
-) -> GatewayProcess:
+    started: list[GatewayThread], tmp: Path, *, registries: Mapping[str, Any] | None = None, **config: Any
+) -> GatewayThread:
     base = gateway_config(tmp, **config)
     base["registries"] = {**base["registries"], **(registries or {})}
-    gateway = GatewayProcess(tmp / "gateway", base, env={ROBOT_SECRET_ENV: USERS[ROBOT_USER]})
+    gateway = GatewayThread(tmp / "gateway", base, env={ROBOT_SECRET_ENV: USERS[ROBOT_USER]})
     started.append(gateway)
     return gateway.start()
 
@@ -150,7 +151,7 @@ def cached(tmp: Path, image: PushedImage) -> bool:
 
 
 def test_without_a_word_about_its_ca_the_job_fails_saying_the_certificate_failed_verification(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path
 ) -> None:
     gateway = start_gateway(gateways, tmp_path)
     started = time.monotonic()
@@ -174,7 +175,7 @@ def test_without_a_word_about_its_ca_the_job_fails_saying_the_certificate_failed
     ],
 )
 def test_the_ca_in_certificate_chain_warms_the_image(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path, encode: Any
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path, encode: Any
 ) -> None:
     gateway = start_gateway(gateways, tmp_path)
 
@@ -190,7 +191,7 @@ def test_the_ca_in_certificate_chain_warms_the_image(
 
 
 def test_insecure_skip_verify_warms_the_image(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path
 ) -> None:
     gateway = start_gateway(gateways, tmp_path)
 
@@ -201,7 +202,7 @@ def test_insecure_skip_verify_warms_the_image(
 
 
 def test_a_certificate_chain_that_is_no_certificate_is_refused_at_create(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path
 ) -> None:
     gateway = start_gateway(gateways, tmp_path)
     body = {"type": "image", "url": private_origin.manifest_url, "certificate_chain": ["bm90IGEgY2VydA=="]}
@@ -263,7 +264,7 @@ class ConnectProxy:
 
 
 def test_a_file_job_fetches_from_the_private_origin_with_the_jobs_ca(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path
 ) -> None:
     gateway = start_gateway(gateways, tmp_path)
     digest = private_origin.image.layer_digests[0]
@@ -278,7 +279,7 @@ def test_a_file_job_fetches_from_the_private_origin_with_the_jobs_ca(
 
 @pytest.mark.parametrize("how", ["certificate_chain", "registries.tls"])
 def test_through_a_proxy_the_origins_tls_runs_end_to_end_in_the_tunnel(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path, how: str
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path, how: str
 ) -> None:
     proxy = ConnectProxy()
     try:
@@ -300,7 +301,7 @@ def test_through_a_proxy_the_origins_tls_runs_end_to_end_in_the_tunnel(
 
 
 def test_a_kraken_cluster_reads_the_digest_from_the_private_origin_with_the_jobs_ca(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path
 ) -> None:
     with FakeKrakenProxy() as kraken:
         cluster = {"id": 1, "name": "kraken", "adapter": "kraken", "endpoint": kraken.url}
@@ -321,7 +322,7 @@ def test_a_kraken_cluster_reads_the_digest_from_the_private_origin_with_the_jobs
 
 
 def test_registries_tls_naming_the_ca_file_serves_a_job_with_no_tls_argument(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path
 ) -> None:
     gateway = start_gateway(
         gateways,
@@ -336,7 +337,7 @@ def test_registries_tls_naming_the_ca_file_serves_a_job_with_no_tls_argument(
 
 
 def test_a_broken_registries_tls_entry_stops_the_gateway_at_start_naming_the_key(tmp_path: Path) -> None:
-    gateway = GatewayProcess(
+    gateway = GatewayThread(
         tmp_path / "gateway",
         gateway_config(
             tmp_path, registries={"tls": [{"host": "harbor.internal", "ca_file": str(tmp_path / "no.pem")}]}
@@ -467,7 +468,7 @@ def guarded_origin(
         origin.close()
 
 
-def guarded_gateway(gateways: list[GatewayProcess], tmp: Path, origin: GuardedOrigin) -> GatewayProcess:
+def guarded_gateway(gateways: list[GatewayThread], tmp: Path, origin: GuardedOrigin) -> GatewayThread:
     """The operator configured the robot's credentials and the CA for the origin's host."""
     return start_gateway(
         gateways,
@@ -484,7 +485,7 @@ def robot_basic() -> str:
 
 
 def test_a_job_over_the_operators_tls_is_handed_the_configured_credentials(
-    guarded_origin: GuardedOrigin, gateways: list[GatewayProcess], tmp_path: Path
+    guarded_origin: GuardedOrigin, gateways: list[GatewayThread], tmp_path: Path
 ) -> None:
     gateway = guarded_gateway(gateways, tmp_path, guarded_origin)
     since = len(guarded_origin.front.heard)
@@ -503,7 +504,7 @@ def test_a_job_over_the_operators_tls_is_handed_the_configured_credentials(
     ],
 )
 def test_a_job_with_its_own_tls_is_never_handed_the_configured_credentials(
-    guarded_origin: GuardedOrigin, gateways: list[GatewayProcess], tmp_path: Path, own_tls: Any
+    guarded_origin: GuardedOrigin, gateways: list[GatewayThread], tmp_path: Path, own_tls: Any
 ) -> None:
     gateway = guarded_gateway(gateways, tmp_path, guarded_origin)
     since, robot_tokens = len(guarded_origin.front.heard), len(guarded_origin.tokens.requests_by(ROBOT_USER))
@@ -523,12 +524,12 @@ def test_a_job_with_its_own_tls_is_never_handed_the_configured_credentials(
 
 
 def test_a_dragonfly_cluster_is_sent_the_chain_as_base64_of_each_pem_and_skip_verify(
-    private_origin: PrivateOrigin, gateways: list[GatewayProcess], tmp_path: Path
+    private_origin: PrivateOrigin, gateways: list[GatewayThread], tmp_path: Path
 ) -> None:
     with FakeDragonflyManager("df-token") as manager:
         cluster = {"id": 3, "name": "df", "adapter": "dragonfly", "manager": manager.url, "token_env": "DF_TOKEN"}
         config = gateway_config(tmp_path, clusters=[cluster])
-        gateway = GatewayProcess(tmp_path / "gateway", config, env={"DF_TOKEN": "df-token"})
+        gateway = GatewayThread(tmp_path / "gateway", config, env={"DF_TOKEN": "df-token"})
         gateways.append(gateway)
         gateway.start()
         url = private_origin.manifest_url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -25,7 +26,8 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(retry.asyncio, "sleep", sleep)
+    # The module's own name for asyncio, not asyncio.sleep itself: a gateway thread's loop must keep its sleep.
+    monkeypatch.setattr(retry, "asyncio", types.SimpleNamespace(sleep=sleep))
     return slept
 
 
