@@ -22,13 +22,12 @@ from gateway.endpoints import apidoc, kraken, legacy, metrics, mirror, openapi, 
 from gateway.endpoints.jsonio import APIError, error_response
 from gateway.jobs import InvalidRequest
 from gateway.middleware.auth import AuthMiddleware
-from gateway.middleware.httpmetrics import HTTPMetricsMiddleware
 from gateway.middleware.listener import ListenerSplitMiddleware
+from gateway.middleware.observe import ObserveMiddleware
 from gateway.middleware.prefix import PathPrefixMiddleware
-from gateway.middleware.requestid import RequestIdMiddleware
 from gateway.middleware.startup import StartupRefusalMiddleware
 from gateway.ratelimit import RateLimited
-from gateway.routing import merge_by_path
+from gateway.routing import allowed_methods
 from gateway.services import Gateway, gateway_of
 from gateway.store import StoreUnavailable
 
@@ -44,10 +43,13 @@ async def _api_error(_request: Request, error: Exception) -> Response:
     return error_response(error.status, error.message, error.headers)
 
 
-async def _http_error(_request: Request, error: Exception) -> Response:
+async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     message = {404: "not found", 405: "method not allowed"}.get(error.status_code, str(error.detail))
-    return error_response(error.status_code, message, dict(error.headers or {}))
+    headers = dict(error.headers or {})
+    if error.status_code == 405:  # Starlette names the first matching route's methods only
+        headers["Allow"] = ", ".join(allowed_methods(request.app.routes, request.scope))
+    return error_response(error.status_code, message, headers)
 
 
 async def _rate_limited(request: Request, error: Exception) -> Response:
@@ -84,19 +86,16 @@ def create_app(config: Config, *, tune_process: bool = False) -> Starlette:
             app.state.ready = False
             await gateway.stop()
 
-    # One route per path: a 405's Allow then names every method the path serves.
-    routes = merge_by_path(
-        [
-            *probes.routes(),
-            *metrics.routes(),
-            *apidoc.routes(),
-            *openapi.routes(),
-            *legacy.routes(),
-            *kraken.routes(),
-            *console.routes(),
-            *mirror.routes(),
-        ]
-    )
+    routes = [
+        *probes.routes(),
+        *metrics.routes(),
+        *apidoc.routes(),
+        *openapi.routes(),
+        *legacy.routes(),
+        *kraken.routes(),
+        *console.routes(),
+        *mirror.routes(),
+    ]
     # Status polls, most of what Harbor sends, are matched first: Starlette tries routes in order.
     routes.sort(key=lambda route: getattr(route, "path", "") not in ("/oapi/v1/jobs/{id:int}", "/preheats/{id}"))
     app = Starlette(
@@ -104,8 +103,7 @@ def create_app(config: Config, *, tune_process: bool = False) -> Starlette:
         middleware=[
             *([Middleware(PathPrefixMiddleware, root_path=config.server.root_path)] if config.server.root_path else []),
             *([Middleware(ListenerSplitMiddleware)] if config.server.mirror_listen else []),
-            Middleware(RequestIdMiddleware),
-            Middleware(HTTPMetricsMiddleware, metrics=gateway.metrics, routes=routes),
+            Middleware(ObserveMiddleware, metrics=gateway.metrics, routes=routes),
             Middleware(AuthMiddleware, authenticator=gateway.auth, anonymous_pull=config.server.mirror_anonymous),
         ],
         exception_handlers={

@@ -15,9 +15,10 @@ built by its instance's auth mode:
 
 A personal access token is a random secret shown once; the store keeps only its SHA-256
 hash, so a leaked database does not leak tokens, and the by-hash lookup's timing says
-nothing about the token. Verified hashes are trusted for a few seconds
-(``auth.token_cache_seconds``) to keep the status-polling hot path off the store; a
-revocation therefore takes effect within that window on every replica. Failures answer 401
+nothing about the token. A verified token is trusted for a few seconds
+(``auth.token_cache_seconds``), remembered in this process's memory only, to keep the
+status-polling hot path off the store and its hash; a revocation therefore takes effect within
+that window on every replica. Failures answer 401
 with a short reason that never quotes the credential, and are counted by kind.
 """
 
@@ -90,19 +91,25 @@ class TokenVerifier:
     def __init__(self, store: SqlStore, cache_seconds: float) -> None:
         self.store = store
         self.cache_seconds = cache_seconds
-        # hash -> (principal, kept until (monotonic), token expiry (wall clock)); oldest first.
+        # token -> (principal, kept until (monotonic), token expiry (wall clock)); oldest first.
         # A plain dict: this lookup is on every request's path, where a TTLCache costs more than the rest.
         self._verified: dict[str, tuple[Principal, float, float | None]] = {}
 
+    def remembered(self, token: str) -> Principal | None:
+        """The token's principal if it was verified within ``cache_seconds`` and has not expired since."""
+        cached = self._verified.get(token)
+        if cached is None:
+            return None
+        principal, kept_until, expires_at = cached
+        if kept_until > time.monotonic() and (expires_at is None or expires_at > time.time()):
+            return principal
+        del self._verified[token]
+        return None
+
     async def verify(self, token: str) -> Principal:
-        digest = hash_token(token)
-        cached = self._verified.get(digest)
-        if cached is not None:
-            principal, kept_until, expires_at = cached
-            if kept_until > time.monotonic() and (expires_at is None or expires_at > time.time()):
-                return principal
-            del self._verified[digest]
-        record = await self.store.find_token(digest)  # by hash: its timing reveals nothing about the token
+        if (principal := self.remembered(token)) is not None:
+            return principal
+        record = await self.store.find_token(hash_token(token))  # by hash: its timing reveals nothing about the token
         if record is None:
             raise Unauthorized("unknown token", "unknown_token")
         if record.revoked_at is not None:
@@ -111,18 +118,18 @@ class TokenVerifier:
             raise Unauthorized(f"token {record.name!r} expired", "expired_token")
         principal = Principal(name=record.name, method="token", scopes=frozenset(record.scopes))
         if self.cache_seconds > 0:
-            self._keep(digest, principal, record.expires_at)
+            self._keep(token, principal, record.expires_at)
             await self.store.touch_token(record.id)
         return principal
 
-    def _keep(self, digest: str, principal: Principal, expires_at: float | None) -> None:
+    def _keep(self, token: str, principal: Principal, expires_at: float | None) -> None:
         now = time.monotonic()
         if len(self._verified) >= self.MAX_CACHED:
             for stale in [key for key, entry in self._verified.items() if entry[1] <= now]:
                 del self._verified[stale]
             while len(self._verified) >= self.MAX_CACHED:
                 del self._verified[next(iter(self._verified))]
-        self._verified[digest] = (principal, now + self.cache_seconds, expires_at)
+        self._verified[token] = (principal, now + self.cache_seconds, expires_at)
 
 
 def bearer(headers: dict[str, str]) -> str | None:
@@ -180,6 +187,19 @@ class Authenticator:
         if self.config.tokens and self.config.basic:
             ways.append("Basic with the token as password")
         return ", ".join(ways)
+
+    def remembered(self, headers: dict[str, str]) -> Principal | None:
+        """The principal of a personal access token in the custom header or ``Authorization: Bearer``
+        verified within ``auth.token_cache_seconds``: a status poll's answer, with no coroutine.
+        None means :meth:`authenticate` decides."""
+        if not self.enabled:
+            return ANONYMOUS
+        if self.custom_header and self.custom_header in headers:
+            return self.tokens.remembered(headers[self.custom_header].strip())
+        token = bearer(headers)
+        if token is None or not self.config.tokens or (self.jwt is not None and looks_like_jwt(token)):
+            return None
+        return self.tokens.remembered(token)
 
     async def authenticate(self, headers: dict[str, str], *, basic: bool | None = None) -> Principal:
         """``basic`` overrides ``auth.basic`` (the mirror takes Basic always: it is what registry clients send)."""

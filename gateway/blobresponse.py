@@ -1,12 +1,14 @@
 """File bodies that leave by zero-copy ``sendfile(2)`` where the server allows, else in bounded reads.
 
-uvicorn has no ASGI zero-copy extension and uvloop does not implement ``loop.sendfile``, so
-the gateway's own protocol (``gateway.serving``) offers the ASGI *Zero Copy Send* extension
-(``http.response.zerocopysend``) on plain-TCP connections through :func:`offer_zerocopy`:
-once the response head has left, the body is handed to the kernel with ``os.sendfile`` on a
-duplicate of the connection's socket, from a thread of a bounded pool of its own
-(:data:`SENDFILE_THREADS`: the kernel's copies then run on every core) or, when all of them are
-busy, driven by the event loop's writability callbacks.
+uvicorn has no zero-copy extension and uvloop does not implement ``loop.sendfile``, so the
+gateway's own protocol (``gateway.serving``) offers one on plain-TCP connections through
+:func:`offer_zerocopy`: the scope's ``extensions`` hold :data:`EXTENSION`, whose ``sendfile``
+coroutine a response calls once its head has left. It is called, not sent as a message (as the
+ASGI *Zero Copy Send* extension is), so no ``send`` of any other request passes through it.
+The body is handed to the kernel with ``os.sendfile`` on a duplicate of the connection's
+socket, from a thread of a bounded pool of its own (:data:`SENDFILE_THREADS`: the kernel's
+copies then run on every core) or, when all of them are busy, driven by the event loop's
+writability callbacks.
 
 - A duplicate descriptor, never the transport's own number: if the connection is lost
   mid-send and the event loop closes its descriptor, the number can be reused by a new
@@ -39,7 +41,8 @@ from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("gateway.blobresponse")
 
-EXTENSION = "http.response.zerocopysend"
+EXTENSION = "gateway.sendfile"
+"""The scope extension: ``{"sendfile": async (fd, offset, count) -> bool}``, False once the connection is closed."""
 SENDFILE_CHUNK = 4 << 20
 """Most bytes one ``sendfile`` call moves before other connections get a turn."""
 READ_CHUNK = 256 << 10
@@ -81,18 +84,13 @@ class FileResponse:
             if scope["method"] == "HEAD" or self.length == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            if EXTENSION in scope.get("extensions", {}):
-                await send(
-                    {
-                        "type": EXTENSION,
-                        "file": self.file,
-                        "offset": self.offset,
-                        "count": self.length,
-                        "more_body": False,
-                    }
-                )
-            else:
+            offered = scope.get("extensions", {}).get(EXTENSION)
+            if offered is None:
                 await self._stream(send)
+            elif await offered["sendfile"](self.file.fileno(), self.offset, self.length):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                return  # the connection is closed: the client left or stalled
             if self.on_sent is not None:
                 self.on_sent(self.length)
         finally:
@@ -116,47 +114,37 @@ def zerocopy_possible(transport: Any) -> bool:
 
 
 def offer_zerocopy(protocol: Any, cycle: Any) -> None:
-    """Offer the extension on ``cycle``, a uvicorn request cycle on a connection where it is
+    """Offer :data:`EXTENSION` on ``cycle``, a uvicorn request cycle on a connection where it is
     :func:`zerocopy_possible`."""
-    cycle.scope.setdefault("extensions", {})[EXTENSION] = {}
-    cycle.send = _ZeroCopySend(protocol, cycle, cycle.send)
+    cycle.scope.setdefault("extensions", {})[EXTENSION] = {"sendfile": _Sendfile(protocol, cycle)}
 
 
-class _ZeroCopySend:
-    """A cycle's ``send`` that carries ``http.response.zerocopysend`` out with ``os.sendfile``."""
+class _Sendfile:
+    """Moves a response's body bytes from a file to its connection, after the head."""
 
-    __slots__ = ("_cycle", "_protocol", "_send")
+    __slots__ = ("_cycle", "_protocol")
 
-    def __init__(self, protocol: Any, cycle: Any, send: Any) -> None:
-        # The cycle holds this as its ``send``: a weak reference back and the unbound ``send`` leave no
-        # reference cycle per request, so reference counting frees each one (the collector never has to).
-        self._protocol, self._send = protocol, send.__func__
+    def __init__(self, protocol: Any, cycle: Any) -> None:
+        # The cycle's scope holds this: a weak reference back leaves no reference cycle per request,
+        # so reference counting frees each one (the collector never has to).
+        self._protocol = protocol
         self._cycle: Callable[[], Any] = weakref.ref(cycle)
 
-    async def __call__(self, message: Any) -> None:
+    async def __call__(self, file_fd: int, offset: int, count: int) -> bool:
+        """Send ``count`` bytes of ``file_fd`` from ``offset``; False if the connection is closed instead."""
         cycle = self._cycle()
-        if message["type"] != EXTENSION:
-            await self._send(cycle, message)
-            return
         if cycle.disconnected:
-            return
+            return False
         if not cycle.response_started or cycle.response_complete or cycle.chunked_encoding:
             raise RuntimeError(f"{EXTENSION} needs a started response with a Content-Length")
-        file: IO[bytes] = message["file"]
-        offset = int(message.get("offset") or 0)
-        count = message.get("count")
-        if count is None:
-            count = os.fstat(file.fileno()).st_size - offset
         if count > cycle.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
-        if cycle.scope["method"] != "HEAD" and count:
-            if not await self._sendfile(file.fileno(), offset, count):
-                return
-            cycle.expected_content_length -= count
-        # uvicorn's own bookkeeping ends the response (keep-alive, pipelining, Connection: close)
-        await self._send(
-            cycle, {"type": "http.response.body", "body": b"", "more_body": bool(message.get("more_body", False))}
-        )
+        if cycle.scope["method"] == "HEAD" or not count:
+            return True
+        if not await self._sendfile(file_fd, offset, count):
+            return False
+        cycle.expected_content_length -= count
+        return True
 
     async def _sendfile(self, file_fd: int, offset: int, count: int) -> bool:
         """Send ``count`` bytes; False (the connection closed) when the client went away or stalled."""

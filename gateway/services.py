@@ -250,8 +250,8 @@ def _primary_ip() -> str:
 
 
 def gateway_of(request: Request) -> Gateway:
-    """The running gateway, from the request's lifespan state."""
-    gateway: Gateway = request.state.gateway
+    """The running gateway, from the request's lifespan state (the scope's, without a ``State`` per request)."""
+    gateway: Gateway = request.scope["state"]["gateway"]
     return gateway
 
 

@@ -44,6 +44,11 @@ class StatusCache:
         self._dialects: set[str] = set()
         self._forgets = 0  # counts forget() calls: a reply loaded across one is not kept
 
+    def fresh(self, dialect: str, job_id: int) -> bytes | None:
+        """The job's reply in ``dialect`` if one was rendered within the lifetime: most polls, with no coroutine."""
+        entry = self._entries.get((job_id, dialect))
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
     async def reply(
         self,
         dialect: str,
@@ -53,9 +58,8 @@ class StatusCache:
     ) -> bytes | None:
         """The job's reply in ``dialect``, or None if there is no such job (that answer is not kept)."""
         key = (job_id, dialect)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > time.monotonic():
-            return entry[1]
+        if (body := self.fresh(dialect, job_id)) is not None:
+            return body
         forgets = self._forgets
         job = await load(job_id)
         if job is None:

@@ -56,7 +56,9 @@ async def get_preheat(request: Request) -> Response:
     job_id = ascii_number(raw, MAX_ID_DIGITS)
     if job_id is None:
         raise APIError(404, f"preheat task {raw[:40]!r} not found: ids are the numbers POST /preheats returned")
-    body = await gateway.statuses.reply("legacy", job_id, gateway.jobs.get, legacy.status_body)
+    body = gateway.statuses.fresh("legacy", job_id) or await gateway.statuses.reply(
+        "legacy", job_id, gateway.jobs.get, legacy.status_body
+    )
     if body is None:
         raise APIError(404, f"preheat task {job_id} not found")
     return json_response(body)

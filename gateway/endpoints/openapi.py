@@ -49,7 +49,7 @@ async def create_job(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     gateway = gateway_of(request)
     job_id = job_id_of(request)
-    body = await gateway.statuses.reply(
+    body = gateway.statuses.fresh("openapi", job_id) or await gateway.statuses.reply(
         "openapi",
         job_id,
         gateway.jobs.get,

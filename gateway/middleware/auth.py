@@ -45,7 +45,9 @@ class AuthMiddleware:
         wanted = authenticator.header_names
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
         try:
-            principal = await authenticator.authenticate(headers, basic=True if mirror else None)
+            principal = authenticator.remembered(headers) or await authenticator.authenticate(
+                headers, basic=True if mirror else None
+            )
         except Unauthorized as error:
             authenticator.failures[error.kind] += 1
             log.info("authentication failed", extra={"path": path, "reason": str(error), "kind": error.kind})

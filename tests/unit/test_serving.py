@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from gateway.console.throttle import SigninThrottle, client_key
 from gateway.ids import ascii_number
-from gateway.routing import merge_by_path
+from gateway.routing import allowed_methods
 from gateway.serving import GuardedHttpProtocol, Limits, fit_to_fd_limit, protocol_class
 
 pytestmark = pytest.mark.anyio
@@ -55,13 +55,15 @@ async def _b(_request: Request) -> Response:
     return Response("b")
 
 
-def test_routes_sharing_a_path_become_one_that_allows_all_their_methods() -> None:
-    merged = merge_by_path(
-        [Route("/x", _a, methods=["GET"]), Route("/y", _a, methods=["GET"]), Route("/x", _b, methods=["PATCH"])]
-    )
-    assert [route.path for route in merged] == ["/x", "/y"]  # type: ignore[attr-defined]
-    assert merged[0].methods == {"GET", "HEAD", "PATCH"}  # type: ignore[attr-defined]
-    assert merged[1].endpoint is _a  # type: ignore[attr-defined]  # a lone route is kept as it was
+def test_a_405_allows_every_method_of_every_route_on_the_path() -> None:
+    routes = [
+        Route("/x/{id:int}", _a, methods=["GET"]),
+        Route("/y", _a, methods=["GET"]),
+        Route("/x/{id:int}", _b, methods=["PATCH"]),
+    ]
+    scope = {"type": "http", "path": "/x/7", "root_path": "", "method": "PUT"}
+    assert allowed_methods(routes, scope) == ["GET", "HEAD", "PATCH"]
+    assert allowed_methods(routes, {**scope, "path": "/z"}) == []
 
 
 # --- sign-in throttle --------------------------------------------------------------------------
