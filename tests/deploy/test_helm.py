@@ -256,7 +256,7 @@ def test_probes_and_drain_timing_fit_the_gateway(target: str) -> None:
     assert pause >= 3, "endpoints controllers need a moment to drop the pod"
     # SIGTERM comes after preStop; uvicorn then drains for up to 10 s (timeout_graceful_shutdown)
     # and the runner hands unfinished tasks back to the store.
-    assert "timeout_graceful_shutdown=10" in (REPO_ROOT / "gateway" / "cli.py").read_text()
+    assert "timeout_graceful_shutdown=10" in (REPO_ROOT / "gateway" / "launch.py").read_text()
     assert pod["terminationGracePeriodSeconds"] >= pause + 10 + 5
     assert gateway["args"] == ["serve", "--config", CONFIG_PATH]
 
