@@ -66,20 +66,11 @@ class _Transport(asyncio.Transport):
 async def _gateway() -> tuple[Any, type[Any], dict[str, Any], bytes]:
     from gateway.app import create_app
     from gateway.auth import hash_token, new_token
-    from gateway.config import build_config
     from gateway.serving import Limits, protocol_class
-    from tests.benchmarks.bench_request_cost import HARBOR_CREATE, call
+    from tests.benchmarks.bench_request_cost import HARBOR_CREATE, call, embedded_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-instructions-", dir="/var/tmp"))
-    config = build_config(
-        {
-            "server": {"state_dir": str(work), "create_rate_per_second": 0},
-            "registries": {"allow": ["127.0.0.1"]},
-            "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(work / "cache")}],
-        },
-        source="bench_poll_instructions",
-    )
-    app = create_app(config)
+    app = create_app(embedded_config(work, "bench_poll_instructions"))
     gateway = app.state.gateway
     await gateway.store.open()  # no lifespan: the runner stays stopped, the job stays pending
     app.state.ready = True

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.auth import hash_token, new_token
-from gateway.config import build_config
+from gateway.config import Config, build_config
 from gateway.store import TaskProgress, TaskResult
 
 HARBOR_CREATE = {
@@ -117,17 +117,21 @@ async def main(count: int, rounds: int) -> None:
         print(f"  {name:46s} {median:7.0f} us   {median / floor:5.1f}x the bare route")
 
 
-async def measure(work: Path, count: int, rounds: int) -> dict[str, list[float]]:
-    """Microseconds per request of each route, one figure per round."""
-    config = build_config(
+def embedded_config(work: Path, source: str) -> Config:
+    """The embedded default in ``work``, one local cluster, no limit on creates: the request path alone."""
+    return build_config(
         {
             "server": {"state_dir": str(work), "create_rate_per_second": 0},
             "registries": {"allow": ["127.0.0.1"]},
             "clusters": [{"id": 1, "name": "local", "adapter": "local", "path": str(work / "cache")}],
         },
-        source="bench_request_cost",
+        source=source,
     )
-    app = create_app(config)
+
+
+async def measure(work: Path, count: int, rounds: int) -> dict[str, list[float]]:
+    """Microseconds per request of each route, one figure per round."""
+    app = create_app(embedded_config(work, "bench_request_cost"))
     gateway = app.state.gateway
     await gateway.store.open()  # no lifespan: the runner stays stopped
     app.state.ready = True
