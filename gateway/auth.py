@@ -188,35 +188,37 @@ class Authenticator:
             ways.append("Basic with the token as password")
         return ", ".join(ways)
 
-    def remembered(self, headers: dict[str, str]) -> Principal | None:
-        """The principal of a personal access token in the custom header or ``Authorization: Bearer``
-        verified within ``auth.token_cache_seconds``: a status poll's answer, with no coroutine.
-        None means :meth:`authenticate` decides."""
-        if not self.enabled:
-            return ANONYMOUS
+    def _personal_token(self, headers: dict[str, str]) -> str | None:
+        """The personal access token the custom header or ``Authorization: Bearer`` carries, when
+        that is how the credential is checked (not a JWT, not Basic); the custom header's may be empty."""
         if self.custom_header and self.custom_header in headers:
-            return self.tokens.remembered(headers[self.custom_header].strip())
+            return headers[self.custom_header].strip()
         token = bearer(headers)
         if token is None or not self.config.tokens or (self.jwt is not None and looks_like_jwt(token)):
             return None
-        return self.tokens.remembered(token)
+        return token
+
+    def remembered(self, headers: dict[str, str]) -> Principal | None:
+        """The principal of a personal access token (:meth:`_personal_token`) verified within
+        ``auth.token_cache_seconds``: a status poll's answer, with no coroutine. None means
+        :meth:`authenticate` decides."""
+        if not self.enabled:
+            return ANONYMOUS
+        token = self._personal_token(headers)
+        return self.tokens.remembered(token) if token else None
 
     async def authenticate(self, headers: dict[str, str], *, basic: bool | None = None) -> Principal:
         """``basic`` overrides ``auth.basic`` (the mirror takes Basic always: it is what registry clients send)."""
         if not self.enabled:
             return ANONYMOUS
-        if self.custom_header and self.custom_header in headers:
-            value = headers[self.custom_header].strip()
-            if not value:
+        if (token := self._personal_token(headers)) is not None:
+            if not token:
                 raise Unauthorized(f"the {self.config.custom_header} header is empty", "missing")
-            return await self.tokens.verify(value)
+            return await self.tokens.verify(token)
         authorization = headers.get("authorization", "")
         scheme = authorization.partition(" ")[0].lower()
-        if scheme == "bearer" and (token := bearer(headers)) is not None:
-            if self.jwt is not None and (looks_like_jwt(token) or not self.config.tokens):
-                return await self.jwt.verify(token)
-            if self.config.tokens:
-                return await self.tokens.verify(token)
+        if scheme == "bearer" and self.jwt is not None and (token := bearer(headers)) is not None:
+            return await self.jwt.verify(token)
         if scheme == "basic":
             if not (self.config.tokens and (self.config.basic if basic is None else basic)):
                 raise Unauthorized(f"Basic authentication is off (auth.basic); send {self.accepted()}", "scheme")
