@@ -10,7 +10,6 @@ the CLI's own output, ``serve``'s process-wide tuning, attacks on the server its
 
 Its log lines are those of the server's thread (the event loop, where the gateway's work
 runs), written as ``serve`` writes them to ``stderr.N.log``, so :meth:`logs` reads the same.
-The environment it is given is set in this process while it serves.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import os
 import ssl
 import threading
 from typing import TextIO
+from unittest import mock
 
 from gateway.config import load_config
 from gateway.launch import gateway_server
@@ -51,8 +51,8 @@ class GatewayThread(GatewayUnderTest):
         assert self.thread is None or not self.thread.is_alive(), "already serving"
         self.starts += 1
         self.stderr_path = self.workdir / f"stderr.{self.starts}.log"
-        self._saved_env = {name: os.environ.get(name) for name in self.extra_env}
-        os.environ.update(self.extra_env)
+        self._environment = mock.patch.dict(os.environ, self.extra_env)
+        self._environment.start()
         server = self.server = gateway_server(load_config(str(self.config_path)))
         thread = self.thread = threading.Thread(target=server.run, name=f"gateway-{self.port}", daemon=True)
         self._log = self.stderr_path.open("w")
@@ -93,11 +93,7 @@ class GatewayThread(GatewayUnderTest):
         for logger, level in self._levels:
             logger.setLevel(level)
         self._log.close()
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        self._environment.stop()
         self.server = None
         assert not stuck, f"gateway thread did not stop within {2 * timeout}s:\n{self.logs()}"
         return None
