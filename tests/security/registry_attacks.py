@@ -31,8 +31,12 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @functools.cache
+@functools.cache
 def gzip_bomb(inflated_mib: int) -> bytes:
-    """``inflated_mib`` MiB of zeros, gzip-compressed: about 1 KiB per MiB (1 GiB is ~1 MiB on the wire)."""
+    """``inflated_mib`` MiB of zeros, gzip-compressed: about 1 KiB per MiB (1 GiB is ~1 MiB on the wire).
+
+    Compressing 1 GiB takes seconds of this process's CPU: a test builds its bomb before it times
+    the gateway, and each size is built once per process."""
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)
     block = bytes(1 << 20)
     return b"".join([packer.compress(block) for _ in range(inflated_mib)] + [packer.flush()])

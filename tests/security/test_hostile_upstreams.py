@@ -58,6 +58,7 @@ def test_a_dragonfly_manager_answering_a_create_with_a_gzip_bomb_costs_no_more_t
     make_gateway: MakeGateway,
     tmp_path: Path,
 ) -> None:
+    gzip_bomb(1024)  # built (and kept) before the job is timed
     with HostileServer(bomb_on_create) as manager:
         gateway = dragonfly_gateway(make_gateway, tmp_path, manager)
         with survival(gateway) as watch:
@@ -89,9 +90,11 @@ def test_a_kraken_proxy_answering_with_a_gzip_bomb_fails_the_job_within_the_prob
     make_gateway: MakeGateway,
     tmp_path: Path,
 ) -> None:
+    bomb = gzip_bomb(1024)  # built before the job is timed
+
     def kraken(exchange: Exchange) -> None:
         if exchange.request.method == "POST":
-            exchange.send(500, gzip_bomb(1024), {"Content-Encoding": "gzip"})
+            exchange.send(500, bomb, {"Content-Encoding": "gzip"})
         else:
             exchange.send(200, b"OK")
 
