@@ -89,6 +89,12 @@ def _lock_exclusive(database: Path) -> Any:
     return lock
 
 
+def checkpoint_wal(connection: sqlite3.Connection) -> None:
+    """Fold what the WAL holds back into the database; busy or transient, the next round folds it in."""
+    with contextlib.suppress(sqlite3.Error):
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 def _busy(error: sqlite3.OperationalError) -> bool:
     return "locked" in str(error) or "busy" in str(error)
 
@@ -116,15 +122,22 @@ class SqliteDriver:
             self._reader = self._connect()
         except (OSError, sqlite3.Error) as error:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {error}") from None
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="sqlite-checkpoint")
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(self._connect()), name="sqlite-checkpoint")
 
-    async def _checkpoint_loop(self) -> None:
-        connection = await asyncio.to_thread(self._connect)
+    async def _checkpoint_loop(self, connection: sqlite3.Connection) -> None:
+        """Fold the WAL back every few seconds on a worker thread, the connection closed only once it is done.
+
+        Closing a connection while another thread runs a statement on it crashes the process, and a
+        cancelled ``to_thread`` does not stop its thread: a cancellation waits for the checkpoint."""
         try:
             while True:
                 await asyncio.sleep(CHECKPOINT_SECONDS)
-                with contextlib.suppress(sqlite3.Error):  # busy or transient: the next round folds it in
-                    await asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                checkpoint = asyncio.ensure_future(asyncio.to_thread(checkpoint_wal, connection))
+                try:
+                    await asyncio.shield(checkpoint)
+                except asyncio.CancelledError:
+                    await asyncio.wait([checkpoint])
+                    raise
         finally:
             connection.close()
 
