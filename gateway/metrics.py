@@ -8,9 +8,11 @@ auth layer keep themselves are read at scrape time rather than pushed on the hot
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import itertools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -20,8 +22,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 PREFIX = "preheat_gateway"
 TASK_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -55,14 +58,14 @@ class Metrics:
         self.blobs = Counter(
             f"{PREFIX}_blobs_total", "Blobs or files warmed or failed, per host row.", ["cluster", "result"], registry=r
         )
-        self.http_duration = Histogram(
+        self.http_duration = LoopHistogram(
             f"{PREFIX}_http_request_duration_seconds",
             "HTTP request latency.",
             ["route", "method", "status"],
             buckets=HTTP_BUCKETS,
             registry=r,
         )
-        self.store_duration = Histogram(
+        self.store_duration = LoopHistogram(
             f"{PREFIX}_store_duration_seconds",
             "Job store call latency.",
             ["operation"],
@@ -104,6 +107,62 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class Tally:
+    """One label set's observations: a count per bucket (not cumulative) and their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf's
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1  # the first bucket with amount <= le
+        self.sum += amount
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        counts = list(itertools.accumulate(self.counts))
+        return [*zip(map(floatToGoString, self.bounds), counts[:-1], strict=True), ("+Inf", counts[-1])]
+
+
+class LoopHistogram(Collector):
+    """A labelled histogram for what is observed on the event loop's thread alone (every request,
+    every store call): an observation is a bisect and two additions, and the exposition is
+    prometheus_client's. Its ``Histogram`` takes a lock per value it updates, which cost a status
+    poll more than its authentication's lookup (docs/design.md, "Status polling")."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = list(labelnames)
+        self.bounds = tuple(sorted(float(bound) for bound in buckets))
+        self._tallies: dict[tuple[str, ...], Tally] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> Tally:
+        tally = self._tallies.get(values)
+        if tally is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            tally = self._tallies[values] = Tally(self.bounds)
+        return tally
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, tally in list(self._tallies.items()):
+            family.add_metric(list(values), tally.cumulative(), tally.sum)
+        yield family
 
 
 LabelValues = TypeVar("LabelValues", bound=tuple[str, ...])
