@@ -7,18 +7,22 @@ These read and write the same job store as the Open API: a job created here is l
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.dialects import legacy
+from gateway.endpoints.jobstatus import JobStatus
 from gateway.endpoints.jsonio import APIError, json_body, json_response
 from gateway.endpoints.openapi import healthy
 from gateway.ids import MAX_ID_DIGITS, ascii_number
 from gateway.jobs import JobSpec
 from gateway.precheck import ManifestRefused, check_manifest
-from gateway.services import caller_of, gateway_of
+from gateway.services import Gateway, caller_of, gateway_of
+from gateway.store import JobRecord
 
 log = logging.getLogger("gateway.legacy")
 
@@ -50,23 +54,23 @@ async def create_preheat(request: Request) -> Response:
     return json_response(legacy.created_body(job))
 
 
-async def get_preheat(request: Request) -> Response:
-    gateway = gateway_of(request)
-    raw: str = request.path_params["id"]
+def _preheat_id(path_params: Mapping[str, Any]) -> int:
+    raw: str = path_params["id"]
     job_id = ascii_number(raw, MAX_ID_DIGITS)
     if job_id is None:
         raise APIError(404, f"preheat task {raw[:40]!r} not found: ids are the numbers POST /preheats returned")
-    body = gateway.statuses.fresh("legacy", job_id) or await gateway.statuses.reply(
-        "legacy", job_id, gateway.jobs.get, legacy.status_body
-    )
-    if body is None:
-        raise APIError(404, f"preheat task {job_id} not found")
-    return json_response(body)
+    return job_id
+
+
+def _render(_gateway: Gateway, job: JobRecord) -> bytes:
+    return legacy.status_body(job)
 
 
 def routes() -> list[BaseRoute]:
     return [
         Route("/_ping", ping, methods=["GET"]),
         Route("/preheats", create_preheat, methods=["POST"]),
-        Route("/preheats/{id}", get_preheat, methods=["GET"]),
+        Route(
+            "/preheats/{id}", JobStatus("legacy", _preheat_id, _render, "preheat task {id} not found"), methods=["GET"]
+        ),
     ]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.dialects import openapi as dialect
+from gateway.endpoints.jobstatus import JobStatus
 from gateway.endpoints.jsonio import (
     APIError,
     error_response,
@@ -14,15 +18,15 @@ from gateway.endpoints.jsonio import (
     json_body,
     json_response,
 )
-from gateway.services import caller_of, gateway_of
-from gateway.store import JOB_STATES
+from gateway.services import Gateway, caller_of, gateway_of
+from gateway.store import JOB_STATES, JobRecord
 
 MAX_JOB_ID = 2**63 - 1
 
 
-def job_id_of(request: Request) -> int:
+def job_id_of(path_params: Mapping[str, Any]) -> int:
     """The ``{id}`` of the path; ids beyond what any store can hold simply do not exist."""
-    job_id: int = request.path_params["id"]
+    job_id: int = path_params["id"]
     if job_id > MAX_JOB_ID:
         raise APIError(404, f"job {str(job_id)[:30]} not found")
     return job_id
@@ -44,20 +48,6 @@ async def create_job(request: Request) -> Response:
     spec = dialect.parse_create(await json_body(request))
     job = await gateway.jobs.create(spec)
     return json_response(dialect.job_body(job, gateway.jobs.clusters, gateway.started_at))
-
-
-async def get_job(request: Request) -> Response:
-    gateway = gateway_of(request)
-    job_id = job_id_of(request)
-    body = gateway.statuses.fresh("openapi", job_id) or await gateway.statuses.reply(
-        "openapi",
-        job_id,
-        gateway.jobs.get,
-        lambda job: dialect.encode(dialect.job_body(job, gateway.jobs.clusters, gateway.started_at)),
-    )
-    if body is None:
-        raise APIError(404, f"job {job_id} not found")
-    return json_response(body)
 
 
 async def list_jobs(request: Request) -> Response:
@@ -84,7 +74,7 @@ async def list_jobs(request: Request) -> Response:
 
 async def patch_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    job_id = job_id_of(request)
+    job_id = job_id_of(request.path_params)
     bio = dialect.parse_patch(await json_body(request))
     if not await gateway.jobs.set_bio(job_id, bio):
         raise APIError(404, f"job {job_id} not found")
@@ -97,7 +87,7 @@ async def patch_job(request: Request) -> Response:
 
 async def delete_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    job_id = job_id_of(request)
+    job_id = job_id_of(request.path_params)
     if not await gateway.jobs.delete(job_id):
         raise APIError(404, f"job {job_id} not found")
     gateway.statuses.forget(job_id)
@@ -115,12 +105,18 @@ async def list_clusters(request: Request) -> Response:
     )
 
 
+def _render(gateway: Gateway, job: JobRecord) -> bytes:
+    return dialect.encode(dialect.job_body(job, gateway.jobs.clusters, gateway.started_at))
+
+
 def routes() -> list[Route]:
     return [
         Route("/healthy", healthy, methods=["GET"]),
         Route("/oapi/v1/jobs", create_job, methods=["POST"]),
         Route("/oapi/v1/jobs", list_jobs, methods=["GET"]),
-        Route("/oapi/v1/jobs/{id:int}", get_job, methods=["GET"]),
+        Route(
+            "/oapi/v1/jobs/{id:int}", JobStatus("openapi", job_id_of, _render, "job {id} not found"), methods=["GET"]
+        ),
         Route("/oapi/v1/jobs/{id:int}", patch_job, methods=["PATCH"]),
         Route("/oapi/v1/jobs/{id:int}", delete_job, methods=["DELETE"]),
         Route("/oapi/v1/clusters", list_clusters, methods=["GET"]),

@@ -139,6 +139,29 @@ def test_no_poll_gets_through_without_a_verified_credential(poller: Poller) -> N
             assert "X-Request-Id" in response.headers
 
 
+def test_a_job_that_does_not_exist_is_a_404_in_each_dialects_words(poller: Poller) -> None:
+    def error(path: str) -> tuple[int, str]:
+        response = poller.client.get(path, headers=poller.auth)
+        return response.status_code, response.json()["errors"]
+
+    assert error("/oapi/v1/jobs/999999") == (404, "job 999999 not found")
+    assert error(f"/oapi/v1/jobs/{2**64}") == (404, f"job {str(2**64)[:30]} not found")
+    assert error("/preheats/999999") == (404, "preheat task 999999 not found")
+    assert error("/preheats/abc") == (
+        404,
+        "preheat task 'abc' not found: ids are the numbers POST /preheats returned",
+    )
+
+
+def test_a_head_of_a_status_has_its_headers_and_no_body(poller: Poller) -> None:
+    for path in (f"/oapi/v1/jobs/{poller.pending}", f"/preheats/{poller.finished}"):
+        got = poller.client.get(path, headers=poller.auth)
+        head = poller.client.head(path, headers=poller.auth)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+        assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
+
+
 def test_a_patch_or_delete_is_seen_at_once_by_the_replica_that_took_it(poller: Poller) -> None:
     for job_id in (poller.pending, poller.finished):
         assert poller.get(job_id).json()["bio"] == ""
