@@ -6,7 +6,7 @@ routes differ.
 ``GET /oapi/v1/jobs/{id}`` stands beside the status route (``bench_polling``); ``POST /oapi/v1/jobs``
 beside the create route (``bench_thousand_tags``), answering without doing any work. Run:
 
-    python -m tests.benchmarks.bare_app PORT [BODY_FILE] [stock]
+    python -m tests.benchmarks.bare_app PORT [BODY_FILE]
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("port", type=int)
     parser.add_argument("body", type=Path, nargs="?", help="the bytes every route answers (default: {})")
-    parser.add_argument("protocol", nargs="?", choices=["stock"], help="accepted, and the same: uvicorn's httptools")
     args = parser.parse_args()
     uvicorn.run(
         bare_app(args.body.read_bytes() if args.body else b"{}"),

@@ -11,7 +11,8 @@ Two parts:
 1. Throughput: wrk (``--connections``) against the pending job's status, against a finished
    job's, and against a bare Starlette route returning the pending reply's bytes
    (``bare_app``: uvicorn's own httptools protocol on uvloop), in interleaved rounds whose
-   order rotates; the medians are compared and every round is printed.
+   order rotates; the medians are compared and every round is printed. On two or more cores
+   the servers run on a core of their own and wrk on the others (``common.split_cores``).
 2. Harbor's pattern: ``--jobs`` pending jobs of the same image, each polled every
    ``--interval`` seconds on a connection of its own; after ``--pending-seconds`` the relay
    is uncapped, the jobs end, and each poller reads its job's terminal state once and stops.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
 import statistics
 import tempfile
@@ -37,7 +39,7 @@ import httpx
 import uvloop
 
 from adapters.transport import new_client
-from tests.benchmarks.common import BareApp, WrkResult, cpu_seconds, peak_rss_mib, wrk
+from tests.benchmarks.common import BareApp, WrkResult, cpu_seconds, peak_rss_mib, split_cores, wrk
 from tests.gateway_process import GatewayProcess, gateway_config
 from tests.registry import free_port, push_image, start_registry
 from tests.tcprelay import TcpRelay
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=48 << 10, help="the relay's cap, bytes per second")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-polling-"))
+    cores = split_cores()
 
     origin = start_registry(work / "origin")
     push_image(origin, REPOSITORY, "1.0", [LAYER_BYTES], seed=11)
@@ -74,12 +77,15 @@ def main() -> None:
             body = client.get(f"/oapi/v1/jobs/{pending_id}").content
         (work / "body.json").write_bytes(body)
         bare = BareApp(work / "body.json")
+        if cores is not None:  # each server on its own core, wrk on the others
+            for pid in (gateway.process.pid, bare.process.pid):  # type: ignore[union-attr]
+                os.sched_setaffinity(pid, cores[0])
         targets = {
             "bare": (f"{bare.url}/oapi/v1/jobs/{pending_id}", {}),
             "pending": (f"{gateway.url}/oapi/v1/jobs/{pending_id}", headers),
             "finished": (f"{gateway.url}/oapi/v1/jobs/{finished_id}", headers),
         }
-        throughput(targets, len(body), args)
+        throughput(targets, len(body), args, cores[1] if cores else None)
         with httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as client:
             assert client.get(f"/oapi/v1/jobs/{pending_id}").json()["state"] == "PENDING", "the job ended too early"
         cpu_before = cpu_seconds(gateway.process.pid)  # type: ignore[union-attr]
@@ -113,9 +119,12 @@ def wait_transferring(client: httpx.Client, job_id: int, timeout: float = 60.0) 
     raise AssertionError(f"job {job_id} transferred nothing within {timeout}s")
 
 
-def throughput(targets: dict[str, tuple[str, dict[str, str]]], size: int, args: argparse.Namespace) -> None:
+def throughput(
+    targets: dict[str, tuple[str, dict[str, str]]], size: int, args: argparse.Namespace, cores: set[int] | None
+) -> None:
+    threads = len(cores) if cores else 2
     for url, sent in targets.values():  # warm up
-        wrk(url, seconds=2, connections=args.connections, headers=sent)
+        wrk(url, seconds=2, connections=args.connections, headers=sent, threads=threads, cores=cores)
     rounds: list[dict[str, WrkResult]] = []
     for number in range(args.rounds):  # interleaved, the order rotating, so a noisy neighbour hits all alike
         names = list(targets)
@@ -123,14 +132,19 @@ def throughput(targets: dict[str, tuple[str, dict[str, str]]], size: int, args: 
         rounds.append(
             {
                 name: wrk(
-                    targets[name][0], seconds=args.seconds, connections=args.connections, headers=targets[name][1]
+                    targets[name][0],
+                    seconds=args.seconds,
+                    connections=args.connections,
+                    headers=targets[name][1],
+                    threads=threads,
+                    cores=cores,
                 )
                 for name in order
             }
         )
     print(
         f"GET /oapi/v1/jobs/{{id}}, {size} bytes, wrk {args.connections} connections, {args.seconds}s per run, "
-        f"{args.rounds} rounds"
+        f"{args.rounds} rounds, " + (f"servers on core {sorted(cores)} of their own" if cores else "one core for all")
     )
     for number, result in enumerate(rounds, 1):
         bare = result["bare"].requests_per_second

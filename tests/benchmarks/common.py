@@ -28,14 +28,31 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """(the server's core, the load generator's cores) on a machine with two or more, else None.
+
+    A single-threaded server and wrk on cores of their own do not take turns on one: the
+    figures then vary less from round to round, as with a client on another machine."""
+    cores = sorted(os.sched_getaffinity(0))
+    return ({cores[-1]}, set(cores[:-1])) if len(cores) >= 2 else None
+
+
 def wrk(
-    url: str, *, connections: int = 64, threads: int = 2, seconds: int = 10, headers: dict[str, str] | None = None
+    url: str,
+    *,
+    connections: int = 64,
+    threads: int = 2,
+    seconds: int = 10,
+    headers: dict[str, str] | None = None,
+    cores: set[int] | None = None,
 ) -> WrkResult:
-    """Debian's wrk against a loopback URL, with latency percentiles."""
+    """Debian's wrk against a loopback URL, with latency percentiles; on ``cores`` only, when given."""
     binary = shutil.which("wrk")
     if binary is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     command = [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if cores:
+        command = ["taskset", "--cpu-list", ",".join(map(str, sorted(cores))), *command]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
@@ -84,17 +101,14 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 class BareApp:
-    """``bare_app`` (bare Starlette routes answering ``body``) in a uvicorn process of its own, on loopback;
-    ``stock`` serves them with uvicorn's own httptools protocol instead of the gateway's."""
+    """``bare_app`` (bare Starlette routes answering ``body``) in a uvicorn process of its own, on loopback."""
 
-    def __init__(self, body: Path, *, stock: bool = False) -> None:
+    def __init__(self, body: Path) -> None:
         from tests.registry import free_port
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.benchmarks.bare_app", str(port), str(body), *(["stock"] if stock else [])]
-        )
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.bare_app", str(port), str(body)])
         try:
             wait_http(f"{self.url}/oapi/v1/jobs/1")
         except BaseException:
