@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.auth import MIRROR_CHALLENGE, PUBLIC_PATHS, Authenticator, AuthUnavailable, Unauthorized, is_mirror_path
+from gateway.auth import (
+    MIRROR_CHALLENGE,
+    PUBLIC_PATHS,
+    Authenticator,
+    AuthUnavailable,
+    Principal,
+    Unauthorized,
+    is_mirror_path,
+)
 
 log = logging.getLogger("gateway.auth")
 
@@ -28,26 +37,41 @@ class AuthMiddleware:
         self.public_under = tuple(prefix + "/" for prefix in public_prefixes)
         self.anonymous_pull = anonymous_pull  # server.mirror_anonymous
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The inner application's own awaitable when no credential is needed or the one given was
+        verified lately (a status poll's case: no coroutine of this middleware's); else :meth:`_checked`."""
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         path = _route_path(scope)
         if path in self.public_exact or path.startswith(self.public_under):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         mirror = is_mirror_path(path)
         if mirror and self.anonymous_pull:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        wanted = self.authenticator.header_names
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
+        principal = self.authenticator.remembered(headers)
+        if principal is not None and ("pull" if mirror else "job") in principal.scopes:
+            scope.setdefault("state", {})["principal"] = principal
+            return self.app(scope, receive, send)
+        return self._checked(scope, receive, send, path, mirror, headers, principal)
+
+    async def _checked(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        mirror: bool,
+        headers: dict[str, str],
+        principal: Principal | None,
+    ) -> None:
+        """Verify the credential (unless already remembered), then require the route's scope."""
         reject = _reject_pull if mirror else _reject
         authenticator = self.authenticator
-        wanted = authenticator.header_names
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
         try:
-            principal = authenticator.remembered(headers) or await authenticator.authenticate(
-                headers, basic=True if mirror else None
-            )
+            if principal is None:
+                principal = await authenticator.authenticate(headers, basic=True if mirror else None)
         except Unauthorized as error:
             authenticator.failures[error.kind] += 1
             log.info("authentication failed", extra={"path": path, "reason": str(error), "kind": error.kind})
