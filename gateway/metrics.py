@@ -130,9 +130,9 @@ class Tally:
 
 class LoopHistogram(Collector):
     """A labelled histogram for what is observed on the event loop's thread alone (every request,
-    every store call): an observation is a bisect and two additions, and the exposition is
-    prometheus_client's. Its ``Histogram`` takes a lock per value it updates, which cost a status
-    poll more than its authentication's lookup (docs/design.md, "Status polling")."""
+    every store call): an observation is a bisect and two additions where prometheus_client's
+    ``Histogram`` takes a lock per value it updates (docs/design.md, "Status polling"); the
+    exposition is prometheus_client's, without ``_created``."""
 
     def __init__(
         self,
