@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from starlette.requests import Request
+from starlette.types import Scope
 
 from adapters import registry as adapter_registry
 from adapters.base import Adapter, AdapterContext, ClusterInfo
@@ -249,10 +250,15 @@ def _primary_ip() -> str:
     return "127.0.0.1"
 
 
-def gateway_of(request: Request) -> Gateway:
-    """The running gateway, from the request's lifespan state (the scope's, without a ``State`` per request)."""
-    gateway: Gateway = request.scope["state"]["gateway"]
+def gateway_in(scope: Scope) -> Gateway:
+    """The running gateway, from a request scope's lifespan state (without a ``State`` per request)."""
+    gateway: Gateway = scope["state"]["gateway"]
     return gateway
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The running gateway, for a Starlette request (:func:`gateway_in` of its scope)."""
+    return gateway_in(request.scope)
 
 
 def caller_of(request: Request) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from gateway.endpoints.jsonio import APIError
-from gateway.services import Gateway
+from gateway.services import Gateway, gateway_in
 from gateway.store import JobRecord
 
 JobIdOf = Callable[[Mapping[str, Any]], int]
@@ -33,7 +33,7 @@ class JobStatus:
         """The 404's message, formatted with the ``id``."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gateway: Gateway = scope["state"]["gateway"]
+        gateway = gateway_in(scope)
         job_id = self.job_id_of(scope["path_params"])
         statuses = gateway.statuses
         body = statuses.fresh(self.dialect, job_id) or await statuses.reply(

@@ -120,9 +120,10 @@ class SqliteDriver:
             _private(self.path)
             self._writer = self._connect()
             self._reader = self._connect()
+            checkpointing = self._connect()
         except (OSError, sqlite3.Error) as error:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {error}") from None
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop(self._connect()), name="sqlite-checkpoint")
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(checkpointing), name="sqlite-checkpoint")
 
     async def _checkpoint_loop(self, connection: sqlite3.Connection) -> None:
         """Fold the WAL back every few seconds on a worker thread, the connection closed only once it is done.

@@ -144,7 +144,8 @@ def throughput(
         )
     print(
         f"GET /oapi/v1/jobs/{{id}}, {size} bytes, wrk {args.connections} connections, {args.seconds}s per run, "
-        f"{args.rounds} rounds, " + (f"servers on core {sorted(cores)} of their own" if cores else "one core for all")
+        f"{args.rounds} rounds, "
+        + (f"wrk on cores {sorted(cores)}, the servers on another" if cores else "one core for all")
     )
     for number, result in enumerate(rounds, 1):
         bare = result["bare"].requests_per_second
